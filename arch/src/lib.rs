@@ -1,1 +1,226 @@
-pub fn _x(){}
+//! # kiln-arch: model architectures for the kiln trainer
+//!
+//! Model maths as burn 0.21 modules, the Hugging Face `config.json` and tensor-name mapping, and
+//! the init rules. Today one architecture: Llama (`transformers`' `LlamaForCausalLM`), in the
+//! SmolLM / MobileLLM shapes, with MobileLLM-LS layer sharing as an option.
+//!
+//! The pipeline the trainer drives:
+//!
+//! 1. a [`ModelConfig`] (from the recipe, or [`ModelConfig::from_hf_config`] on a `config.json`);
+//! 2. [`ModelConfig::init`] → [`Model`] with fresh weights (or then
+//!    [`Model::load_hf_tensors`] with the output of [`read_safetensors`]);
+//! 3. [`Model::forward`]: token ids `[batch, seq]` → logits `[batch, seq, vocab]` (f32) for
+//!    training; [`Model::new_cache`] + [`Model::forward_cached`] for generation;
+//! 4. export: [`ModelConfig::to_hf_config`] → `config.json`, [`Model::to_hf_tensors`] →
+//!    [`write_safetensors`] → `model.safetensors`, loadable by `LlamaForCausalLM.from_pretrained`.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Int, Tensor};
+//! use kiln_arch::{LlamaConfig, Model, ModelConfig};
+//!
+//! let config = ModelConfig::Llama(LlamaConfig {
+//!     vocab_size: 64,
+//!     hidden_size: 32,
+//!     intermediate_size: 64,
+//!     num_hidden_layers: 2,
+//!     num_attention_heads: 4,
+//!     num_key_value_heads: 2,
+//!     head_dim: 8,
+//!     max_position_embeddings: 32,
+//!     ..LlamaConfig::smollm_135m()
+//! });
+//! let device = Default::default();
+//! let model: Model<Flex> = config.init(&device);
+//! let ids = Tensor::<Flex, 2, Int>::from_data([[1, 2, 3]], &device);
+//! assert_eq!(model.forward(ids).dims(), [1, 3, 64]);
+//!
+//! // Hugging Face export: names and [out, in] layout of `LlamaForCausalLM`.
+//! let tensors = model.to_hf_tensors();
+//! assert_eq!(tensors[0].name, "model.embed_tokens.weight");
+//! assert_eq!(config.num_params(), tensors.iter().map(|t| t.data.len()).sum::<usize>());
+//! ```
+//!
+//! Module paths: every Llama parameter's burn path equals its HF name without `model.`
+//! (`layers.3.self_attn.q_proj.weight`), below the `Model` enum's variant (burn visitors see an
+//! extra `Llama` level with container type `Enum:Model`).
+
+pub mod error;
+pub mod hf;
+pub mod layers;
+pub mod llama;
+
+use std::collections::HashMap;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use error::ArchError;
+pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
+pub use layers::{KvCache, RmsNorm, Rope};
+pub use llama::{Llama, LlamaCache, LlamaConfig};
+
+/// Architecture choice and hyper-parameters. One variant per architecture; match exhaustively.
+///
+/// Serde form (recipes): internally tagged, `{"arch": "llama", "hidden_size": 576, ...}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "arch", rename_all = "snake_case")]
+pub enum ModelConfig {
+    /// Llama / SmolLM / MobileLLM(-LS).
+    Llama(LlamaConfig),
+}
+
+impl ModelConfig {
+    /// Exact parameter count (equals `Module::num_params` of [`ModelConfig::init`]'s model).
+    pub fn num_params(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.num_params(),
+        }
+    }
+
+    /// Training FLOPs (forward + backward) per token at sequence length `seq_len`; the formula is
+    /// documented on [`LlamaConfig::flops_per_token`].
+    pub fn flops_per_token(&self, seq_len: usize) -> u64 {
+        match self {
+            Self::Llama(c) => c.flops_per_token(seq_len),
+        }
+    }
+
+    /// Vocabulary size (last dimension of the logits).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.vocab_size,
+        }
+    }
+
+    /// Longest context the model is configured for (`max_position_embeddings`).
+    pub fn max_seq_len(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// Checks the hyper-parameters; the error names the key.
+    pub fn validate(&self) -> Result<(), ArchError> {
+        match self {
+            Self::Llama(c) => c.validate(),
+        }
+    }
+
+    /// HF `config.json` content (`torch_dtype` e.g. `"float32"` or `"bfloat16"`, matching the
+    /// safetensors dtype).
+    pub fn to_hf_config(&self, bos_token_id: u32, eos_token_id: u32, torch_dtype: &str) -> Value {
+        match self {
+            Self::Llama(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
+        }
+    }
+
+    /// Parses an HF `config.json`, dispatching on `model_type`.
+    pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
+        match cfg.get("model_type") {
+            Some(Value::String(t)) if t == "llama" => {
+                Ok(Self::Llama(LlamaConfig::from_hf_config(cfg)?))
+            }
+            Some(v) => Err(ArchError::UnsupportedConfig {
+                key: "model_type".into(),
+                value: v.to_string(),
+                reason: "kiln supports \"llama\"".into(),
+            }),
+            None => Err(ArchError::MissingConfigKey {
+                key: "model_type".into(),
+            }),
+        }
+    }
+
+    /// Fresh weights (init rules on the architecture's config, e.g. [`LlamaConfig::init`]).
+    /// Panics on an invalid config: call [`ModelConfig::validate`] where configs are read.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Model<B> {
+        match self {
+            Self::Llama(c) => Model::Llama(c.init(device)),
+        }
+    }
+}
+
+/// A model of any architecture. The trainer talks only to this type.
+#[derive(Module, Debug)]
+pub enum Model<B: Backend> {
+    /// `LlamaForCausalLM`.
+    Llama(Llama<B>),
+}
+
+/// Generation state of a [`Model`] (KV cache for attention models).
+#[derive(Clone, Debug)]
+pub enum ModelCache<B: Backend> {
+    /// Per-effective-layer keys and values.
+    Llama(LlamaCache<B>),
+}
+
+impl<B: Backend> ModelCache<B> {
+    /// Number of positions already processed (the position of the next token).
+    pub fn seq_len(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.seq_len(),
+        }
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Same as [`ModelConfig::init`].
+    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+        config.init(device)
+    }
+
+    /// The config this model was built from.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Self::Llama(m) => ModelConfig::Llama(m.config.clone()),
+        }
+    }
+
+    /// `input_ids` `[batch, seq]` → logits `[batch, seq, vocab]` (f32), causal, positions `0..seq`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        match self {
+            Self::Llama(m) => m.forward(input_ids),
+        }
+    }
+
+    /// An empty generation cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> ModelCache<B> {
+        match self {
+            Self::Llama(m) => ModelCache::Llama(m.new_cache(batch)),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`, the tokens that follow what
+    /// `cache` already holds (positions continue from [`ModelCache::seq_len`]); extends the cache.
+    /// Equal to the matching slice of [`Model::forward`] on the whole sequence.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut ModelCache<B>,
+    ) -> Tensor<B, 3> {
+        match (self, cache) {
+            (Self::Llama(m), ModelCache::Llama(c)) => m.forward_cached(input_ids, c),
+        }
+    }
+
+    /// Every parameter under its HF name, in HF layout (`[out, in]`) and HF order; layer-shared
+    /// blocks written twice (as layers `2i`, `2i+1`), no `lm_head.weight` when tied.
+    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
+        match self {
+            Self::Llama(m) => hf::llama_to_hf(m),
+        }
+    }
+
+    /// Replaces every parameter with the HF tensors (parameter ids, device and `require_grad`
+    /// are kept). Checks names, shapes, shared copies and extra names first; the error names the
+    /// offending tensor.
+    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
+        match self {
+            Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
+        }
+    }
+}

@@ -1,1 +1,281 @@
-fn main(){}
+//! `train`: the kiln command line.
+//!
+//! ```text
+//! train --recipe recipes/tinystories-tiny.yaml [--set train.max_steps=20]... [--out DIR] [--resume]
+//! train data --recipe R                         prepare data and tokenizer only
+//! train export --checkpoint DIR --out DIR [--dtype f32|bf16]
+//! train generate --model DIR --prompt "..." [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
+//! train eval --model DIR --text FILE [--seq-len N]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::prelude::Backend;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_arch::SafetensorsDtype;
+use kiln_trainer::generate::{generate, SampleOptions};
+use kiln_trainer::model_io::{export_model, load_model_dir};
+use kiln_trainer::recipe::{BackendKind, Recipe};
+use kiln_trainer::train::{self, TrainOptions};
+use kiln_trainer::{eval, with_backend};
+
+#[derive(Parser)]
+#[command(
+    name = "train",
+    version,
+    about = "Train small language models from a YAML recipe",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Recipe file (YAML).
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Override a recipe key, e.g. --set train.max_steps=20 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Run directory (default: checkpoints/<recipe name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the run directory's latest complete checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Backend (overrides train.backend).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Flex,
+    Cuda,
+    Wgpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare the recipe's data (tokenizer and shards) without training.
+    Data {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Export a checkpoint (or a run directory's latest) as a Hugging Face model directory.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
+    /// Generate text from a model directory (export, checkpoint, run dir or Hugging Face Llama).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 200)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Loss and perplexity of a model on a text file (one JSON line).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// Window length (default: the model's context).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Also write the first window's input_ids and logits to this safetensors file.
+        #[arg(long)]
+        dump_logits: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            let recipe_path = cli
+                .run
+                .recipe
+                .context("missing --recipe (try: train --recipe recipes/tinystories-tiny.yaml)")?;
+            let mut recipe = Recipe::load(&recipe_path, &cli.run.overrides)?;
+            if let Some(b) = cli.run.backend {
+                recipe.train.backend = match b {
+                    BackendArg::Flex => BackendKind::Flex,
+                    BackendArg::Cuda => BackendKind::Cuda,
+                    BackendArg::Wgpu => BackendKind::Wgpu,
+                };
+            }
+            kiln_trainer::backend::available(recipe.train.backend).map_err(anyhow::Error::msg)?;
+            set_threads(recipe.train.threads)?;
+            train::install_ctrl_c_handler();
+            let backend = recipe.train.backend;
+            let opts = TrainOptions {
+                out_dir: cli.run.out,
+                resume: cli.run.resume,
+            };
+            let summary = with_backend!(backend, run_training(recipe, opts))?;
+            if let Some(dir) = &summary.export_dir {
+                println!("exported to {}", dir.display());
+            }
+            if let Some(sample) = &summary.sample {
+                println!("\n--- sample (greedy) ---\n{sample}\n");
+            }
+            Ok(())
+        }
+        Some(Command::Data { recipe, overrides }) => {
+            let recipe = Recipe::load(&recipe, &overrides)?;
+            let prepared = kiln_data::prepare(
+                &recipe.data_spec(),
+                &recipe.data.cache_dir,
+                &mut |m: &str| eprintln!("{m}"),
+            )?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "dir": prepared.dir,
+                    "train_tokens": prepared.train_tokens,
+                    "val_tokens": prepared.val_tokens,
+                    "vocab_size": prepared.vocab_size,
+                })
+            );
+            Ok(())
+        }
+        Some(Command::Export {
+            checkpoint,
+            out,
+            dtype,
+        }) => {
+            let dtype = match dtype {
+                DtypeArg::F32 => SafetensorsDtype::F32,
+                DtypeArg::Bf16 => SafetensorsDtype::Bf16,
+            };
+            run_export::<burn::backend::Flex>(&checkpoint, &out, dtype, Default::default())
+        }
+        Some(Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        }) => {
+            let opts = SampleOptions {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            };
+            run_generate::<burn::backend::Flex>(&model, &prompt, &opts, Default::default())
+        }
+        Some(Command::Eval {
+            model,
+            text,
+            seq_len,
+            dump_logits,
+        }) => {
+            let device = Default::default();
+            let loaded = load_model_dir::<burn::backend::Flex>(&model, &device)?;
+            let result = eval::evaluate(&loaded, &text, seq_len, dump_logits.as_deref(), &device)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+    }
+}
+
+fn run_training<B: Backend>(
+    recipe: Recipe,
+    opts: TrainOptions,
+    device: B::Device,
+) -> Result<train::RunSummary> {
+    train::run::<B>(recipe, opts, device)
+}
+
+fn run_export<B: Backend>(
+    checkpoint: &Path,
+    out: &Path,
+    dtype: SafetensorsDtype,
+    device: B::Device,
+) -> Result<()> {
+    let loaded = load_model_dir::<B>(checkpoint, &device)?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{} has no tokenizer.json", loaded.dir.display()))?;
+    export_model(&loaded.model, &loaded.config, tokenizer, out, dtype)?;
+    println!("exported {} to {}", loaded.dir.display(), out.display());
+    Ok(())
+}
+
+fn run_generate<B: Backend>(
+    model_dir: &Path,
+    prompt: &str,
+    opts: &SampleOptions,
+    device: B::Device,
+) -> Result<()> {
+    let loaded = load_model_dir::<B>(model_dir, &device)?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{} has no tokenizer.json", loaded.dir.display()))?;
+    let eot = tokenizer.eot_id()?;
+    let mut ids = vec![eot];
+    ids.extend(tokenizer.encode(prompt)?);
+    let new = generate(
+        &loaded.model,
+        &loaded.config,
+        &ids,
+        opts,
+        Some(eot),
+        &device,
+    );
+    let new: Vec<u32> = new.into_iter().filter(|&t| t != eot).collect();
+    println!("{prompt}{}", tokenizer.decode(&new)?);
+    Ok(())
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot configure the CPU thread pool (train.threads)")?;
+    }
+    Ok(())
+}

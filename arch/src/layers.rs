@@ -1,0 +1,312 @@
+//! Building blocks shared by the attention architectures: RMSNorm, rotate-half RoPE (the Hugging
+//! Face convention), grouped-query causal attention with a KV cache, and the SwiGLU MLP.
+//!
+//! Deliberately left out: dropout (small-model pretraining does not use it), biases (Llama has
+//! none), RoPE scaling variants (linear/NTK/YaRN/llama3: `from_hf_config` rejects them).
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
+
+/// A bias-free linear layer `[d_in] -> [d_out]` with weights drawn from `normal(0, std)`.
+///
+/// burn keeps the default row layout, i.e. the weight is stored `[d_in, d_out]`; the HF mapping
+/// (`hf.rs`) transposes to PyTorch's `[d_out, d_in]`.
+pub fn linear_no_bias<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// Root-mean-square layer norm: `y = weight * (x * rsqrt(mean(x²) + eps))`.
+///
+/// The statistics are computed in f32 whatever the activation dtype, then the normalised value is
+/// cast back to the input dtype before the multiplication by `weight` (the order of HF's
+/// `LlamaRMSNorm`). The field is named `weight` (burn's own `RmsNorm` calls it `gamma`) so the
+/// module path matches the HF tensor name.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel gain, `[d]`, initialised to 1.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square before the reciprocal square root.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// A norm over `d` channels with unit gain.
+    pub fn new(d: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([d], device),
+            eps,
+        }
+    }
+
+    /// Normalises over the last dimension: `[.., d] -> [.., d]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32); // [.., d] f32
+        let mean_sq = x.clone().square().mean_dim(D - 1); // [.., 1]
+        let inv_rms = mean_sq.add_scalar(self.eps).sqrt().recip(); // [.., 1]
+        let y = (x * inv_rms).cast(dtype); // [.., d]
+        y * self.weight.val().unsqueeze::<D>() // weight [d] -> [1, .., d]
+    }
+}
+
+/// Rotate-half rotary position embedding (HF `LlamaRotaryEmbedding`, rope_type "default").
+///
+/// `inv_freq_i = θ^(-2i/d)` for `i < d/2`; the angle for position `p` is `p · inv_freq`, duplicated
+/// as `cat(freqs, freqs)` so that dimension `i` pairs with `i + d/2`:
+/// `x' = x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[d/2:], x[:d/2])`.
+/// (burn's `RotaryEncoding` pairs `(2i, 2i+1)` instead and is not checkpoint-compatible.)
+///
+/// The cos/sin tables are built once, for `max_position_embeddings` positions, and kept as module
+/// constants (they move with the module across devices and are not parameters). Positions past the
+/// table (generation beyond the trained context) are computed on the fly.
+/// The arithmetic is done in f32 exactly as HF does it, so tables match transformers bit for bit
+/// up to `powf`/`cos` rounding.
+#[derive(Module, Debug)]
+pub struct Rope<B: Backend> {
+    /// `cos(p · inv_freq)` duplicated, `[max_positions, head_dim]`.
+    pub cos: Tensor<B, 2>,
+    /// `sin(p · inv_freq)` duplicated, `[max_positions, head_dim]`.
+    pub sin: Tensor<B, 2>,
+    /// Base θ.
+    pub theta: f64,
+    /// Rotated dimension (the full head dimension; must be even).
+    pub head_dim: usize,
+}
+
+/// `(cos, sin)` values for positions `start..start + len`, each `[len * head_dim]` row-major.
+fn rope_table(theta: f64, head_dim: usize, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    // HF: 1.0 / (base ** (arange(0, d, 2) / d)), all in f32.
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
+    for p in start..start + len {
+        let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect(); // [d/2]
+        for _ in 0..2 {
+            cos.extend(angles.iter().map(|a| a.cos()));
+            sin.extend(angles.iter().map(|a| a.sin()));
+        }
+    }
+    (cos, sin)
+}
+
+impl<B: Backend> Rope<B> {
+    /// Builds the tables for positions `0..max_positions`.
+    pub fn new(theta: f64, head_dim: usize, max_positions: usize, device: &B::Device) -> Self {
+        assert!(
+            head_dim.is_multiple_of(2),
+            "RoPE head_dim must be even, got {head_dim}"
+        );
+        let (cos, sin) = rope_table(theta, head_dim, 0, max_positions);
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [max_positions, head_dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [max_positions, head_dim]), device),
+            theta,
+            head_dim,
+        }
+    }
+
+    /// `(cos, sin)`, each `[len, head_dim]`, for positions `start..start + len`.
+    pub fn cos_sin(&self, start: usize, len: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [table_len, _] = self.cos.dims();
+        if start + len <= table_len {
+            (
+                self.cos.clone().narrow(0, start, len),
+                self.sin.clone().narrow(0, start, len),
+            )
+        } else {
+            let device = self.cos.device();
+            let (cos, sin) = rope_table(self.theta, self.head_dim, start, len);
+            (
+                Tensor::from_data(TensorData::new(cos, [len, self.head_dim]), &device),
+                Tensor::from_data(TensorData::new(sin, [len, self.head_dim]), &device),
+            )
+        }
+    }
+
+    /// Rotates `x` `[batch, heads, seq, head_dim]` whose first token sits at absolute position
+    /// `offset`.
+    pub fn apply(&self, x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
+        let [_, _, seq, _] = x.dims();
+        let dtype = x.dtype();
+        let (cos, sin) = self.cos_sin(offset, seq); // [seq, head_dim] each
+        let cos = cos.cast(dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
+        let sin = sin.cast(dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
+        x.clone() * cos + rotate_half(x) * sin
+    }
+}
+
+/// `cat(-x[.., d/2:], x[.., :d/2])` on the last dimension: `[.., d] -> [.., d]`.
+pub fn rotate_half<const D: usize, B: Backend>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let d = x.dims()[D - 1];
+    let half = d / 2;
+    let x1 = x.clone().narrow(D - 1, 0, half); // [.., d/2]
+    let x2 = x.narrow(D - 1, half, half); // [.., d/2]
+    Tensor::cat(vec![x2.neg(), x1], D - 1)
+}
+
+/// Grouped-query attention head sharing: `[b, n_kv, t, hd] -> [b, n_kv * n_rep, t, hd]`, so query
+/// head `h` reads kv head `h / n_rep` (HF `repeat_kv`).
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, n_kv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2) // [b, n_kv, 1, t, hd]
+        .expand([b, n_kv, n_rep, t, hd]) // [b, n_kv, n_rep, t, hd]
+        .reshape([b, n_kv * n_rep, t, hd])
+}
+
+/// Causal scaled-dot-product attention, scale `head_dim^-0.5`.
+///
+/// `q`: `[b, h, s, hd]`, `k`/`v`: `[b, h, t, hd]` with `s <= t`: the queries are the last `s`
+/// positions of the `t` keys, i.e. query `i` sits at absolute position `t - s + i` and sees keys
+/// `0..=t - s + i`. Returns `[b, h, s, hd]`.
+///
+/// `s == t` (training, prefill) uses burn's `is_causal` path; `s == 1` (token-by-token decoding)
+/// needs no mask; anything else (a chunk appended to a cache) gets an explicit boolean mask. burn's
+/// fallback aligns `is_causal` bottom-right too, but that is not documented for every backend.
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, s, hd] = q.dims();
+    let t = k.dims()[2];
+    assert!(s <= t, "causal attention: {s} queries but only {t} keys");
+    let options = |is_causal| AttentionModuleOptions {
+        scale: Some((hd as f64).powf(-0.5)),
+        softcap: None,
+        is_causal,
+    };
+    if s == t {
+        attention(q, k, v, None, None, options(true))
+    } else if s == 1 {
+        attention(q, k, v, None, None, options(false))
+    } else {
+        // true = masked: key j is hidden from query i when j > i + (t - s).
+        let mask = Tensor::<B, 2, Bool>::tril_mask([s, t], (t - s) as i64, &q.device()) // [s, t]
+            .unsqueeze::<4>() // [1, 1, s, t]
+            .expand([b, h, s, t]);
+        attention(q, k, v, Some(mask), None, options(false))
+    }
+}
+
+/// Keys and values of one attention layer for the positions seen so far (after RoPE, before the
+/// GQA repeat): `[batch, n_kv_heads, cached_len, head_dim]` each.
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    /// Rotated keys.
+    pub k: Tensor<B, 4>,
+    /// Values.
+    pub v: Tensor<B, 4>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.k.dims()[2]
+    }
+
+    /// True when no position is cached (never the case for a stored entry).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Multi-head self-attention with grouped-query KV heads and rotate-half RoPE, no biases.
+/// Field names are HF's (`self_attn.{q,k,v,o}_proj`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d_model] -> [n_heads * head_dim]`; head `h` owns output features `h*hd..(h+1)*hd`.
+    pub q_proj: Linear<B>,
+    /// `[d_model] -> [n_kv_heads * head_dim]`.
+    pub k_proj: Linear<B>,
+    /// `[d_model] -> [n_kv_heads * head_dim]`.
+    pub v_proj: Linear<B>,
+    /// `[n_heads * head_dim] -> [d_model]`.
+    pub o_proj: Linear<B>,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`).
+    pub n_kv_heads: usize,
+    /// Per-head dimension.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attends `x` `[b, s, d]` to itself and to `past` (the positions before it).
+    /// Returns the output `[b, s, d]` and the cache extended by these `s` positions.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        past: Option<KvCache<B>>,
+    ) -> (Tensor<B, 3>, KvCache<B>) {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let offset = past.as_ref().map_or(0, KvCache::len);
+
+        let split_heads = |t: Tensor<B, 3>, heads: usize| {
+            t.reshape([b, s, heads, hd]).swap_dims(1, 2) // [b, heads, s, hd]
+        };
+        let q = split_heads(self.q_proj.forward(x.clone()), nh); // [b, nh, s, hd]
+        let k = split_heads(self.k_proj.forward(x.clone()), nkv); // [b, nkv, s, hd]
+        let v = split_heads(self.v_proj.forward(x), nkv); // [b, nkv, s, hd]
+        let q = rope.apply(q, offset);
+        let k = rope.apply(k, offset);
+
+        let (k, v) = match past {
+            Some(past) => (
+                Tensor::cat(vec![past.k, k], 2), // [b, nkv, offset + s, hd]
+                Tensor::cat(vec![past.v, v], 2),
+            ),
+            None => (k, v),
+        };
+        let cache = KvCache {
+            k: k.clone(),
+            v: v.clone(),
+        };
+
+        let k = repeat_kv(k, nh / nkv); // [b, nh, t, hd]
+        let v = repeat_kv(v, nh / nkv); // [b, nh, t, hd]
+        let y = causal_attention(q, k, v); // [b, nh, s, hd]
+        let y = y.swap_dims(1, 2).reshape([b, s, nh * hd]); // [b, s, nh * hd]
+        (self.o_proj.forward(y), cache) // [b, s, d]
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, no biases. Field names are HF's.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[d_model] -> [ffn]`.
+    pub gate_proj: Linear<B>,
+    /// `[d_model] -> [ffn]`.
+    pub up_proj: Linear<B>,
+    /// `[ffn] -> [d_model]`.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `[b, s, d] -> [b, s, d]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone())); // [b, s, ffn]
+        let up = self.up_proj.forward(x); // [b, s, ffn]
+        self.down_proj.forward(gate * up) // [b, s, d]
+    }
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests (tiny configs, tensor <-> Vec conversions).
+#![allow(dead_code)]
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use kiln_arch::LlamaConfig;
+
+pub type B = Flex;
+
+/// 2 unique blocks, d = 32, 4 query / 2 kv heads of 8, FFN 48, vocab 61.
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        max_position_embeddings: 64,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        // Larger than usual so that the tiny model's logits are far from uniform and every
+        // comparison below is meaningful.
+        initializer_range: 0.2,
+        layer_sharing: false,
+        scaled_residual_init: false,
+    }
+}
+
+pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+}
+
+pub fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(data, shape), &Default::default())
+}
+
+pub fn ids(rows: &[&[i64]]) -> Tensor<B, 2, Int> {
+    let b = rows.len();
+    let s = rows[0].len();
+    let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), &Default::default())
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

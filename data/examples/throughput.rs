@@ -1,0 +1,71 @@
+//! Measures story generation, tokenization and a full `prepare` run:
+//! `cargo run --release -p kiln-data --example throughput -- [million_tokens]`.
+use kiln_data::*;
+use std::time::Instant;
+
+fn main() -> Result<(), DataError> {
+    let mtok: f64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10.0);
+    let threads = rayon::current_num_threads();
+
+    let t = Instant::now();
+    let mut g = StoryGenerator::new(0);
+    let stories: Vec<String> = (0..50_000).map(|_| g.next_story()).collect();
+    let dt = t.elapsed().as_secs_f64();
+    let bytes: usize = stories.iter().map(|s| s.len()).sum();
+    println!(
+        "generation (1 thread): {:.0} stories/s, {:.1} MB/s",
+        50_000.0 / dt,
+        bytes as f64 / dt / 1e6
+    );
+
+    let t = Instant::now();
+    let tok = TextTokenizer::train_bpe(stories[..5_000].iter(), 4096, &[EOT.to_string()])?;
+    println!(
+        "BPE training (vocab 4096, 5k stories): {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let ids = tok.encode_batch(&stories)?;
+    let dt = t.elapsed().as_secs_f64();
+    let n: usize = ids.iter().map(|v| v.len()).sum();
+    println!(
+        "tokenization ({threads} threads): {:.0} stories/s, {:.2}M tokens/s ({:.1} tokens/story, {:.2} bytes/token)",
+        50_000.0 / dt,
+        n as f64 / dt / 1e6,
+        n as f64 / 50_000.0,
+        bytes as f64 / n as f64
+    );
+
+    let root = std::env::temp_dir().join(format!("kiln-throughput-{}", std::process::id()));
+    let spec = DataSpec {
+        sources: vec![SourceSpec::SyntheticStories {
+            tokens: (mtok * 1e6) as u64,
+            seed: 1,
+        }],
+        tokenizer: TokenizerSpec::TrainBpe {
+            vocab_size: 4096,
+            sample_docs: 5_000,
+            special_tokens: vec![EOT.to_string()],
+        },
+        val_fraction: 0.01,
+        shard_tokens: 1 << 22,
+    };
+    let t = Instant::now();
+    let data = prepare(&spec, &root, &mut |l| println!("  {l}"))?;
+    let dt = t.elapsed().as_secs_f64();
+    let total = data.train_tokens + data.val_tokens;
+    println!(
+        "prepare end to end: {:.2}M tokens in {dt:.1}s = {:.2}M tokens/s",
+        total as f64 / 1e6,
+        total as f64 / dt / 1e6
+    );
+    let t = Instant::now();
+    prepare(&spec, &root, &mut |_| {})?;
+    println!("prepare reuse: {:.3}s", t.elapsed().as_secs_f64());
+    std::fs::remove_dir_all(&root).map_err(|e| DataError::io(&root, e))?;
+    Ok(())
+}

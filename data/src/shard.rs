@@ -1,0 +1,403 @@
+//! Token shards in llm.c's binary format.
+//!
+//! A shard is a header of 256 little-endian `i32` (1024 bytes) followed by the tokens:
+//!
+//! | header word | meaning |
+//! |---|---|
+//! | 0 | magic `20240520` |
+//! | 1 | version: `1` = `u16` tokens (llm.c, nanoGPT-style `.bin`), `2` = `u32` tokens (kiln's extension) |
+//! | 2 | number of tokens |
+//! | 3..256 | zero |
+//!
+//! Version 1 files are byte-for-byte what llm.c's `fineweb.py` writes and `dataloader.h` reads;
+//! kiln writes version 1 whenever the vocabulary fits in `u16` (≤ 65,536 ids) and version 2 only
+//! for larger vocabularies. Tokens are little-endian on disk.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::DataError;
+
+/// llm.c's shard magic number (header word 0).
+pub const SHARD_MAGIC: i32 = 20240520;
+/// Header length in `i32` words.
+pub const HEADER_WORDS: usize = 256;
+/// Header length in bytes.
+pub const HEADER_BYTES: usize = HEADER_WORDS * 4;
+
+/// Bytes per token of a shard version (`None` for unknown versions).
+fn token_width(version: i32) -> Option<usize> {
+    match version {
+        1 => Some(2),
+        2 => Some(4),
+        _ => None,
+    }
+}
+
+/// The shard version kiln writes for a vocabulary: 1 (u16) when every id fits in 16 bits.
+pub fn version_for_vocab(vocab_size: usize) -> i32 {
+    if vocab_size <= 1 << 16 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Writes `tokens` as a shard at `path`, atomically (`path.tmp`, then a rename).
+///
+/// Fails if a token is `>= vocab_size`, or if there are more tokens than an `i32` count can hold.
+pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(), DataError> {
+    if let Some((index, &token)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab_size)
+    {
+        return Err(DataError::TokenOutOfRange {
+            path: path.to_path_buf(),
+            index,
+            token,
+            vocab_size,
+        });
+    }
+    if tokens.len() > i32::MAX as usize {
+        return Err(DataError::config(
+            "shard_tokens",
+            format!(
+                "{} tokens do not fit one shard (the header count is an i32)",
+                tokens.len()
+            ),
+        ));
+    }
+    let version = version_for_vocab(vocab_size);
+
+    let mut header = [0i32; HEADER_WORDS];
+    header[0] = SHARD_MAGIC;
+    header[1] = version;
+    header[2] = tokens.len() as i32;
+
+    let tmp = tmp_path(path);
+    let io = |e| DataError::io(&tmp, e);
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    for word in header {
+        w.write_all(&word.to_le_bytes()).map_err(io)?;
+    }
+    if version == 1 {
+        for &t in tokens {
+            w.write_all(&(t as u16).to_le_bytes()).map_err(io)?;
+        }
+    } else {
+        for &t in tokens {
+            w.write_all(&t.to_le_bytes()).map_err(io)?;
+        }
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| DataError::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// A read-only, memory-mapped shard.
+pub struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    version: i32,
+    len: usize,
+}
+
+impl Shard {
+    /// Maps `path` and validates its header (magic, version) and its length against the header.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
+        let actual = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
+        if actual < HEADER_BYTES as u64 {
+            return Err(DataError::Truncated {
+                path,
+                what: format!("at least the {HEADER_BYTES}-byte header"),
+                expected_bytes: HEADER_BYTES as u64,
+                actual_bytes: actual,
+            });
+        }
+        // SAFETY: the file is opened read-only and shards are never modified in place (writers
+        // go through a temporary file and a rename), so the mapping's contents do not change.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&path, e))?;
+        let word = |i: usize| {
+            i32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]])
+        };
+        let (magic, version, count) = (word(0), word(1), word(2));
+        if magic != SHARD_MAGIC {
+            return Err(DataError::BadMagic {
+                path,
+                found: magic,
+                expected: SHARD_MAGIC,
+            });
+        }
+        let Some(width) = token_width(version) else {
+            return Err(DataError::BadVersion {
+                path,
+                found: version,
+            });
+        };
+        if count < 0 {
+            return Err(DataError::Truncated {
+                path,
+                what: format!("header token count {count} is negative"),
+                expected_bytes: HEADER_BYTES as u64,
+                actual_bytes: actual,
+            });
+        }
+        let expected = HEADER_BYTES as u64 + count as u64 * width as u64;
+        if actual != expected {
+            return Err(DataError::Truncated {
+                path,
+                what: format!("{HEADER_BYTES}-byte header + {count} u{} tokens", width * 8),
+                expected_bytes: expected,
+                actual_bytes: actual,
+            });
+        }
+        Ok(Shard {
+            path,
+            map,
+            version,
+            len: count as usize,
+        })
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Header version: 1 (u16 tokens) or 2 (u32 tokens).
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    /// The file this shard was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Token `i`. Panics if `i >= len()`.
+    pub fn get(&self, i: usize) -> u32 {
+        assert!(
+            i < self.len,
+            "token {i} out of range for {} ({} tokens)",
+            self.path.display(),
+            self.len
+        );
+        let data = &self.map[HEADER_BYTES..];
+        if self.version == 1 {
+            u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as u32
+        } else {
+            u32::from_le_bytes([
+                data[4 * i],
+                data[4 * i + 1],
+                data[4 * i + 2],
+                data[4 * i + 3],
+            ])
+        }
+    }
+
+    /// Appends tokens `[start, start + len)` to `out`. Panics if the range is out of bounds.
+    pub fn read(&self, start: usize, len: usize, out: &mut Vec<u32>) {
+        let end = start.checked_add(len).filter(|&e| e <= self.len);
+        assert!(
+            end.is_some(),
+            "tokens {start}..{start}+{len} out of range for {} ({} tokens)",
+            self.path.display(),
+            self.len
+        );
+        let data = &self.map[HEADER_BYTES..];
+        out.reserve(len);
+        if self.version == 1 {
+            let bytes = &data[2 * start..2 * (start + len)];
+            out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
+            );
+        } else {
+            let bytes = &data[4 * start..4 * (start + len)];
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+    }
+
+    /// All tokens (convenient for small shards and tests).
+    pub fn to_vec(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.len);
+        self.read(0, self.len, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_word(bytes: &[u8], i: usize) -> i32 {
+        i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn u16_round_trip_and_llm_c_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_000000.bin");
+        let tokens: Vec<u32> = (0..1000u32)
+            .map(|i| (i * 37) % 50257)
+            .chain([65535, 0])
+            .collect();
+        write_shard(&path, &tokens, 65536).unwrap();
+        assert!(!tmp_path(&path).exists(), "temporary file left behind");
+
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), HEADER_BYTES + 2 * tokens.len());
+        assert_eq!(&bytes[0..4], &20240520i32.to_le_bytes());
+        assert_eq!(header_word(&bytes, 0), 20240520);
+        assert_eq!(header_word(&bytes, 1), 1);
+        assert_eq!(header_word(&bytes, 2), tokens.len() as i32);
+        assert!((3..256).all(|i| header_word(&bytes, i) == 0));
+        // First token right after the header, u16 little-endian.
+        assert_eq!(
+            u16::from_le_bytes([bytes[1024], bytes[1025]]),
+            tokens[0] as u16
+        );
+        assert_eq!(
+            u16::from_le_bytes([bytes[1026], bytes[1027]]),
+            tokens[1] as u16
+        );
+
+        let shard = Shard::open(&path).unwrap();
+        assert_eq!(shard.version(), 1);
+        assert_eq!(shard.len(), tokens.len());
+        assert_eq!(shard.to_vec(), tokens);
+        assert_eq!(shard.get(1000), 65535);
+        let mut out = vec![7];
+        shard.read(10, 5, &mut out);
+        assert_eq!(out, [&[7], &tokens[10..15]].concat());
+    }
+
+    #[test]
+    fn u32_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        let tokens: Vec<u32> = vec![0, 65536, 100_000, 199_999, 5];
+        write_shard(&path, &tokens, 200_000).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(header_word(&bytes, 1), 2);
+        assert_eq!(bytes.len(), HEADER_BYTES + 4 * tokens.len());
+        let shard = Shard::open(&path).unwrap();
+        assert_eq!(shard.version(), 2);
+        assert_eq!(shard.to_vec(), tokens);
+
+        // Empty shards are valid.
+        write_shard(&path, &[], 200_000).unwrap();
+        assert!(Shard::open(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_files_with_useful_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.bin");
+
+        let err = write_shard(&path, &[1, 2, 300], 256).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::TokenOutOfRange {
+                    index: 2,
+                    token: 300,
+                    vocab_size: 256,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!path.exists());
+
+        write_shard(&path, &[1, 2, 3, 4], 1000).unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let err = Shard::open(&path).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                DataError::BadMagic {
+                    expected: 20240520,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("s.bin"), "{err}");
+
+        let mut bad = good.clone();
+        bad[4..8].copy_from_slice(&3i32.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let err = Shard::open(&path).err().unwrap();
+        assert!(
+            matches!(err, DataError::BadVersion { found: 3, .. }),
+            "{err}"
+        );
+
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        let err = Shard::open(&path).err().unwrap();
+        match &err {
+            DataError::Truncated {
+                path: p,
+                expected_bytes,
+                actual_bytes,
+                ..
+            } => {
+                assert_eq!(p, &path);
+                assert_eq!(*expected_bytes, 1024 + 8);
+                assert_eq!(*actual_bytes, 1024 + 7);
+            }
+            other => panic!("expected Truncated, got {other}"),
+        }
+        assert!(err.to_string().contains("1032"), "{err}");
+
+        std::fs::write(&path, &good[..100]).unwrap();
+        assert!(matches!(
+            Shard::open(&path),
+            Err(DataError::Truncated {
+                actual_bytes: 100,
+                ..
+            })
+        ));
+
+        let missing = dir.path().join("missing.bin");
+        let err = Shard::open(&missing).err().unwrap();
+        assert!(
+            matches!(err, DataError::Io { ref path, .. } if path == &missing),
+            "{err}"
+        );
+    }
+}

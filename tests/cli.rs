@@ -1,0 +1,517 @@
+//! End-to-end tests of the `train` binary on a tiny recipe: training, logs, checkpoints, exact resume
+//! after SIGKILL, export/import, generation, evaluation, and the error paths users hit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+
+/// A tiny Llama on ~40k tokens of synthetic stories: seconds per run.
+fn tiny_recipe(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name: tiny
+model:
+  arch: llama
+  d_model: 48
+  n_layers: 2
+  n_heads: 4
+  n_kv_heads: 2
+  ffn_hidden: 96
+  max_seq_len: 64
+data:
+  sources:
+    - type: synthetic_stories
+      tokens: 40000
+      seed: 7
+  val_fraction: 0.05
+  cache_dir: {cache}
+tokenizer:
+  type: train_bpe
+  vocab_size: 320
+  sample_docs: 200
+train:
+  seed: 3
+  max_steps: 30
+  micro_batch_size: 4
+  grad_accum_steps: 2
+  seq_len: 32
+  optimizer: {{type: adamw, lr: 1.0e-2, weight_decay: 0.1}}
+  schedule: {{type: cosine, warmup_steps: 3, min_lr_ratio: 0.1}}
+  log_every_steps: 1
+eval:
+  every_steps: 10
+  batches: 2
+  sample_max_new_tokens: 8
+checkpoint:
+  every_steps: 10
+  keep_last: 0
+export:
+  sample_max_new_tokens: 16
+{extra}"#,
+        cache = dir.join("data-cache").display()
+    );
+    let path = dir.join("tiny.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(args: &[&str]) -> Output {
+    Command::new(TRAIN)
+        .args(args)
+        .output()
+        .expect("train binary runs")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "train failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fails_with(out: Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "error should mention {n:?}:\n{stderr}");
+    }
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (step, loss) of the training lines.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .iter()
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+/// One finished 30-step run shared by the tests that only read it.
+fn shared_run() -> &'static (tempfile::TempDir, PathBuf) {
+    static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = tiny_recipe(dir.path(), "");
+        let run = dir.path().join("run");
+        ok(train(&[
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]));
+        (dir, run)
+    })
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_the_run_directory() {
+    let (_, run) = shared_run();
+    let l = losses(run);
+    assert_eq!(l.len(), 30, "one training line per step");
+    let first = l[0].1;
+    let last = l[29].1;
+    // Random init starts near ln(320) ≈ 5.77.
+    assert!((first - 320f64.ln()).abs() < 0.5, "first loss {first}");
+    assert!(last < first - 1.0, "loss should fall: {first} → {last}");
+
+    let m = metrics(run);
+    let line = m.iter().find(|v| v.get("loss").is_some()).unwrap();
+    for key in [
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens",
+        "tokens_per_s",
+        "mfu",
+        "elapsed_s",
+        "eta_s",
+    ] {
+        assert!(line.get(key).is_some(), "metrics line lacks {key}: {line}");
+    }
+    // 4 × 2 × 32 tokens per step.
+    assert_eq!(line["tokens"].as_u64(), Some(256));
+    let evals: Vec<&Value> = m.iter().filter(|v| v.get("val_loss").is_some()).collect();
+    assert_eq!(
+        evals
+            .iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![10, 20, 30]
+    );
+    assert!(
+        m.iter().any(|v| v.get("sample").is_some()),
+        "samples are logged"
+    );
+
+    for f in [
+        "recipe.yaml",
+        "tokenizer.json",
+        "ckpt/step-000010/state.json",
+        "ckpt/step-000030/model.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let tb: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().collect();
+    assert!(!tb.is_empty(), "TensorBoard event file written");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        assert!(run.join("export").join(f).is_file(), "export/{f} missing");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("export/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["model_type"], "llama");
+    assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(cfg["tie_word_embeddings"], true);
+    assert_eq!(cfg["num_key_value_heads"], 2);
+}
+
+#[test]
+fn resume_after_sigkill_gives_the_same_losses() {
+    let (_, reference) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    let mut child = Command::new(TRAIN)
+        .args([
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .env("KILN_PAUSE_AFTER_STEP", "13")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = run.join("paused-at-13");
+    let t0 = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "run never reached step 13"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run exited before step 13"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    // Steps 11–13 were logged but not checkpointed; step 10 is the latest checkpoint.
+    let out = ok(train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("step 10"),
+        "resumed from step 10"
+    );
+    let resumed = losses(&run);
+    let expected = losses(reference);
+    assert_eq!(
+        resumed.len(),
+        30,
+        "metrics.jsonl reads as one run: {resumed:?}"
+    );
+    for ((s1, a), (s2, b)) in resumed.iter().zip(&expected) {
+        assert_eq!(s1, s2);
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "step {s1}: resumed {a} vs uninterrupted {b}"
+        );
+    }
+}
+
+#[test]
+fn export_import_round_trip_has_identical_logits() {
+    let (dir, run) = shared_run();
+    let text = dir.path().join("eval.txt");
+    std::fs::write(
+        &text,
+        "Once upon a time, a little cat named Tom found a red ball. He was very happy.",
+    )
+    .unwrap();
+    let eval = |model: &Path, dump: &Path| -> Value {
+        let out = ok(train(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--dump-logits",
+            dump.to_str().unwrap(),
+        ]));
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    let a = eval(&run.join("export"), &dir.path().join("a.safetensors"));
+    let b = eval(
+        &run.join("ckpt/step-000030"),
+        &dir.path().join("b.safetensors"),
+    );
+    assert_eq!(a, b, "export and checkpoint give the same eval");
+    let la = kiln_arch::read_safetensors(&dir.path().join("a.safetensors")).unwrap();
+    let lb = kiln_arch::read_safetensors(&dir.path().join("b.safetensors")).unwrap();
+    assert_eq!(la["logits"].data, lb["logits"].data, "identical logits");
+    assert!(a["loss"].as_f64().unwrap() > 0.0 && a["tokens"].as_u64().unwrap() > 5);
+
+    // `train export` of the run directory (latest checkpoint) in bf16 loads and evaluates close by.
+    let bf16 = dir.path().join("export-bf16");
+    ok(train(&[
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        bf16.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]));
+    let c = eval(&bf16, &dir.path().join("c.safetensors"));
+    let (la, lc) = (a["loss"].as_f64().unwrap(), c["loss"].as_f64().unwrap());
+    assert!((la - lc).abs() < 0.05, "bf16 export loss {lc} vs f32 {la}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+}
+
+#[test]
+fn init_from_an_export_continues_from_its_weights() {
+    let (_, run) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("  init_from: {}\n", run.join("export").display());
+    // `extra` lands after the export section: append init_from to the model section instead.
+    let recipe = tiny_recipe(dir.path(), "");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "  max_seq_len: 64\n",
+        &format!("  max_seq_len: 64\n{extra}"),
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let out_dir = dir.path().join("continued");
+    ok(train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "export.enabled=false",
+    ]));
+    let first = losses(&out_dir)[0].1;
+    let trained = losses(run)[29].1;
+    assert!(
+        first < trained + 0.5,
+        "continued run starts near the trained loss ({first} vs {trained}), not from scratch"
+    );
+}
+
+#[test]
+fn generation_is_deterministic() {
+    let (_, run) = shared_run();
+    let export = run.join("export");
+    let gen = |seed: &str, temp: &str| {
+        let out = ok(train(&[
+            "generate",
+            "--model",
+            export.to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "20",
+            "--temperature",
+            temp,
+            "--top-k",
+            "20",
+            "--seed",
+            seed,
+        ]));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let greedy = gen("1", "0");
+    assert!(
+        greedy.starts_with("Once upon a time") && greedy.trim().len() > "Once upon a time".len()
+    );
+    assert_eq!(greedy, gen("2", "0"), "greedy ignores the seed");
+    assert_eq!(
+        gen("5", "1.0"),
+        gen("5", "1.0"),
+        "sampling is deterministic for a seed"
+    );
+}
+
+#[test]
+fn recipe_errors_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let r = recipe.to_str().unwrap();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("  n_heads: 4\n", "  n_heads: 4\n  n_headz: 4\n"),
+    )
+    .unwrap();
+    fails_with(
+        train(&["--recipe", bad.to_str().unwrap()]),
+        &["bad.yaml", "n_headz", "line"],
+    );
+    std::fs::write(&bad, text.replace("max_steps: 30", "max_steps: thirty")).unwrap();
+    fails_with(
+        train(&["--recipe", bad.to_str().unwrap()]),
+        &["train.max_steps", "invalid type"],
+    );
+    fails_with(
+        train(&["--recipe", r, "--set", "train.max_stepz=3"]),
+        &["max_stepz"],
+    );
+    fails_with(
+        train(&["--recipe", r, "--set", "train.seq_len=128"]),
+        &["train.seq_len", "model.max_seq_len"],
+    );
+    fails_with(
+        train(&["--recipe", &format!("{r}.missing")]),
+        &["cannot read recipe", "missing"],
+    );
+}
+
+#[test]
+fn missing_backend_and_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let r = recipe.to_str().unwrap();
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            train(&["--recipe", r, "--backend", "cuda"]),
+            &["--features cuda"],
+        );
+    }
+    let nowhere = dir.path().join("nowhere");
+    fails_with(
+        train(&[
+            "--recipe",
+            r,
+            "--set",
+            &format!("model.init_from={}", nowhere.display()),
+        ]),
+        &["model.init_from", "nowhere"],
+    );
+    fails_with(
+        train(&[
+            "generate",
+            "--model",
+            nowhere.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]),
+        &["does not exist"],
+    );
+}
+
+#[test]
+fn existing_run_needs_resume_and_corrupt_checkpoints_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let r = recipe.to_str().unwrap();
+    let run = dir.path().join("run");
+    let o = run.to_str().unwrap();
+    ok(train(&[
+        "--recipe",
+        r,
+        "--out",
+        o,
+        "--set",
+        "train.max_steps=10",
+        "--set",
+        "export.enabled=false",
+    ]));
+    fails_with(train(&["--recipe", r, "--out", o]), &["--resume"]);
+    // Truncate the checkpoint's weights: resume must say which file is broken, and must not delete it.
+    let weights = run.join("ckpt/step-000010/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        train(&[
+            "--recipe",
+            r,
+            "--out",
+            o,
+            "--resume",
+            "--set",
+            "train.max_steps=20",
+        ]),
+        &["model.safetensors"],
+    );
+    assert!(
+        weights.exists(),
+        "a broken checkpoint is reported, never deleted"
+    );
+    // A changed architecture cannot resume from this run.
+    std::fs::write(&weights, &bytes).unwrap();
+    fails_with(
+        train(&[
+            "--recipe",
+            r,
+            "--out",
+            o,
+            "--resume",
+            "--set",
+            "model.n_layers=3",
+        ]),
+        &["model.n_layers"],
+    );
+}
+
+#[test]
+fn diverging_loss_stops_with_the_checkpoint_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    // Step 10 is checkpointed normally, then the learning rate explodes.
+    let out = train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "train.schedule={type: wsd, warmup_steps: 0, decay_steps: 1, min_lr_ratio: 1.0}",
+        "--set",
+        "train.optimizer.lr=1.0e30",
+        "--set",
+        "train.grad_clip=null",
+    ]);
+    fails_with(out, &["diverged"]);
+    // Nothing non-finite was written as a checkpoint.
+    for (step, path) in kiln_trainer::checkpoint::list(&run) {
+        let t = kiln_arch::read_safetensors(&path.join("model.safetensors")).unwrap();
+        assert!(
+            t.values().all(|t| t.data.iter().all(|x| x.is_finite())),
+            "checkpoint {step} has non-finite weights"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! kiln's trainer: recipe → data → model → AdamW loop → checkpoints → Hugging Face export.
+//!
+//! The `train` binary (`src/main.rs`) is a thin layer over these modules:
+//! [`recipe`] (the YAML schema), [`train`] (the loop), [`optim`] (AdamW + global-norm clipping),
+//! [`schedule`], [`checkpoint`], [`metrics`], [`model_io`] (load/export model directories),
+//! [`generate`] (sampling with the KV cache) and [`eval`] (`train eval`).
+
+pub mod backend;
+pub mod checkpoint;
+pub mod eval;
+pub mod generate;
+pub mod loss;
+pub mod metrics;
+pub mod model_io;
+pub mod optim;
+pub mod params;
+pub mod recipe;
+pub mod schedule;
+pub mod train;

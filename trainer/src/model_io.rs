@@ -1,0 +1,172 @@
+//! Loading and exporting whole models: Hugging Face-style directories (`config.json` + `model.safetensors`
+//! + `tokenizer.json`) and kiln checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use kiln_arch::{read_safetensors, write_safetensors, Model, ModelConfig, SafetensorsDtype};
+use kiln_data::TextTokenizer;
+use serde_json::json;
+
+use crate::checkpoint;
+use crate::params::{load_named_tensors, named_tensors};
+
+/// A model with its config and (when the directory has one) its tokenizer.
+pub struct LoadedModel<B: Backend> {
+    pub config: ModelConfig,
+    pub model: Model<B>,
+    pub tokenizer: Option<TextTokenizer>,
+    pub dir: PathBuf,
+}
+
+fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (a model directory needs config.json)",
+            path.display()
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    ModelConfig::from_hf_config(&value)
+        .with_context(|| format!("unsupported model config {}", path.display()))
+}
+
+fn read_tokenizer(dir: &Path) -> Result<Option<TextTokenizer>> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(TextTokenizer::from_file(&path).with_context(
+        || format!("cannot load tokenizer {}", path.display()),
+    )?))
+}
+
+/// Loads a model directory: a kiln export, a Hugging Face Llama checkpoint, or a kiln checkpoint
+/// (`<run>/ckpt/step-NNNNNN`). A run directory means its latest checkpoint.
+pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    if !dir.is_dir() {
+        bail!("model directory {} does not exist", dir.display());
+    }
+    // A run directory: use its newest checkpoint.
+    if dir.join("ckpt").is_dir() && !dir.join("config.json").is_file() {
+        let latest = checkpoint::latest(dir)
+            .with_context(|| format!("{} has no complete checkpoint under ckpt/", dir.display()))?;
+        return load_model_dir(&latest, device);
+    }
+    let config = read_hf_config(dir)?;
+    if let Some(ctx) = check_tokenizer_fits(dir, &config)? {
+        bail!(ctx);
+    }
+    let tokenizer = read_tokenizer(dir)?;
+    let fresh: Model<B> = config.init(device);
+    let model = if dir.join("state.json").is_file() {
+        let ckpt = checkpoint::load(dir)?;
+        load_named_tensors(
+            fresh,
+            &ckpt.model,
+            &dir.join("model.safetensors").display().to_string(),
+        )?
+    } else {
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            if dir.join("model.safetensors.index.json").is_file() {
+                bail!(
+                    "{}: sharded safetensors checkpoints are not supported yet; merge them into model.safetensors",
+                    dir.display()
+                );
+            }
+            bail!(
+                "{} is missing (a model directory needs model.safetensors)",
+                weights.display()
+            );
+        }
+        let tensors = read_safetensors(&weights)?;
+        fresh
+            .load_hf_tensors(&tensors)
+            .with_context(|| format!("loading {}", weights.display()))?
+    };
+    Ok(LoadedModel {
+        config,
+        model,
+        tokenizer,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// A tokenizer whose ids do not fit the model's embedding is a mismatch worth stopping for.
+fn check_tokenizer_fits(dir: &Path, config: &ModelConfig) -> Result<Option<String>> {
+    if let Some(tok) = read_tokenizer(dir)? {
+        if tok.vocab_size() > config.vocab_size() {
+            return Ok(Some(format!(
+                "{}: tokenizer.json has {} tokens but the model's vocab_size is {}: tokenizer and model do not match",
+                dir.display(),
+                tok.vocab_size(),
+                config.vocab_size()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `model.safetensors`, `config.json`, `generation_config.json`, `tokenizer.json` and
+/// `tokenizer_config.json` so that `transformers`' `AutoModelForCausalLM` / `AutoTokenizer` load the
+/// directory as it is.
+pub fn export_model<B: Backend>(
+    model: &Model<B>,
+    config: &ModelConfig,
+    tokenizer: &TextTokenizer,
+    out: &Path,
+    dtype: SafetensorsDtype,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let eot = tokenizer.eot_id()?;
+    let torch_dtype = match dtype {
+        SafetensorsDtype::F32 => "float32",
+        SafetensorsDtype::Bf16 => "bfloat16",
+    };
+    let tensors = model.to_hf_tensors();
+    write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
+    let cfg = config.to_hf_config(eot, eot, torch_dtype);
+    write_json(&out.join("config.json"), &cfg)?;
+    write_json(
+        &out.join("generation_config.json"),
+        &json!({
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "max_length": config.max_seq_len(),
+            "do_sample": true,
+            "temperature": 0.8,
+            "top_k": 50,
+        }),
+    )?;
+    tokenizer
+        .save(&out.join("tokenizer.json"))
+        .with_context(|| format!("writing {}", out.join("tokenizer.json").display()))?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": null,
+            "model_max_length": config.max_seq_len(),
+            "add_bos_token": false,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+        }),
+    )?;
+    Ok(())
+}
+
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The model's parameters by internal name (checkpoint format).
+pub fn model_state<B: Backend>(model: &Model<B>) -> Vec<kiln_arch::HfTensor> {
+    named_tensors(model)
+}

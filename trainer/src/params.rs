@@ -1,0 +1,201 @@
+//! Parameters by name. Every parameter is addressed by its module path (`layers.3.self_attn.q_proj.weight`),
+//! which mirrors the Hugging Face tensor name; checkpoints and optimizer state are keyed by it, so they
+//! stay readable with any safetensors tool and survive refactors that would renumber burn's `ParamId`s.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use kiln_arch::HfTensor;
+
+/// Keeps the dotted path of the parameter being visited. Enum variants (`Model::Llama`) are not
+/// part of the name: the name must not change when the model is wrapped in the architecture enum.
+#[derive(Default)]
+pub struct PathTracker {
+    stack: Vec<Option<String>>,
+}
+
+impl PathTracker {
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        let keep = !container_type.starts_with("Enum:");
+        self.stack.push(keep.then(|| name.to_string()));
+    }
+    pub fn exit(&mut self) {
+        self.stack.pop();
+    }
+    pub fn name(&self) -> String {
+        self.stack
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error("{origin}: parameter `{name}` is missing")]
+    Missing { origin: String, name: String },
+    #[error("{origin}: parameter `{name}` has shape {got:?}, the model expects {expected:?}")]
+    Shape {
+        origin: String,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{origin}: parameters not in the model: {names:?}")]
+    Unexpected { origin: String, names: Vec<String> },
+}
+
+pub fn tensor_to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("float tensor converts to f32")
+}
+
+struct Collect {
+    path: PathTracker,
+    out: Vec<HfTensor>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        self.out.push(HfTensor {
+            name: self.path.name(),
+            shape: t.dims().to_vec(),
+            data: tensor_to_vec(t),
+        });
+    }
+}
+
+/// Every float parameter with its name, in burn's layout (the checkpoint format).
+pub fn named_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<HfTensor> {
+    let mut v = Collect {
+        path: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Names and ids of every float parameter, with its rank.
+pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId, usize)> {
+    struct Names {
+        path: PathTracker,
+        out: Vec<(String, ParamId, usize)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Names {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.out.push((self.path.name(), param.id, D));
+        }
+    }
+    let mut v = Names {
+        path: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+struct Load<'a> {
+    path: PathTracker,
+    tensors: &'a HashMap<String, HfTensor>,
+    origin: &'a str,
+    used: usize,
+    error: Option<ParamsError>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Load<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let name = self.path.name();
+        let expected = tensor.dims().to_vec();
+        let Some(src) = self.tensors.get(&name) else {
+            self.error = Some(ParamsError::Missing {
+                origin: self.origin.to_string(),
+                name,
+            });
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        if src.shape != expected {
+            self.error = Some(ParamsError::Shape {
+                origin: self.origin.to_string(),
+                name,
+                expected,
+                got: src.shape.clone(),
+            });
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        self.used += 1;
+        let require_grad = tensor.is_require_grad();
+        let device = tensor.device();
+        let mut new = Tensor::<B, D>::from_data(
+            TensorData::new(src.data.clone(), src.shape.clone()),
+            &device,
+        );
+        if require_grad {
+            new = new.require_grad();
+        }
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// Replaces every parameter by the tensor of the same name (checkpoint loading). All names must
+/// match exactly, with the same shapes; parameter ids are kept.
+pub fn load_named_tensors<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &HashMap<String, HfTensor>,
+    origin: &str,
+) -> Result<M, ParamsError> {
+    let mut mapper = Load {
+        path: PathTracker::default(),
+        tensors,
+        origin,
+        used: 0,
+        error: None,
+    };
+    let module = module.map(&mut mapper);
+    if let Some(e) = mapper.error {
+        return Err(e);
+    }
+    if mapper.used != tensors.len() {
+        let known: std::collections::HashSet<String> =
+            named_tensors(&module).into_iter().map(|t| t.name).collect();
+        let mut names: Vec<String> = tensors
+            .keys()
+            .filter(|k| !known.contains(*k))
+            .cloned()
+            .collect();
+        names.sort();
+        return Err(ParamsError::Unexpected {
+            origin: origin.to_string(),
+            names,
+        });
+    }
+    Ok(module)
+}

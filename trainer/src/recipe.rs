@@ -1,0 +1,968 @@
+//! The recipe: one YAML file that describes a whole run. This is the only place its schema is defined.
+//!
+//! Every section rejects unknown keys; wrong types are errors that name the key path, the file and the
+//! line. `--set a.b=value` overrides are applied to the parsed YAML before the typed parse, so they are
+//! checked by exactly the same rules. Cross-field checks (`Recipe::validate`) name the keys involved.
+//! Every field, its default and its meaning is documented in `recipes/README.md`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use kiln_arch::{LlamaConfig, ModelConfig};
+use kiln_data::{DataSpec, SourceSpec, TokenizerSpec};
+
+/// A recipe error; always names the file and/or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read recipe {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: key `{key}`: {message}")]
+    Parse {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("--set {arg}: expected KEY=VALUE with a dotted key such as train.max_steps=20")]
+    BadOverride { arg: String },
+    #[error(
+        "--set {arg}: `{key}` is not a section (it holds a value), cannot set a key inside it"
+    )]
+    OverrideThroughValue { arg: String, key: String },
+    #[error("recipe key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> RecipeError {
+    RecipeError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Run name; the default output directory is `checkpoints/<name>`.
+    pub name: String,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub tokenizer: TokenizerSection,
+    pub train: TrainSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// Llama / SmolLM / MobileLLM decoder (GQA attention, SwiGLU, RMSNorm, RoPE).
+    Llama,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub arch: Arch,
+    /// Vocabulary size. Default: the tokenizer's vocabulary size.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    pub d_model: usize,
+    /// Number of unique blocks (with `layer_sharing`, the effective depth is twice this).
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads for grouped-query attention. Default: `n_heads` (plain multi-head attention).
+    #[serde(default)]
+    pub n_kv_heads: Option<usize>,
+    /// Default: `d_model / n_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// SwiGLU hidden size.
+    pub ffn_hidden: usize,
+    /// Context length the model is built for (RoPE table size, `max_position_embeddings`).
+    pub max_seq_len: usize,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+    /// MobileLLM-LS immediate block-wise sharing: each block is applied twice in a row.
+    #[serde(default)]
+    pub layer_sharing: bool,
+    /// Standard deviation of the normal init of every linear layer and the embedding.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Divide the init std of `o_proj` and `down_proj` by sqrt(2 · effective layers) (GPT-2).
+    #[serde(default)]
+    pub scaled_residual_init: bool,
+    /// Start from these weights: a kiln export or a Hugging Face Llama directory
+    /// (`config.json` + `model.safetensors`). The architecture comes from its `config.json`.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub sources: Vec<SourceSection>,
+    /// Fraction of documents held out for validation.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Tokens per shard file.
+    #[serde(default = "default_shard_tokens")]
+    pub shard_tokens: usize,
+    /// Where prepared shards are cached (keyed by a hash of the data and tokenizer sections).
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+}
+
+fn default_val_fraction() -> f64 {
+    0.005
+}
+fn default_shard_tokens() -> usize {
+    100_000_000
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("checkpoints/data")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSection {
+    /// TinyStories-style stories generated on the fly.
+    SyntheticStories {
+        /// Token budget of this source (train + validation).
+        tokens: u64,
+        /// Generator seed.
+        #[serde(default = "default_data_seed")]
+        seed: u64,
+    },
+}
+
+fn default_data_seed() -> u64 {
+    1234
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenizerSection {
+    /// Train a byte-level BPE tokenizer on the first `sample_docs` documents of the data.
+    TrainBpe {
+        vocab_size: usize,
+        #[serde(default = "default_sample_docs")]
+        sample_docs: usize,
+        #[serde(default = "default_special_tokens")]
+        special_tokens: Vec<String>,
+    },
+    /// Load an existing `tokenizer.json` (it must contain `<|endoftext|>`).
+    File { path: PathBuf },
+}
+
+fn default_sample_docs() -> usize {
+    20_000
+}
+fn default_special_tokens() -> Vec<String> {
+    vec!["<|endoftext|>".to_string()]
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// burn's fast CPU backend (default).
+    Flex,
+    /// NVIDIA GPUs; needs a binary built with `--features cuda`.
+    Cuda,
+    /// Vulkan/Metal/DX12 GPUs; needs a binary built with `--features wgpu`.
+    Wgpu,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    F32,
+    Bf16Mixed,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Optimizer steps. One of `max_steps` / `max_tokens` is required; with both, the first reached ends.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Token budget (tokens per step = micro_batch_size · grad_accum_steps · seq_len · world size).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    pub micro_batch_size: usize,
+    #[serde(default = "default_one")]
+    pub grad_accum_steps: usize,
+    pub seq_len: usize,
+    pub optimizer: OptimizerSection,
+    pub schedule: ScheduleSection,
+    /// Global-norm gradient clipping (PyTorch `clip_grad_norm_`); `null` disables it.
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: Option<f64>,
+    #[serde(default = "default_log_every")]
+    pub log_every_steps: u64,
+    /// CPU threads for the flex backend. Default: all cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Peak FLOP/s of one device used for MFU. Default: detected (CPU: cores × clock × FMA width).
+    #[serde(default)]
+    pub peak_flops: Option<f64>,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Flex
+}
+fn default_precision() -> Precision {
+    Precision::F32
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_one() -> usize {
+    1
+}
+fn default_grad_clip() -> Option<f64> {
+    Some(1.0)
+}
+fn default_log_every() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSection {
+    /// AdamW with PyTorch semantics (decoupled weight decay). Norm weights are never decayed.
+    Adamw {
+        lr: f64,
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default = "default_weight_decay")]
+        weight_decay: f64,
+        /// Apply weight decay to the embedding too.
+        #[serde(default = "default_true")]
+        decay_embeddings: bool,
+    },
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.95]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecayShape {
+    Linear,
+    /// `lr · (1 - sqrt(progress))`, as SmolLM's nanotron config.
+    OneMinusSqrt,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleSection {
+    /// Linear warmup, then constant.
+    Constant {
+        #[serde(default)]
+        warmup_steps: u64,
+    },
+    /// Linear warmup, then cosine decay to `min_lr_ratio · lr` at the last step.
+    Cosine {
+        #[serde(default)]
+        warmup_steps: u64,
+        #[serde(default = "default_min_lr_ratio")]
+        min_lr_ratio: f64,
+    },
+    /// Warmup-stable-decay: warmup, constant, then decay to `min_lr_ratio · lr` over the last
+    /// `decay_steps` (or `decay_fraction` of the run).
+    Wsd {
+        #[serde(default)]
+        warmup_steps: u64,
+        #[serde(default)]
+        decay_steps: Option<u64>,
+        #[serde(default)]
+        decay_fraction: Option<f64>,
+        #[serde(default = "default_decay_shape")]
+        decay_shape: DecayShape,
+        #[serde(default)]
+        min_lr_ratio: f64,
+    },
+}
+
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_decay_shape() -> DecayShape {
+    DecayShape::Linear
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Validation every N steps (and at the end); 0 disables periodic evaluation.
+    #[serde(default = "default_eval_every")]
+    pub every_steps: u64,
+    /// Validation batches (of `train.micro_batch_size × train.seq_len`) per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub batches: usize,
+    /// Generations sampled at each evaluation.
+    #[serde(default = "default_eval_samples")]
+    pub samples: usize,
+    /// Prompt of those generations (after the end-of-text token).
+    #[serde(default = "default_prompt")]
+    pub sample_prompt: String,
+    #[serde(default = "default_sample_tokens")]
+    pub sample_max_new_tokens: usize,
+    #[serde(default = "default_temperature")]
+    pub sample_temperature: f64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            every_steps: default_eval_every(),
+            batches: default_eval_batches(),
+            samples: default_eval_samples(),
+            sample_prompt: default_prompt(),
+            sample_max_new_tokens: default_sample_tokens(),
+            sample_temperature: default_temperature(),
+        }
+    }
+}
+
+fn default_eval_every() -> u64 {
+    200
+}
+fn default_eval_batches() -> usize {
+    8
+}
+fn default_eval_samples() -> usize {
+    1
+}
+fn default_prompt() -> String {
+    "Once upon a time".to_string()
+}
+fn default_sample_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Checkpoint every N steps (and at the end, and on Ctrl-C); 0 disables periodic checkpoints.
+    #[serde(default = "default_ckpt_every")]
+    pub every_steps: u64,
+    /// Keep the newest N checkpoints; 0 keeps all.
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every_steps: default_ckpt_every(),
+            keep_last: default_keep_last(),
+        }
+    }
+}
+
+fn default_ckpt_every() -> u64 {
+    500
+}
+fn default_keep_last() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportDtype {
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    /// Export to `<run>/export/` at the end of training.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_export_dtype")]
+    pub dtype: ExportDtype,
+    /// Greedy sample printed after the export (empty string: none).
+    #[serde(default = "default_prompt")]
+    pub sample_prompt: String,
+    #[serde(default = "default_export_sample_tokens")]
+    pub sample_max_new_tokens: usize,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dtype: default_export_dtype(),
+            sample_prompt: default_prompt(),
+            sample_max_new_tokens: default_export_sample_tokens(),
+        }
+    }
+}
+
+fn default_export_dtype() -> ExportDtype {
+    ExportDtype::F32
+}
+fn default_export_sample_tokens() -> usize {
+    120
+}
+
+impl Recipe {
+    /// Reads a recipe file, applies `--set` overrides, parses and validates it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses recipe text. `origin` names the file in error messages.
+    pub fn from_yaml(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Recipe, RecipeError> {
+        // First the file as written, so errors carry its line numbers.
+        let recipe: Recipe = parse_typed(serde_yaml_ng::Deserializer::from_str(text), origin)?;
+        let recipe = if overrides.is_empty() {
+            recipe
+        } else {
+            let mut value: Value =
+                serde_yaml_ng::from_str(text).map_err(|e| RecipeError::Parse {
+                    origin: origin.to_string(),
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
+            for arg in overrides {
+                apply_override(&mut value, arg)?;
+            }
+            let origin = format!("{origin} (after --set {})", overrides.join(" --set "));
+            parse_typed(value, &origin)?
+        };
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("a recipe always serialises")
+    }
+
+    /// Cross-field checks; each error names the key to change.
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        let m = &self.model;
+        let t = &self.train;
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return Err(invalid("name", "must be a non-empty name without slashes"));
+        }
+        for (key, value) in [
+            ("model.d_model", m.d_model),
+            ("model.n_layers", m.n_layers),
+            ("model.n_heads", m.n_heads),
+            ("model.ffn_hidden", m.ffn_hidden),
+            ("model.max_seq_len", m.max_seq_len),
+            ("train.micro_batch_size", t.micro_batch_size),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.seq_len", t.seq_len),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let n_kv = m.n_kv_heads.unwrap_or(m.n_heads);
+        if n_kv == 0 || m.n_heads % n_kv != 0 {
+            return Err(invalid(
+                "model.n_kv_heads",
+                format!("{n_kv} must divide model.n_heads = {}", m.n_heads),
+            ));
+        }
+        if m.head_dim.is_none() && m.d_model % m.n_heads != 0 {
+            return Err(invalid(
+                "model.head_dim",
+                format!(
+                    "not set, and model.d_model = {} is not divisible by model.n_heads = {}",
+                    m.d_model, m.n_heads
+                ),
+            ));
+        }
+        if m.head_dim.unwrap_or(m.d_model / m.n_heads) % 2 != 0 {
+            return Err(invalid(
+                "model.head_dim",
+                "must be even (RoPE rotates pairs)",
+            ));
+        }
+        if t.seq_len > m.max_seq_len {
+            return Err(invalid(
+                "train.seq_len",
+                format!(
+                    "{} is longer than model.max_seq_len = {}",
+                    t.seq_len, m.max_seq_len
+                ),
+            ));
+        }
+        if t.max_steps.is_none() && t.max_tokens.is_none() {
+            return Err(invalid(
+                "train.max_steps",
+                "set train.max_steps or train.max_tokens",
+            ));
+        }
+        if t.log_every_steps == 0 {
+            return Err(invalid("train.log_every_steps", "must be at least 1"));
+        }
+        if t.threads == Some(0) {
+            return Err(invalid("train.threads", "must be at least 1"));
+        }
+        if let Some(p) = t.peak_flops {
+            if p <= 0.0 || !p.is_finite() {
+                return Err(invalid(
+                    "train.peak_flops",
+                    "must be a positive FLOP/s figure",
+                ));
+            }
+        }
+        if let Some(c) = t.grad_clip {
+            if c <= 0.0 || !c.is_finite() {
+                return Err(invalid(
+                    "train.grad_clip",
+                    "must be positive (or null to disable)",
+                ));
+            }
+        }
+        let OptimizerSection::Adamw {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            ..
+        } = &t.optimizer;
+        if !(*lr > 0.0 && lr.is_finite()) {
+            return Err(invalid("train.optimizer.lr", "must be a positive number"));
+        }
+        if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(invalid(
+                "train.optimizer.betas",
+                "each beta must be in [0, 1)",
+            ));
+        }
+        if *eps <= 0.0 {
+            return Err(invalid("train.optimizer.eps", "must be positive"));
+        }
+        if *weight_decay < 0.0 {
+            return Err(invalid("train.optimizer.weight_decay", "must be >= 0"));
+        }
+        match &t.schedule {
+            ScheduleSection::Cosine { min_lr_ratio, .. }
+            | ScheduleSection::Wsd { min_lr_ratio, .. }
+                if !(0.0..=1.0).contains(min_lr_ratio) =>
+            {
+                return Err(invalid("train.schedule.min_lr_ratio", "must be in [0, 1]"));
+            }
+            ScheduleSection::Wsd {
+                decay_steps,
+                decay_fraction,
+                ..
+            } => match (decay_steps, decay_fraction) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(
+                        "train.schedule.decay_steps",
+                        "a wsd schedule needs exactly one of decay_steps / decay_fraction",
+                    ))
+                }
+                (None, Some(f)) if !(0.0..=1.0).contains(f) => {
+                    return Err(invalid(
+                        "train.schedule.decay_fraction",
+                        "must be in [0, 1]",
+                    ))
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        if self.data.sources.is_empty() {
+            return Err(invalid("data.sources", "needs at least one source"));
+        }
+        if !(0.0..0.5).contains(&self.data.val_fraction) || self.data.val_fraction == 0.0 {
+            return Err(invalid("data.val_fraction", "must be in (0, 0.5)"));
+        }
+        if self.data.shard_tokens < 1024 {
+            return Err(invalid("data.shard_tokens", "must be at least 1024"));
+        }
+        if let TokenizerSection::TrainBpe {
+            vocab_size,
+            special_tokens,
+            ..
+        } = &self.tokenizer
+        {
+            if *vocab_size < 258 {
+                return Err(invalid(
+                    "tokenizer.vocab_size",
+                    "must be at least 258 (256 bytes + special tokens)",
+                ));
+            }
+            if !special_tokens.iter().any(|s| s == "<|endoftext|>") {
+                return Err(invalid(
+                    "tokenizer.special_tokens",
+                    "must contain <|endoftext|> (the document separator)",
+                ));
+            }
+            if let Some(v) = m.vocab_size {
+                if v < *vocab_size {
+                    return Err(invalid(
+                        "model.vocab_size",
+                        format!("{v} is smaller than tokenizer.vocab_size = {vocab_size}"),
+                    ));
+                }
+            }
+        }
+        if self.eval.every_steps > 0 && self.eval.batches == 0 {
+            return Err(invalid(
+                "eval.batches",
+                "must be at least 1 when eval.every_steps > 0",
+            ));
+        }
+        if self.eval.sample_temperature < 0.0 {
+            return Err(invalid("eval.sample_temperature", "must be >= 0"));
+        }
+        Ok(())
+    }
+
+    /// Tokens consumed by one optimizer step across `world_size` data-parallel workers.
+    pub fn tokens_per_step(&self, world_size: usize) -> u64 {
+        (self.train.micro_batch_size
+            * self.train.grad_accum_steps
+            * self.train.seq_len
+            * world_size) as u64
+    }
+
+    /// The number of optimizer steps of the run (the first of max_steps / max_tokens reached).
+    pub fn total_steps(&self, world_size: usize) -> u64 {
+        let by_tokens = self
+            .train
+            .max_tokens
+            .map(|t| t.div_ceil(self.tokens_per_step(world_size)));
+        match (self.train.max_steps, by_tokens) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => unreachable!("validate() requires one of them"),
+        }
+    }
+
+    /// The architecture config for a fresh model, given the tokenizer's vocabulary size.
+    pub fn model_config(&self, tokenizer_vocab: usize) -> Result<ModelConfig, RecipeError> {
+        let m = &self.model;
+        let vocab_size = m.vocab_size.unwrap_or(tokenizer_vocab);
+        if vocab_size < tokenizer_vocab {
+            return Err(invalid(
+                "model.vocab_size",
+                format!(
+                    "{vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})"
+                ),
+            ));
+        }
+        match m.arch {
+            Arch::Llama => Ok(ModelConfig::Llama(LlamaConfig {
+                vocab_size,
+                hidden_size: m.d_model,
+                intermediate_size: m.ffn_hidden,
+                num_hidden_layers: m.n_layers,
+                num_attention_heads: m.n_heads,
+                num_key_value_heads: m.n_kv_heads.unwrap_or(m.n_heads),
+                head_dim: m.head_dim.unwrap_or(m.d_model / m.n_heads),
+                max_position_embeddings: m.max_seq_len,
+                rope_theta: m.rope_theta,
+                rms_norm_eps: m.norm_eps,
+                tie_word_embeddings: m.tie_embeddings,
+                initializer_range: m.init_std,
+                layer_sharing: m.layer_sharing,
+                scaled_residual_init: m.scaled_residual_init,
+            })),
+        }
+    }
+
+    /// The data-preparation spec handed to `kiln-data`.
+    pub fn data_spec(&self) -> DataSpec {
+        DataSpec {
+            sources: self
+                .data
+                .sources
+                .iter()
+                .map(|s| match s {
+                    SourceSection::SyntheticStories { tokens, seed } => {
+                        SourceSpec::SyntheticStories {
+                            tokens: *tokens,
+                            seed: *seed,
+                        }
+                    }
+                })
+                .collect(),
+            tokenizer: match &self.tokenizer {
+                TokenizerSection::TrainBpe {
+                    vocab_size,
+                    sample_docs,
+                    special_tokens,
+                } => TokenizerSpec::TrainBpe {
+                    vocab_size: *vocab_size,
+                    sample_docs: *sample_docs,
+                    special_tokens: special_tokens.clone(),
+                },
+                TokenizerSection::File { path } => TokenizerSpec::File { path: path.clone() },
+            },
+            val_fraction: self.data.val_fraction,
+            shard_tokens: self.data.shard_tokens,
+        }
+    }
+}
+
+fn parse_typed<'de, D: serde::Deserializer<'de>>(de: D, origin: &str) -> Result<Recipe, RecipeError>
+where
+    D::Error: std::fmt::Display,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        RecipeError::Parse {
+            origin: origin.to_string(),
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Applies one `a.b.c=value` override; the value is parsed as YAML (`4`, `1e-3`, `true`, `[0.9, 0.95]`).
+pub fn apply_override(root: &mut Value, arg: &str) -> Result<(), RecipeError> {
+    let bad = || RecipeError::BadOverride {
+        arg: arg.to_string(),
+    };
+    let (key, raw) = arg.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(bad());
+    }
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|_| bad())?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_mapping() {
+            if node.is_null() {
+                *node = Value::Mapping(Default::default());
+            } else {
+                return Err(RecipeError::OverrideThroughValue {
+                    arg: arg.to_string(),
+                    key: parts[..i].join("."),
+                });
+            }
+        }
+        let map = node.as_mapping_mut().expect("checked above");
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const TINY: &str = r#"
+name: tiny
+model:
+  arch: llama
+  d_model: 32
+  n_layers: 2
+  n_heads: 4
+  n_kv_heads: 2
+  ffn_hidden: 64
+  max_seq_len: 64
+data:
+  sources:
+    - type: synthetic_stories
+      tokens: 20000
+tokenizer:
+  type: train_bpe
+  vocab_size: 300
+train:
+  max_steps: 10
+  micro_batch_size: 2
+  seq_len: 32
+  optimizer: {type: adamw, lr: 1e-3}
+  schedule: {type: cosine, warmup_steps: 2}
+"#;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Recipe::from_yaml(text, "r.yaml", &o)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn tiny_recipe_parses_with_defaults() {
+        let r = Recipe::from_yaml(TINY, "r.yaml", &[]).unwrap();
+        assert_eq!(r.train.grad_accum_steps, 1);
+        assert_eq!(r.train.grad_clip, Some(1.0));
+        assert_eq!(r.train.seed, 1337);
+        assert_eq!(r.model.n_kv_heads, Some(2));
+        assert!(r.model.tie_embeddings);
+        assert_eq!(r.checkpoint.every_steps, 500);
+        assert_eq!(r.total_steps(1), 10);
+        // The resolved recipe round-trips through YAML unchanged.
+        let again = Recipe::from_yaml(&r.to_yaml(), "again.yaml", &[]).unwrap();
+        assert_eq!(r, again);
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let o = [
+            "train.max_steps=20".to_string(),
+            "model.n_layers=4".into(),
+            "train.optimizer.lr=3e-4".into(),
+            "train.optimizer.betas=[0.8, 0.99]".into(),
+            "eval.every_steps=5".into(),
+        ];
+        let r = Recipe::from_yaml(TINY, "r.yaml", &o).unwrap();
+        assert_eq!(r.train.max_steps, Some(20));
+        assert_eq!(r.model.n_layers, 4);
+        assert_eq!(r.eval.every_steps, 5);
+        let OptimizerSection::Adamw { lr, betas, .. } = r.train.optimizer;
+        assert_eq!(lr, 3e-4);
+        assert_eq!(betas, [0.8, 0.99]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let text = TINY.replace("  n_heads: 4\n", "  n_heads: 4\n  n_layerz: 3\n");
+        let e = err(&text, &[]);
+        assert!(e.contains("r.yaml"), "{e}");
+        assert!(e.contains("n_layerz"), "{e}");
+        assert!(e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = err(&TINY.replace("n_layers: 2", "n_layers: two"), &[]);
+        assert!(
+            e.contains("model.n_layers") && e.contains("invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_override_key_is_an_error() {
+        let e = err(TINY, &["train.max_stepz=3"]);
+        assert!(e.contains("max_stepz") && e.contains("--set"), "{e}");
+        let e = err(TINY, &["train.max_steps"]);
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = err(TINY, &["name.x=3"]);
+        assert!(e.contains("not a section"), "{e}");
+        let e = err(TINY, &["train.max_steps=ten"]);
+        assert!(e.contains("train.max_steps"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let text = TINY.replace("name: tiny\n", "");
+        let e = err(&text, &[]);
+        assert!(e.contains("missing field `name`"), "{e}");
+    }
+
+    #[test]
+    fn cross_field_checks_name_the_key() {
+        assert!(err(TINY, &["train.seq_len=128"]).contains("train.seq_len"));
+        assert!(err(TINY, &["model.n_kv_heads=3"]).contains("model.n_kv_heads"));
+        assert!(err(TINY, &["train.max_steps=null"]).contains("train.max_steps"));
+        assert!(err(TINY, &["model.vocab_size=100"]).contains("model.vocab_size"));
+        assert!(err(TINY, &["train.optimizer.lr=-1"]).contains("train.optimizer.lr"));
+        assert!(err(TINY, &["train.micro_batch_size=0"]).contains("train.micro_batch_size"));
+        assert!(err(TINY, &["train.schedule={type: wsd}"]).contains("decay_steps"));
+        assert!(
+            err(TINY, &["tokenizer.special_tokens=[\"<s>\"]"]).contains("tokenizer.special_tokens")
+        );
+    }
+
+    #[test]
+    fn token_budget_sets_steps() {
+        let r = Recipe::from_yaml(
+            TINY,
+            "r.yaml",
+            &[
+                "train.max_steps=null".into(),
+                "train.max_tokens=1000".into(),
+            ],
+        )
+        .unwrap();
+        // 2 × 1 × 32 = 64 tokens per step on one worker → ceil(1000 / 64) = 16 steps.
+        assert_eq!(r.total_steps(1), 16);
+        assert_eq!(r.total_steps(2), 8);
+    }
+
+    #[test]
+    fn model_config_follows_tokenizer_vocab() {
+        let r = Recipe::from_yaml(TINY, "r.yaml", &[]).unwrap();
+        let ModelConfig::Llama(c) = r.model_config(300).unwrap();
+        assert_eq!(c.vocab_size, 300);
+        assert_eq!(c.head_dim, 8);
+        assert_eq!(c.num_key_value_heads, 2);
+        assert!(r.model_config(400).is_ok()); // vocab from the tokenizer
+        let r = Recipe::from_yaml(TINY, "r.yaml", &["model.vocab_size=320".into()]).unwrap();
+        assert!(r
+            .model_config(330)
+            .unwrap_err()
+            .to_string()
+            .contains("model.vocab_size"));
+    }
+}

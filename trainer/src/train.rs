@@ -1,0 +1,589 @@
+//! The pretraining loop: data → model → AdamW, with evaluation, checkpoints, logging and export.
+//!
+//! One optimizer step = `grad_accum_steps` micro-batches; each micro-batch loss is divided by the
+//! number of micro-batches, so the accumulated gradient is the mean (as PyTorch users expect).
+//! Host–device syncs happen only at log steps (reading the loss and grad norm), at evaluation, at
+//! checkpoints and on Ctrl-C; every other step stays on the device.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use kiln_arch::{Model, ModelConfig};
+use kiln_data::{eval_batches, TextTokenizer, TokenLoader};
+
+use crate::checkpoint::{self, CheckpointFiles, TrainState};
+use crate::generate::{generate, SampleOptions};
+use crate::loss::cross_entropy;
+use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
+use crate::model_io::{export_model, load_model_dir, model_state};
+use crate::optim::{accumulate_grads, clip_factor, grad_sq_norm, AdamW, AdamWConfig};
+use crate::params::load_named_tensors;
+use crate::recipe::{ExportDtype, OptimizerSection, Recipe};
+use crate::schedule::Schedule;
+
+/// Set by the Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+static CTRL_C_PRESSES: AtomicUsize = AtomicUsize::new(0);
+
+pub fn install_ctrl_c_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if CTRL_C_PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (press again to abort now)");
+            STOP_REQUESTED.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!("\nsecond Ctrl-C: aborting without a checkpoint");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// This process's place among data-parallel workers (torchrun-style `RANK` / `WORLD_SIZE`).
+#[derive(Debug, Clone, Copy)]
+pub struct Dist {
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl Dist {
+    pub fn from_env() -> Result<Self> {
+        let read = |k: &str, default: usize| -> Result<usize> {
+            match std::env::var(k) {
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("environment variable {k}={v} is not a number")),
+                Err(_) => Ok(default),
+            }
+        };
+        let d = Self {
+            rank: read("RANK", 0)?,
+            world_size: read("WORLD_SIZE", 1)?,
+        };
+        if d.world_size == 0 || d.rank >= d.world_size {
+            bail!("RANK={} must be below WORLD_SIZE={}", d.rank, d.world_size);
+        }
+        Ok(d)
+    }
+    /// Only rank 0 writes logs, checkpoints and exports.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+pub struct TrainOptions {
+    pub out_dir: Option<PathBuf>,
+    pub resume: bool,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub last_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    pub stopped_early: bool,
+    pub export_dir: Option<PathBuf>,
+    pub sample: Option<String>,
+}
+
+/// `[batch, seq + 1]` token windows → (inputs `[batch, seq]`, targets `[batch, seq]`).
+pub fn batch_tensors<B: Backend>(
+    tokens: &[u32],
+    batch: usize,
+    seq_len: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [batch, seq_len + 1]), device);
+    let inputs = all.clone().slice([0..batch, 0..seq_len]);
+    let targets = all.slice([0..batch, 1..seq_len + 1]);
+    (inputs, targets)
+}
+
+/// Mean validation loss over fixed batches (the same every evaluation).
+pub fn validation_loss<B: Backend>(
+    model: &Model<B>,
+    batches: &[Vec<u32>],
+    batch_size: usize,
+    seq_len: usize,
+    device: &B::Device,
+) -> f64 {
+    let mut total = 0.0;
+    for tokens in batches {
+        let (inputs, targets) = batch_tensors::<B>(tokens, batch_size, seq_len, device);
+        let loss = cross_entropy(model.forward(inputs), targets);
+        total += loss.into_scalar().elem::<f64>(); // host sync, once per validation batch
+    }
+    total / batches.len() as f64
+}
+
+pub fn run<B: Backend>(
+    recipe: Recipe,
+    opts: TrainOptions,
+    device: B::Device,
+) -> Result<RunSummary> {
+    type AB<B> = Autodiff<B>;
+    let dist = Dist::from_env()?;
+    if dist.world_size > 1 {
+        bail!(
+            "WORLD_SIZE={}: multi-worker training (gradient all-reduce) is not implemented yet; \
+             the data loader already shards by RANK/WORLD_SIZE",
+            dist.world_size
+        );
+    }
+    let run_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("checkpoints").join(&recipe.name));
+    let latest = checkpoint::latest(&run_dir);
+    if latest.is_some() && !opts.resume {
+        bail!(
+            "{} already has checkpoints; pass --resume to continue that run, or --out DIR to start a new one",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let say = |msg: &str| {
+        if dist.is_main() {
+            eprintln!("{msg}");
+        }
+    };
+
+    if recipe.train.precision != crate::recipe::Precision::F32 {
+        say("warning: train.precision other than f32 is not implemented yet: this run computes in f32");
+    }
+
+    // ---- data and tokenizer ----------------------------------------------------------------
+    let spec = recipe.data_spec();
+    let prepared = kiln_data::prepare(&spec, &recipe.data.cache_dir, &mut |m: &str| say(m))
+        .context("data preparation failed")?;
+    let tokenizer = TextTokenizer::from_file(&prepared.tokenizer_path)?;
+    let eot = tokenizer.eot_id()?;
+    let tokenizer_path = run_dir.join("tokenizer.json");
+    std::fs::copy(&prepared.tokenizer_path, &tokenizer_path)
+        .with_context(|| format!("cannot write {}", tokenizer_path.display()))?;
+    say(&format!(
+        "data: {} train tokens, {} validation tokens, vocabulary {} ({})",
+        prepared.train_tokens,
+        prepared.val_tokens,
+        tokenizer.vocab_size(),
+        prepared.dir.display()
+    ));
+
+    // ---- model ------------------------------------------------------------------------------
+    <AB<B> as Backend>::seed(&device, recipe.train.seed);
+    let (config, mut model): (ModelConfig, Model<AB<B>>) = match &recipe.model.init_from {
+        Some(dir) => {
+            let loaded = load_model_dir::<AB<B>>(dir, &device)
+                .with_context(|| format!("model.init_from = {}", dir.display()))?;
+            say(&format!("model: initialised from {}", dir.display()));
+            (loaded.config, loaded.model)
+        }
+        None => {
+            let config = recipe.model_config(tokenizer.vocab_size())?;
+            let model = config.init(&device);
+            (config, model)
+        }
+    };
+    if tokenizer.vocab_size() > config.vocab_size() {
+        bail!(
+            "tokenizer/model mismatch: the tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            config.vocab_size()
+        );
+    }
+    if recipe.train.seq_len > config.max_seq_len() {
+        bail!(
+            "train.seq_len = {} exceeds the model's context ({})",
+            recipe.train.seq_len,
+            config.max_seq_len()
+        );
+    }
+    let n_params = model.num_params();
+    if n_params != config.num_params() {
+        bail!(
+            "internal: instantiated parameters {n_params} != analytic count {}",
+            config.num_params()
+        );
+    }
+    say(&format!(
+        "model: {} parameters",
+        group_digits(n_params as u64)
+    ));
+
+    // ---- optimizer, schedule, loader ----------------------------------------------------------
+    let OptimizerSection::Adamw {
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        decay_embeddings,
+    } = recipe.train.optimizer.clone();
+    let mut optimizer = AdamW::<B>::new(AdamWConfig {
+        beta1: betas[0],
+        beta2: betas[1],
+        eps,
+        weight_decay,
+        decay_embeddings,
+    });
+    let total_steps = recipe.total_steps(dist.world_size);
+    let schedule = Schedule::new(recipe.train.schedule.clone(), lr, total_steps);
+    let t = &recipe.train;
+    let mut loader = TokenLoader::new(
+        &prepared.train_shards,
+        t.micro_batch_size,
+        t.seq_len,
+        t.seed,
+        dist.rank,
+        dist.world_size,
+    )?;
+    let val = if recipe.eval.every_steps > 0 || recipe.eval.batches > 0 {
+        eval_batches(
+            &prepared.val_shards,
+            t.micro_batch_size,
+            t.seq_len,
+            recipe.eval.batches,
+        )?
+    } else {
+        Vec::new()
+    };
+    let tokens_per_step = recipe.tokens_per_step(dist.world_size);
+    let recipe_yaml = recipe.to_yaml();
+    if dist.is_main() {
+        std::fs::write(run_dir.join("recipe.yaml"), &recipe_yaml)?;
+    }
+
+    // ---- resume -------------------------------------------------------------------------------
+    let mut step = 0u64;
+    let mut tokens = 0u64;
+    let mut elapsed_before = 0.0;
+    let mut resumed_from = None;
+    if opts.resume {
+        match &latest {
+            Some(dir) => {
+                let ckpt = checkpoint::load(dir)?;
+                check_same_model(dir, &recipe)?;
+                model = load_named_tensors(
+                    model,
+                    &ckpt.model,
+                    &dir.join("model.safetensors").display().to_string(),
+                )?;
+                optimizer
+                    .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
+                    .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
+                loader
+                    .restore(ckpt.state.loader.clone())
+                    .with_context(|| format!("{}: loader state", dir.display()))?;
+                step = ckpt.state.step;
+                tokens = ckpt.state.tokens;
+                elapsed_before = ckpt.state.elapsed_s;
+                resumed_from = Some(step);
+                say(&format!("resumed from {} (step {step})", dir.display()));
+            }
+            None => say("--resume: no checkpoint yet, starting from step 0"),
+        }
+    }
+
+    let peak_flops = t
+        .peak_flops
+        .or_else(|| metrics::cpu_peak_flops(rayon_threads()));
+    let flops_per_token = config.flops_per_token(t.seq_len);
+    let mut logger = Logger::open(&run_dir, total_steps, resumed_from)?;
+    logger.info(&format!(
+        "training {total_steps} steps × {tokens_per_step} tokens (micro-batch {} × accumulation {} × seq {}), peak {}",
+        t.micro_batch_size,
+        t.grad_accum_steps,
+        t.seq_len,
+        peak_flops.map_or("unknown (set train.peak_flops)".into(), |p| format!("{:.1} TFLOP/s", p / 1e12))
+    ));
+
+    let save_ckpt = |model: &Model<AB<B>>,
+                     optimizer: &AdamW<B>,
+                     loader: &TokenLoader,
+                     step: u64,
+                     tokens: u64,
+                     elapsed: f64|
+     -> Result<PathBuf> {
+        let state = TrainState {
+            step,
+            tokens,
+            loader: loader.state(),
+            optimizer_step: optimizer.step,
+            elapsed_s: elapsed,
+            seed: recipe.train.seed,
+            world_size: dist.world_size,
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let dir = checkpoint::save(
+            &run_dir,
+            &CheckpointFiles {
+                model: &model_state(model),
+                optimizer: &optimizer.state_tensors(),
+                state: &state,
+                hf_config: &config.to_hf_config(eot, eot, "float32"),
+                recipe_yaml: &recipe_yaml,
+                tokenizer_json: &tokenizer_path,
+            },
+            recipe.checkpoint.keep_last,
+        )?;
+        Ok(dir)
+    };
+
+    let started = Instant::now();
+    let mut interval_start = Instant::now();
+    let mut interval_tokens = 0u64;
+    let mut last_loss = None;
+    let mut last_val_loss = None;
+    let mut last_saved = resumed_from;
+    let mut stopped_early = false;
+
+    while step < total_steps {
+        let lr = schedule.lr_at(step);
+        // ---- forward/backward over the micro-batches ----
+        let mut grads = GradientsParams::new();
+        let mut step_loss: Option<Tensor<B, 1>> = None;
+        for _ in 0..t.grad_accum_steps {
+            let batch = loader.next_batch();
+            let (inputs, targets) =
+                batch_tensors::<AB<B>>(&batch, t.micro_batch_size, t.seq_len, &device);
+            let loss = cross_entropy(model.forward(inputs), targets); // [1]
+            let micro = GradientsParams::from_grads(
+                loss.clone()
+                    .div_scalar(t.grad_accum_steps as f64)
+                    .backward(),
+                &model,
+            );
+            accumulate_grads(&model, &mut grads, micro);
+            let detached = loss.inner();
+            step_loss = Some(match step_loss {
+                Some(s) => s + detached,
+                None => detached,
+            });
+        }
+        let step_loss = step_loss
+            .expect("grad_accum_steps >= 1")
+            .div_scalar(t.grad_accum_steps as f64);
+        // ---- global-norm clipping and the update (no host sync) ----
+        let grad_norm = grad_sq_norm(&model, &grads).map(|s| s.sqrt());
+        let scale = match (t.grad_clip, &grad_norm) {
+            (Some(c), Some(n)) => Some(clip_factor(n.clone(), c)),
+            _ => None,
+        };
+        model = optimizer.step(lr, model, grads, scale);
+        step += 1;
+        tokens += tokens_per_step;
+        interval_tokens += tokens_per_step;
+
+        let stop_now = STOP_REQUESTED.load(Ordering::SeqCst);
+        let last_step = step == total_steps;
+        let log_due = step % t.log_every_steps == 0 || last_step || stop_now;
+        let ckpt_due = (recipe.checkpoint.every_steps > 0
+            && step % recipe.checkpoint.every_steps == 0)
+            || last_step
+            || stop_now;
+        if log_due || ckpt_due {
+            // Host sync: read the loss (also guards checkpoints against NaN weights).
+            let loss: f64 = step_loss.into_scalar().elem();
+            if !loss.is_finite() {
+                let kept = checkpoint::latest(&run_dir)
+                    .map_or("no checkpoint was written yet".into(), |p| {
+                        format!("the last good checkpoint {} is intact", p.display())
+                    });
+                bail!("loss is {loss} at step {step}: training diverged ({kept}); lower train.optimizer.lr or check the data");
+            }
+            last_loss = Some(loss);
+            if log_due && dist.is_main() {
+                let dt = interval_start.elapsed().as_secs_f64().max(1e-9);
+                let tokens_per_s = interval_tokens as f64 / dt;
+                let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+                let remaining = (total_steps - step) as f64 * tokens_per_step as f64 / tokens_per_s;
+                logger.train(&TrainRecord {
+                    step,
+                    loss,
+                    lr,
+                    grad_norm: grad_norm.map(|n| n.into_scalar().elem::<f64>()),
+                    tokens,
+                    tokens_per_s,
+                    mfu: metrics::mfu(tokens_per_s * flops_per_token as f64, peak_flops),
+                    elapsed_s: elapsed,
+                    eta_s: remaining,
+                    peak_rss_mb: metrics::peak_rss_mb(),
+                })?;
+                interval_start = Instant::now();
+                interval_tokens = 0;
+            }
+        }
+        logger.set_step(step);
+
+        let eval_due =
+            recipe.eval.every_steps > 0 && (step % recipe.eval.every_steps == 0 || last_step);
+        if eval_due && dist.is_main() && !val.is_empty() {
+            let pause = Instant::now();
+            let valid = model.valid();
+            let val_loss = validation_loss(&valid, &val, t.micro_batch_size, t.seq_len, &device);
+            last_val_loss = Some(val_loss);
+            logger.eval(&EvalRecord {
+                step,
+                val_loss,
+                val_ppl: val_loss.exp(),
+                tokens,
+            })?;
+            for i in 0..recipe.eval.samples {
+                let text = sample_text(
+                    &valid,
+                    &config,
+                    &tokenizer,
+                    &recipe.eval.sample_prompt,
+                    &SampleOptions {
+                        max_new_tokens: recipe.eval.sample_max_new_tokens,
+                        temperature: recipe.eval.sample_temperature,
+                        top_k: Some(50),
+                        top_p: None,
+                        seed: t.seed ^ (step << 8) ^ i as u64,
+                    },
+                    eot,
+                    &device,
+                )?;
+                logger.info(&format!("sample: {text}"));
+                logger.record(&serde_json::json!({"step": step, "sample": text}))?;
+            }
+            // Evaluation time does not count towards training throughput.
+            interval_start += pause.elapsed();
+        }
+
+        if ckpt_due && dist.is_main() && last_saved != Some(step) {
+            let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+            let dir = save_ckpt(&model, &optimizer, &loader, step, tokens, elapsed)?;
+            last_saved = Some(step);
+            logger.info(&format!("checkpoint: {}", dir.display()));
+        }
+        pause_for_tests(&run_dir, step);
+        if stop_now {
+            logger.info("stopped by Ctrl-C; continue with --resume");
+            stopped_early = true;
+            break;
+        }
+    }
+    logger.finish();
+
+    let mut summary = RunSummary {
+        run_dir: run_dir.clone(),
+        steps: step,
+        last_loss,
+        last_val_loss,
+        stopped_early,
+        export_dir: None,
+        sample: None,
+    };
+    if !stopped_early && recipe.export.enabled && dist.is_main() {
+        let export_dir = run_dir.join("export");
+        let valid = model.valid();
+        let dtype = match recipe.export.dtype {
+            ExportDtype::F32 => kiln_arch::SafetensorsDtype::F32,
+            ExportDtype::Bf16 => kiln_arch::SafetensorsDtype::Bf16,
+        };
+        export_model(&valid, &config, &tokenizer, &export_dir, dtype)?;
+        eprintln!("export: {}", export_dir.display());
+        if !recipe.export.sample_prompt.is_empty() {
+            let text = sample_text(
+                &valid,
+                &config,
+                &tokenizer,
+                &recipe.export.sample_prompt,
+                &SampleOptions::greedy(recipe.export.sample_max_new_tokens),
+                eot,
+                &device,
+            )?;
+            summary.sample = Some(text);
+        }
+        summary.export_dir = Some(export_dir);
+    }
+    Ok(summary)
+}
+
+/// The prompt (after an end-of-text token, i.e. at a document start) and its continuation.
+pub fn sample_text<B: Backend>(
+    model: &Model<B>,
+    config: &ModelConfig,
+    tokenizer: &TextTokenizer,
+    prompt: &str,
+    opts: &SampleOptions,
+    eot: u32,
+    device: &B::Device,
+) -> Result<String> {
+    let mut ids = vec![eot];
+    ids.extend(tokenizer.encode(prompt)?);
+    let new = generate(model, config, &ids, opts, Some(eot), device);
+    let new: Vec<u32> = new.into_iter().filter(|&t| t != eot).collect();
+    Ok(format!("{prompt}{}", tokenizer.decode(&new)?))
+}
+
+/// Resuming with a different model section would load mismatched weights: refuse, naming the key.
+fn check_same_model(ckpt_dir: &Path, recipe: &Recipe) -> Result<()> {
+    let saved = std::fs::read_to_string(ckpt_dir.join("recipe.yaml"))
+        .with_context(|| format!("{} has no recipe.yaml", ckpt_dir.display()))?;
+    let saved: Recipe = serde_yaml_ng::from_str(&saved)
+        .with_context(|| format!("{}/recipe.yaml does not parse", ckpt_dir.display()))?;
+    if saved.model != recipe.model {
+        let a = serde_yaml_ng::to_value(&saved.model)?;
+        let b = serde_yaml_ng::to_value(&recipe.model)?;
+        let key = a
+            .as_mapping()
+            .and_then(|am| {
+                am.iter()
+                    .find(|(k, v)| b.get(*k) != Some(*v))
+                    .and_then(|(k, _)| k.as_str().map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into());
+        bail!(
+            "cannot resume: model.{key} differs from the checkpoint's recipe ({})",
+            ckpt_dir.join("recipe.yaml").display()
+        );
+    }
+    if saved.data != recipe.data || saved.tokenizer != recipe.tokenizer {
+        bail!(
+            "cannot resume: the data or tokenizer section differs from the checkpoint's recipe ({}); \
+             the loader position would not mean the same thing",
+            ckpt_dir.join("recipe.yaml").display()
+        );
+    }
+    Ok(())
+}
+
+/// Test hook: with `KILN_PAUSE_AFTER_STEP=N`, the process writes `<run>/paused-at-N` after step N and
+/// sleeps, so that a test can SIGKILL it at a known point and check that resume is exact.
+fn pause_for_tests(run_dir: &Path, step: u64) {
+    let Ok(v) = std::env::var("KILN_PAUSE_AFTER_STEP") else {
+        return;
+    };
+    if v.parse::<u64>().ok() == Some(step) {
+        let _ = std::fs::write(run_dir.join(format!("paused-at-{step}")), b"");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+fn rayon_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
