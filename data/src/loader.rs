@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DataError, Shard};
 
 /// Where a [`TokenLoader`] is: saved in checkpoints for exact resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderState {
     /// Epoch whose permutation is being consumed (0-based).
     pub epoch: u64,

@@ -55,7 +55,9 @@ pub enum SourceSpec {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenizerSpec {
     /// Train byte-level BPE on the first `sample_docs` documents. `special_tokens` get ids
-    /// `0..n` in order and must include `<|endoftext|>`.
+    /// `0..n` in order and must include `<|endoftext|>`. `vocab_size` is an upper bound: a small
+    /// or repetitive sample can run out of merges first ([`PreparedData::vocab_size`] is the
+    /// size actually reached).
     TrainBpe {
         vocab_size: usize,
         sample_docs: usize,
@@ -352,20 +354,27 @@ fn build(
             ));
             let t = Instant::now();
             let tok = TextTokenizer::train_bpe(sample.iter(), *vocab_size, special_tokens)?;
+            tok.save(&tok_path)?;
             progress(&format!(
-                "data: tokenizer trained in {:.1}s",
-                t.elapsed().as_secs_f64()
+                "data: tokenizer trained in {:.1}s: {} tokens{}",
+                t.elapsed().as_secs_f64(),
+                tok.vocab_size(),
+                if tok.vocab_size() < *vocab_size {
+                    " (the sample ran out of merges before the requested size)"
+                } else {
+                    ""
+                }
             ));
             tok
         }
         TokenizerSpec::File { path } => {
+            // Copied byte for byte (the cache key covers these bytes).
             fs::copy(path, &tok_path).map_err(|e| DataError::io(path, e))?;
             TextTokenizer::from_file(&tok_path)?
         }
     };
     let eot = tok.eot_id()?;
     let vocab_size = tok.vocab_size();
-    tok.save(&tok_path)?;
 
     let f = spec.val_fraction;
     let is_val = |i: u64| ((i + 1) as f64 * f).ceil() > (i as f64 * f).ceil();

@@ -5,20 +5,24 @@
 //! ending, often with dialogue and a small lesson. Eleven plot families (a lost object, making a
 //! friend, a fear overcome, sharing, a trip, a broken toy fixed, helping someone, a surprise, a
 //! lesson learned, weather spoiling a plan, a pretend adventure) are told with sentence templates
-//! whose slots are filled from word lists of roughly 1,500 distinct words.
+//! whose slots are filled from word lists. Over many stories the text uses about 1,900 distinct
+//! words (some 250 of them names); nearly every story and most sentences are distinct.
 //!
-//! Templates use a tiny language, rendered by [`Ctx::render_into`]:
+//! Templates use a tiny language, rendered by `Ctx::render_into`:
 //! - `[a|b|c]` picks one alternative uniformly (alternatives may nest and may be empty);
-//! - `{var}` inserts a story variable (`{P}` the protagonist's name, `{he}`/`{him}`/`{his}` their
-//!   pronouns, `{F}`/`{fhe}`… a friend, `{H}`/`{Hx}`/`{hhe}`… a helper (`{Hx}` says "her mom" the first time, "Mom" after), `{O}` an object, …);
+//! - `{var}` inserts a story variable: `{P}` the hero's name, `{he}`/`{him}`/`{his}` their
+//!   pronouns, `{F}`/`{fhe}`… a friend, `{H}`/`{hhe}`… a helper, `{O}` an object, …;
+//!   `{Hx}` names the helper in full the first time ("her big sister Anna") and short after;
 //! - `{@list}` inserts a random item of a word list (items are templates themselves);
 //! - `{a:X}` prefixes the rendering of slot `X` with the right indefinite article (a/an);
 //! - `{pl:X}` pluralises it.
 //!
-//! Sentences are capitalised after rendering (first letter of the story, after `. `/`! `/`? ` and
-//! after an opening quote), so templates write pronouns in lower case everywhere.
+//! Each template starts a sentence and is capitalised; the finished text is also capitalised
+//! after `. `/`! `/`? ` and after an opening quote, so templates write pronouns in lower case.
 //!
 //! Everything is drawn from one `ChaCha8Rng`, so a seed gives the same stories on every platform.
+//! Prepared data caches depend on this exact stream: a change to the output must bump
+//! `PREPARE_FORMAT` (the `story_stream_is_pinned` test guards this).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -730,7 +734,7 @@ impl Ctx<'_> {
                 "{his} {@giver} had given it to {him} on {his} birthday.",
                 "{he} took it everywhere {he} went.",
                 "{he} played with it every day.",
-                "at night, {he} kept it [next to {his} bed|under {his} pillow].",
+                "at night, {he} kept it next to {his} bed.",
                 "",
             ],
             &[
@@ -764,7 +768,7 @@ impl Ctx<'_> {
                 "",
             ],
             &[
-                "[just then|soon|after a while], {Hx} [came in|walked by|saw {him}]. \"[What is wrong|Why are you so sad|What happened], {P}?\" [{hhe} asked|asked {Hx}].",
+                "[just then|soon|after a while], {Hx} [came in|walked by|saw {him}]. \"[What is wrong|Why are you so sad|What happened], {P}?\" [{hhe} asked|asked {Hx}]. \"I lost my {On},\" {P} said [sadly|with a sniff|in a small voice|].",
                 "{P} went to {Hx}. \"[I lost my {On}|I can't find my {On} anywhere],\" {he} said [sadly|with a sniff|in a small voice|].",
             ],
             &[
@@ -2371,15 +2375,15 @@ fn list(name: &str) -> &'static [&'static str] {
         "lastplace" => &[
             "at the park|to the park|under a bench",
             "in the garden|to the garden|behind the flower pots",
-            "at Grandma's house|to Grandma's house|under the kitchen table",
+            "at Grandma's house|to Grandma's house|under Grandma's kitchen table",
             "in the sandbox|to the sandbox|half buried in the sand",
             "by the pond|to the pond|in the tall grass",
             "in the backyard|to the backyard|under a bush",
             "under the big tree|to the big tree|between the roots of the big tree",
             "on the porch|to the porch|behind the rocking chair",
-            "in the car|to the car|under the seat",
+            "in the car|to the car|under the seat of the car",
             "at the playground|to the playground|next to the swings",
-            "in the tree house|to the tree house|in the corner",
+            "in the tree house|to the tree house|in a corner of the tree house",
         ],
         "plush" => &[
             "teddy bear", "stuffed bunny", "soft blanket", "toy lion", "stuffed elephant", "pillow",
@@ -2443,6 +2447,26 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Prepared data caches depend on the exact story stream. If this fails because the generator
+    /// was changed on purpose, bump `PREPARE_FORMAT` (prepare.rs) and update the digest.
+    #[test]
+    fn story_stream_is_pinned() {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for s in stories(0, 50) {
+            h.update(s.as_bytes());
+            h.update([0u8]);
+        }
+        let digest: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest, "61c0a1829f3ba87c",
+            "story generator output changed: bump PREPARE_FORMAT"
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@ impl TextTokenizer {
     ///
     /// `vocab_size` counts everything: the special tokens (ids `0..special_tokens.len()`, in the
     /// given order, so `<|endoftext|>` first gets id 0), the 256 byte symbols, then merges. It
-    /// must leave room for at least one merge.
+    /// must leave room for at least one merge. It is an upper bound: when every word of the
+    /// sample is already a single token, training stops early (check [`vocab_size`](Self::vocab_size)).
     pub fn train_bpe<I, S>(
         texts: I,
         vocab_size: usize,
