@@ -141,8 +141,13 @@ def check(args):
         try:
             t = safetensors.torch.load_file(args.kiln_logits)
             ids, kl = t["input_ids"], t["logits"]
+            if ids.dtype == torch.float32:
+                # kiln writes ids as f32 (exact for ids < 2**24); accept them when integral.
+                if not torch.equal(ids, ids.round()) or ids.max() >= 2**24:
+                    raise ValueError("float input_ids are not exact integers")
+                ids = ids.to(torch.int64)
             if ids.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"input_ids dtype {ids.dtype}, expected int64 or int32")
+                raise ValueError(f"input_ids dtype {ids.dtype}, expected int64, int32 or integral float32")
             if ids.ndim == 1:
                 ids = ids[None]
             if ids.ndim != 2 or ids.shape[0] != 1:

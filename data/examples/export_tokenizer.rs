@@ -8,9 +8,14 @@ fn main() -> Result<(), DataError> {
     let stories: Vec<String> = (0..2000).map(|_| g.next_story()).collect();
     let tok = TextTokenizer::train_bpe(stories.iter(), 1024, &[EOT.to_string()])?;
     tok.save(dir.join("tokenizer.json"))?;
-    let texts = vec![stories[0].clone(), format!("{EOT}{}", stories[1]), "Ünïcode ✓ 🚀\ttab".to_string()];
+    let texts = vec![
+        stories[0].clone(),
+        format!("{EOT}{}", stories[1]),
+        "Ünïcode ✓ 🚀\ttab".to_string(),
+    ];
     let ids = tok.encode_batch(&texts)?;
     let out = serde_json::json!({ "texts": texts, "ids": ids, "eot": tok.eot_id()?, "vocab": tok.vocab_size() });
-    std::fs::write(dir.join("reference.json"), out.to_string()).map_err(|e| DataError::io(&dir, e))?;
+    std::fs::write(dir.join("reference.json"), out.to_string())
+        .map_err(|e| DataError::io(&dir, e))?;
     Ok(())
 }
