@@ -515,3 +515,69 @@ fn diverging_loss_stops_with_the_checkpoint_intact() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    let mut child = Command::new(TRAIN)
+        .args([
+            "--recipe", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(),
+            "--set", "train.max_steps=1000000", "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !run.join("metrics.jsonl").exists() || losses(&run).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "training never started");
+        assert!(child.try_wait().unwrap().is_none(), "run exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Ctrl-C exits with status 0:\n{stderr}");
+    let ckpts = kiln_trainer::checkpoint::list(&run);
+    assert_eq!(ckpts.len(), 1, "exactly the Ctrl-C checkpoint: {ckpts:?}");
+    let last_logged = losses(&run).last().unwrap().0;
+    assert_eq!(ckpts[0].0, last_logged, "checkpoint at the step where it stopped");
+    assert!(!run.join("export").exists(), "a stopped run is not exported");
+    // And it resumes from there.
+    let out = ok(train(&[
+        "--recipe", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume",
+        "--set", &format!("train.max_steps={}", last_logged + 2),
+        "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
+    ]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {last_logged}")));
+    assert_eq!(losses(&run).last().unwrap().0, last_logged + 2);
+}
+
+#[test]
+fn tokenizer_model_mismatch_is_refused() {
+    let (_, run) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    // The export's embedding has 320 rows; a 400-token tokenizer cannot feed it.
+    let out = train(&[
+        "--recipe", recipe.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap(),
+        "--set", &format!("model.init_from={}", run.join("export").display()),
+        "--set", "tokenizer.vocab_size=400",
+    ]);
+    fails_with(out, &["tokenizer", "vocab_size", "400", "320"]);
+}
+
+#[test]
+fn data_command_prepares_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let out = ok(train(&["data", "--recipe", recipe.to_str().unwrap()]));
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(v["train_tokens"].as_u64().unwrap() > 30_000);
+    assert_eq!(v["vocab_size"].as_u64(), Some(320));
+    let prepared = PathBuf::from(v["dir"].as_str().unwrap());
+    assert!(prepared.join("tokenizer.json").is_file() && prepared.join("train_000000.bin").is_file());
+}
