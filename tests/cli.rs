@@ -103,6 +103,22 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Waits (at most 300 s) until `ready()` holds while the child keeps running.
+fn wait_while_running(child: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run exited before {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One finished 30-step run shared by the tests that only read it.
 fn shared_run() -> &'static (tempfile::TempDir, PathBuf) {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -207,18 +223,7 @@ fn resume_after_sigkill_gives_the_same_losses() {
         .spawn()
         .unwrap();
     let marker = run.join("paused-at-13");
-    let t0 = Instant::now();
-    while !marker.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "run never reached step 13"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run exited before step 13"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_while_running(&mut child, "step 13", || marker.exists());
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     // Steps 11–13 were logged but not checkpointed; step 10 is the latest checkpoint.
@@ -491,29 +496,37 @@ fn existing_run_needs_resume_and_corrupt_checkpoints_are_named() {
 fn diverging_loss_stops_with_the_checkpoint_intact() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "");
-    let run = dir.path().join("run");
-    // Step 10 is checkpointed normally, then the learning rate explodes.
-    let out = train(&[
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
+    let (r, run) = (recipe.to_str().unwrap(), dir.path().join("run"));
+    let o = run.to_str().unwrap();
+    let healthy = [
         "--set",
-        "train.schedule={type: wsd, warmup_steps: 0, decay_steps: 1, min_lr_ratio: 1.0}",
+        "train.max_steps=10",
+        "--set",
+        "export.enabled=false",
+    ];
+    ok(train(
+        &[&["--recipe", r, "--out", o][..], &healthy].concat(),
+    ));
+    let weights = run.join("ckpt/step-000010/model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    // Continue with an absurd learning rate: the loss becomes non-finite within two steps.
+    let exploding = [
+        "--resume",
+        "--set",
+        "train.max_steps=30",
         "--set",
         "train.optimizer.lr=1.0e30",
         "--set",
         "train.grad_clip=null",
-    ]);
-    fails_with(out, &["diverged"]);
-    // Nothing non-finite was written as a checkpoint.
-    for (step, path) in kiln_trainer::checkpoint::list(&run) {
-        let t = kiln_arch::read_safetensors(&path.join("model.safetensors")).unwrap();
-        assert!(
-            t.values().all(|t| t.data.iter().all(|x| x.is_finite())),
-            "checkpoint {step} has non-finite weights"
-        );
-    }
+    ];
+    fails_with(
+        train(&[&["--recipe", r, "--out", o][..], &exploding].concat()),
+        &["diverged", "step-000010", "intact"],
+    );
+    // The good checkpoint is untouched and no non-finite one was written.
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    let ckpts = kiln_trainer::checkpoint::list(&run);
+    assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![10]);
 }
 
 #[test]
@@ -523,34 +536,59 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let run = dir.path().join("run");
     let mut child = Command::new(TRAIN)
         .args([
-            "--recipe", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(),
-            "--set", "train.max_steps=1000000", "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            "train.max_steps=1000000",
+            "--set",
+            "checkpoint.every_steps=0",
+            "--set",
+            "eval.every_steps=0",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !run.join("metrics.jsonl").exists() || losses(&run).len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(300), "training never started");
-        assert!(child.try_wait().unwrap().is_none(), "run exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    wait_while_running(&mut child, "three logged steps", || {
+        run.join("metrics.jsonl").exists() && losses(&run).len() >= 3
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "Ctrl-C exits with status 0:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "Ctrl-C exits with status 0:\n{stderr}"
+    );
     let ckpts = kiln_trainer::checkpoint::list(&run);
     assert_eq!(ckpts.len(), 1, "exactly the Ctrl-C checkpoint: {ckpts:?}");
     let last_logged = losses(&run).last().unwrap().0;
-    assert_eq!(ckpts[0].0, last_logged, "checkpoint at the step where it stopped");
-    assert!(!run.join("export").exists(), "a stopped run is not exported");
+    assert_eq!(
+        ckpts[0].0, last_logged,
+        "checkpoint at the step where it stopped"
+    );
+    assert!(
+        !run.join("export").exists(),
+        "a stopped run is not exported"
+    );
     // And it resumes from there.
     let out = ok(train(&[
-        "--recipe", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume",
-        "--set", &format!("train.max_steps={}", last_logged + 2),
-        "--set", "checkpoint.every_steps=0", "--set", "eval.every_steps=0",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+        "--set",
+        &format!("train.max_steps={}", last_logged + 2),
+        "--set",
+        "checkpoint.every_steps=0",
+        "--set",
+        "eval.every_steps=0",
     ]));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {last_logged}")));
     assert_eq!(losses(&run).last().unwrap().0, last_logged + 2);
@@ -563,9 +601,14 @@ fn tokenizer_model_mismatch_is_refused() {
     let recipe = tiny_recipe(dir.path(), "");
     // The export's embedding has 320 rows; a 400-token tokenizer cannot feed it.
     let out = train(&[
-        "--recipe", recipe.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap(),
-        "--set", &format!("model.init_from={}", run.join("export").display()),
-        "--set", "tokenizer.vocab_size=400",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+        "--set",
+        &format!("model.init_from={}", run.join("export").display()),
+        "--set",
+        "tokenizer.vocab_size=400",
     ]);
     fails_with(out, &["tokenizer", "vocab_size", "400", "320"]);
 }
@@ -579,5 +622,7 @@ fn data_command_prepares_without_training() {
     assert!(v["train_tokens"].as_u64().unwrap() > 30_000);
     assert_eq!(v["vocab_size"].as_u64(), Some(320));
     let prepared = PathBuf::from(v["dir"].as_str().unwrap());
-    assert!(prepared.join("tokenizer.json").is_file() && prepared.join("train_000000.bin").is_file());
+    assert!(
+        prepared.join("tokenizer.json").is_file() && prepared.join("train_000000.bin").is_file()
+    );
 }

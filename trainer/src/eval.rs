@@ -37,10 +37,7 @@ pub fn evaluate<B: Backend>(
     dump_logits: Option<&Path>,
     device: &B::Device,
 ) -> Result<EvalResult> {
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{} has no tokenizer.json", loaded.dir.display()))?;
+    let tokenizer = loaded.tokenizer()?;
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("cannot read text file {}", text_path.display()))?;
     let ids = tokenizer.encode(&text)?;

@@ -234,10 +234,7 @@ fn run_export<B: Backend>(
     device: B::Device,
 ) -> Result<()> {
     let loaded = load_model_dir::<B>(checkpoint, &device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{} has no tokenizer.json", loaded.dir.display()))?;
+    let tokenizer = loaded.tokenizer()?;
     export_model(&loaded.model, &loaded.config, tokenizer, out, dtype)?;
     println!("exported {} to {}", loaded.dir.display(), out.display());
     Ok(())
@@ -250,10 +247,7 @@ fn run_generate<B: Backend>(
     device: B::Device,
 ) -> Result<()> {
     let loaded = load_model_dir::<B>(model_dir, &device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{} has no tokenizer.json", loaded.dir.display()))?;
+    let tokenizer = loaded.tokenizer()?;
     let eot = tokenizer.eot_id()?;
     let mut ids = vec![eot];
     ids.extend(tokenizer.encode(prompt)?);

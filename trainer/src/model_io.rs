@@ -20,6 +20,15 @@ pub struct LoadedModel<B: Backend> {
     pub dir: PathBuf,
 }
 
+impl<B: Backend> LoadedModel<B> {
+    /// The directory's tokenizer, or an error naming the directory that lacks one.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .with_context(|| format!("{} has no tokenizer.json", self.dir.display()))
+    }
+}
+
 fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
