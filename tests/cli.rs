@@ -281,8 +281,8 @@ fn export_import_round_trip_has_identical_logits() {
         &dir.path().join("b.safetensors"),
     );
     assert_eq!(a, b, "export and checkpoint give the same eval");
-    let la = kiln_arch::read_safetensors(&dir.path().join("a.safetensors")).unwrap();
-    let lb = kiln_arch::read_safetensors(&dir.path().join("b.safetensors")).unwrap();
+    let la = kiln_arch::read_safetensors(dir.path().join("a.safetensors")).unwrap();
+    let lb = kiln_arch::read_safetensors(dir.path().join("b.safetensors")).unwrap();
     assert_eq!(la["logits"].data, lb["logits"].data, "identical logits");
     assert!(a["loss"].as_f64().unwrap() > 0.0 && a["tokens"].as_u64().unwrap() > 5);
 

@@ -84,13 +84,13 @@ pub fn save(
     fs::create_dir_all(&tmp).map_err(|e| err(&e))?;
     let result = (|| -> Result<(), String> {
         write_safetensors(
-            &tmp.join("model.safetensors"),
+            tmp.join("model.safetensors"),
             files.model,
             SafetensorsDtype::F32,
         )
         .map_err(|e| e.to_string())?;
         write_safetensors(
-            &tmp.join("optimizer.safetensors"),
+            tmp.join("optimizer.safetensors"),
             files.optimizer,
             SafetensorsDtype::F32,
         )
@@ -175,9 +175,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
             .map_err(|e| err(format!("config.json: {e}")))?,
     )
     .map_err(|e| err(format!("config.json: {e}")))?;
-    let model = read_safetensors(&dir.join("model.safetensors")).map_err(|e| err(e.to_string()))?;
+    let model = read_safetensors(dir.join("model.safetensors")).map_err(|e| err(e.to_string()))?;
     let optimizer =
-        read_safetensors(&dir.join("optimizer.safetensors")).map_err(|e| err(e.to_string()))?;
+        read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| err(e.to_string()))?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         model,

@@ -213,7 +213,7 @@ pub fn cpu_peak_flops(threads: usize) -> Option<f64> {
     } else {
         8.0
     };
-    (mhz > 0.0).then(|| threads as f64 * mhz * 1e6 * flops_per_cycle)
+    (mhz > 0.0).then_some(threads as f64 * mhz * 1e6 * flops_per_cycle)
 }
 
 /// MFU as a fraction, or `None` (with the reason) when the peak is unknown or inconsistent.

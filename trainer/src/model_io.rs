@@ -137,7 +137,7 @@ pub fn export_model<B: Backend>(
         SafetensorsDtype::Bf16 => "bfloat16",
     };
     let tensors = model.to_hf_tensors();
-    write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
+    write_safetensors(out.join("model.safetensors"), &tensors, dtype)?;
     let cfg = config.to_hf_config(eot, eot, torch_dtype);
     write_json(&out.join("config.json"), &cfg)?;
     write_json(
@@ -152,7 +152,7 @@ pub fn export_model<B: Backend>(
         }),
     )?;
     tokenizer
-        .save(&out.join("tokenizer.json"))
+        .save(out.join("tokenizer.json"))
         .with_context(|| format!("writing {}", out.join("tokenizer.json").display()))?;
     write_json(
         &out.join("tokenizer_config.json"),

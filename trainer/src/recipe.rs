@@ -517,13 +517,13 @@ impl Recipe {
             }
         }
         let n_kv = m.n_kv_heads.unwrap_or(m.n_heads);
-        if n_kv == 0 || m.n_heads % n_kv != 0 {
+        if n_kv == 0 || !m.n_heads.is_multiple_of(n_kv) {
             return Err(invalid(
                 "model.n_kv_heads",
                 format!("{n_kv} must divide model.n_heads = {}", m.n_heads),
             ));
         }
-        if m.head_dim.is_none() && m.d_model % m.n_heads != 0 {
+        if m.head_dim.is_none() && !m.d_model.is_multiple_of(m.n_heads) {
             return Err(invalid(
                 "model.head_dim",
                 format!(
@@ -532,7 +532,11 @@ impl Recipe {
                 ),
             ));
         }
-        if m.head_dim.unwrap_or(m.d_model / m.n_heads) % 2 != 0 {
+        if !m
+            .head_dim
+            .unwrap_or(m.d_model / m.n_heads)
+            .is_multiple_of(2)
+        {
             return Err(invalid(
                 "model.head_dim",
                 "must be even (RoPE rotates pairs)",

@@ -280,7 +280,7 @@ pub fn run<B: Backend>(
                     .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
                     .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
                 loader
-                    .restore(ckpt.state.loader.clone())
+                    .restore(ckpt.state.loader)
                     .with_context(|| format!("{}: loader state", dir.display()))?;
                 step = ckpt.state.step;
                 tokens = ckpt.state.tokens;
@@ -384,9 +384,9 @@ pub fn run<B: Backend>(
 
         let stop_now = STOP_REQUESTED.load(Ordering::SeqCst);
         let last_step = step == total_steps;
-        let log_due = step % t.log_every_steps == 0 || last_step || stop_now;
+        let log_due = step.is_multiple_of(t.log_every_steps) || last_step || stop_now;
         let ckpt_due = (recipe.checkpoint.every_steps > 0
-            && step % recipe.checkpoint.every_steps == 0)
+            && step.is_multiple_of(recipe.checkpoint.every_steps))
             || last_step
             || stop_now;
         if log_due || ckpt_due {
@@ -423,8 +423,8 @@ pub fn run<B: Backend>(
         }
         logger.set_step(step);
 
-        let eval_due =
-            recipe.eval.every_steps > 0 && (step % recipe.eval.every_steps == 0 || last_step);
+        let eval_due = recipe.eval.every_steps > 0
+            && (step.is_multiple_of(recipe.eval.every_steps) || last_step);
         if eval_due && dist.is_main() && !val.is_empty() {
             let pause = Instant::now();
             let valid = model.valid();
@@ -580,7 +580,7 @@ pub fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
