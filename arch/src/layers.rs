@@ -1,6 +1,11 @@
 //! Building blocks shared by the attention architectures: RMSNorm, rotate-half RoPE (the Hugging
 //! Face convention), grouped-query causal attention with a KV cache, and the SwiGLU MLP.
 //!
+//! On the CPU backend (`Flex`, plain or under `Autodiff`) with f32 activations, RMSNorm, SwiGLU and
+//! the uncached RoPE + attention run as fused kernels with hand-written backward passes
+//! (`layers/fused.rs`, same maths); the tensor-op code here is their reference and what every
+//! other backend runs.
+//!
 //! Deliberately left out: dropout (small-model pretraining does not use it), biases (Llama has
 //! none), RoPE scaling variants (linear/NTK/YaRN/llama3: `from_hf_config` rejects them).
 
@@ -11,6 +16,20 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
+
+mod fused;
+
+/// `linear.forward` on the rows of `x` `[b, s, d_in]` -> `[b, s, d_out]`, as one 2-D matmul.
+///
+/// Same values as `linear.forward(x)`; but burn's 3-D linear is a batched matmul against the
+/// broadcast weight whose weight gradient is a per-batch matmul followed by a sum over the batch,
+/// where the 2-D form is a single `[d_in, b·s] × [b·s, d_out]` product.
+fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    let y = linear.forward(x.reshape([b * s, d])); // [b·s, d_out]
+    let d_out = y.dims()[1];
+    y.reshape([b, s, d_out])
+}
 
 /// A bias-free linear layer `[d_in] -> [d_out]` with weights drawn from `normal(0, std)`.
 ///
@@ -53,12 +72,16 @@ impl<B: Backend> RmsNorm<B> {
 
     /// Normalises over the last dimension: `[.., d] -> [.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let weight = self.weight.val(); // [d]
+        if fused::enabled(&x) && fused::enabled(&weight) {
+            return fused::rms_norm(x, weight, self.eps);
+        }
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32); // [.., d] f32
         let mean_sq = x.clone().square().mean_dim(D - 1); // [.., 1]
         let inv_rms = mean_sq.add_scalar(self.eps).sqrt().recip(); // [.., 1]
         let y = (x * inv_rms).cast(dtype); // [.., d]
-        y * self.weight.val().unsqueeze::<D>() // weight [d] -> [1, .., d]
+        y * weight.unsqueeze::<D>() // weight [d] -> [1, .., d]
     }
 }
 
@@ -265,9 +288,9 @@ impl<B: Backend> Attention<B> {
         let split_heads = |t: Tensor<B, 3>, heads: usize| {
             t.reshape([b, s, heads, hd]).swap_dims(1, 2) // [b, heads, s, hd]
         };
-        let q = split_heads(self.q_proj.forward(x.clone()), nh); // [b, nh, s, hd]
-        let k = split_heads(self.k_proj.forward(x.clone()), nkv); // [b, nkv, s, hd]
-        let v = split_heads(self.v_proj.forward(x), nkv); // [b, nkv, s, hd]
+        let q = split_heads(linear_rows(&self.q_proj, x.clone()), nh); // [b, nh, s, hd]
+        let k = split_heads(linear_rows(&self.k_proj, x.clone()), nkv); // [b, nkv, s, hd]
+        let v = split_heads(linear_rows(&self.v_proj, x), nkv); // [b, nkv, s, hd]
         let q = rope.apply(q, offset);
         let k = rope.apply(k, offset);
 
@@ -287,7 +310,31 @@ impl<B: Backend> Attention<B> {
         let v = repeat_kv(v, nh / nkv); // [b, nh, t, hd]
         let y = causal_attention(q, k, v); // [b, nh, s, hd]
         let y = y.swap_dims(1, 2).reshape([b, s, nh * hd]); // [b, s, nh * hd]
-        (self.o_proj.forward(y), cache) // [b, s, d]
+        (linear_rows(&self.o_proj, y), cache) // [b, s, d]
+    }
+
+    /// [`Attention::forward`] for positions `0..s` without a KV cache (training, evaluation):
+    /// the same values, through the fused kernels where they apply.
+    pub(crate) fn forward_uncached(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let [_, s, _] = x.dims();
+        let [table_len, _] = rope.cos.dims();
+        if !fused::enabled(&x) || s > table_len {
+            return self.forward(x, rope, None).0;
+        }
+        let q = linear_rows(&self.q_proj, x.clone()); // [b, s, nh * hd]
+        let k = linear_rows(&self.k_proj, x.clone()); // [b, s, nkv * hd]
+        let v = linear_rows(&self.v_proj, x); // [b, s, nkv * hd]
+        let y = fused::rope_attention(
+            q,
+            k,
+            v,
+            rope.cos.clone(),
+            rope.sin.clone(),
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+        ); // [b, s, nh * hd]
+        linear_rows(&self.o_proj, y) // [b, s, d]
     }
 }
 
@@ -305,8 +352,13 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[b, s, d] -> [b, s, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone())); // [b, s, ffn]
-        let up = self.up_proj.forward(x); // [b, s, ffn]
-        self.down_proj.forward(gate * up) // [b, s, d]
+        let gate = linear_rows(&self.gate_proj, x.clone()); // [b, s, ffn]
+        let up = linear_rows(&self.up_proj, x); // [b, s, ffn]
+        let hidden = if fused::enabled(&gate) && fused::enabled(&up) {
+            fused::swiglu(gate, up)
+        } else {
+            silu(gate) * up
+        }; // [b, s, ffn]
+        linear_rows(&self.down_proj, hidden) // [b, s, d]
     }
 }

@@ -555,6 +555,15 @@ impl<B: Backend> DecoderLayer<B> {
         let h = h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h));
         (h, cache)
     }
+
+    /// [`DecoderLayer::forward`] for positions `0..s` with no cache to fill (training, evaluation).
+    fn forward_uncached(&self, h: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let attn = self
+            .self_attn
+            .forward_uncached(self.input_layernorm.forward(h.clone()), rope);
+        let h = h + attn; // [b, s, d]
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
 }
 
 /// `LlamaForCausalLM`. Field names are the HF names without the `model.` prefix, so the burn module
@@ -643,11 +652,14 @@ impl<B: Backend> Llama<B> {
             .flat_map(|l| std::iter::repeat_n(l, repeats))
             .enumerate()
         {
-            let past = cache.as_mut().and_then(|c| c.layers[e].take());
-            let (next, kv) = layer.forward(h, &self.rotary_emb, past);
-            h = next; // [b, s, d]
-            if let Some(c) = cache.as_mut() {
-                c.layers[e] = Some(kv);
+            match cache.as_mut() {
+                Some(c) => {
+                    let past = c.layers[e].take();
+                    let (next, kv) = layer.forward(h, &self.rotary_emb, past);
+                    h = next; // [b, s, d]
+                    c.layers[e] = Some(kv);
+                }
+                None => h = layer.forward_uncached(h, &self.rotary_emb), // [b, s, d]
             }
         }
         let h = self.norm.forward(h); // [b, s, d]

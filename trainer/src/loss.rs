@@ -1,10 +1,30 @@
 //! Next-token cross-entropy, computed in f32 from the logits.
+//!
+//! On the CPU backend (`Flex`, with or without `Autodiff`) with f32 logits the loss is one fused
+//! pass (per row: max, log-sum-exp, the target's logit) with a hand-written backward
+//! (`softmax − one_hot`, scaled by the incoming gradient), instead of burn's decomposed
+//! `log_softmax` + `gather` whose forward and backward each walk the `[batch·seq, vocab]` logits
+//! several times. Same maths; any other backend or dtype takes the generic path.
 
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+use rayon::prelude::*;
 
 /// Sum of −log p(target) over all positions. logits `[batch, seq, vocab]`, targets `[batch, seq]` → `[1]`.
 pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let is = |id: TypeId| TypeId::of::<B>() == id;
+    if logits.dtype() == DType::F32 && (is(TypeId::of::<Flex>()) || is(TypeId::of::<Ad>())) {
+        return fused_nll_sum(logits, targets);
+    }
     let [batch, seq, vocab] = logits.dims();
     let log_probs = log_softmax(logits.reshape([batch * seq, vocab]), 1); // [batch·seq, vocab]
     let picked = log_probs.gather(1, targets.reshape([batch * seq, 1])); // [batch·seq, 1]
@@ -15,6 +35,252 @@ pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> 
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let [batch, seq, _] = logits.dims();
     nll_sum(logits, targets).div_scalar((batch * seq) as f64)
+}
+
+type Ad = Autodiff<Flex>;
+
+/// `Tensor<From, D>` → `Tensor<To, D>`; `From` and `To` must be the same type.
+fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
+    let mut slot = Some(t);
+    let any: &mut dyn Any = &mut slot;
+    any.downcast_mut::<Option<Tensor<To, D>>>()
+        .and_then(Option::take)
+        .expect("loss: backend type mismatch")
+}
+
+/// Rows of at least this many elements per rayon task.
+const MIN_ELEMS_PER_TASK: usize = 64 * 1024;
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the crate is built for baseline
+/// x86-64): `f` and what it calls must be `#[inline(always)]` to inherit the features.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `exp(x)` in f32 without a libm call, so that loops over it vectorise: Cephes' `expf`
+/// (range reduction by ln 2, degree-6 polynomial, ~1 ulp). Arguments are clamped to
+/// [-87.3, 88.3]; NaN stays NaN. (The same function as in kiln-arch's fused kernels.)
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.3 { 88.3 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND; // round(x / ln 2)
+    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * (r * r) + r + 1.0;
+    y * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+/// `(max, Σ exp(x − max))` of one row, with 8 independent accumulators (vectorisable).
+#[inline(always)]
+fn max_and_sum_exp(x: &[f32]) -> (f32, f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += exp(c[i] - max);
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in tail {
+        sum += exp(v - max);
+    }
+    (max, sum)
+}
+
+/// Per row of `logits` (`[rows, vocab]`, row-major): log-sum-exp, and Σ (lse − logit[target]).
+fn nll_forward(logits: &[f32], targets: &[usize], vocab: usize) -> (Vec<f32>, f64) {
+    let rows = targets.len();
+    let mut lse = vec![0.0f32; rows];
+    let min_rows = (MIN_ELEMS_PER_TASK / vocab).max(1);
+    let total: f64 = lse
+        .par_chunks_mut(min_rows)
+        .enumerate()
+        .map(|(c, lse)| {
+            simd(
+                #[inline(always)]
+                || {
+                    let mut total = 0.0f64;
+                    for (k, lse) in lse.iter_mut().enumerate() {
+                        let r = c * min_rows + k;
+                        let x = &logits[r * vocab..(r + 1) * vocab];
+                        let (max, sum) = max_and_sum_exp(x);
+                        *lse = max + sum.ln();
+                        // log_softmax[target] = (x − max) − ln Σ exp(x − max)
+                        let log_p = (x[targets[r]] - max) - sum.ln();
+                        total -= log_p as f64;
+                    }
+                    total
+                },
+            )
+        })
+        .sum();
+    (lse, total)
+}
+
+/// d nll_sum / d logits = g · (softmax − one_hot(target)), in place: `buf` holds the logits
+/// (`[rows, vocab]`) on entry and their gradient on return.
+fn nll_backward_in_place(buf: &mut [f32], lse: &[f32], targets: &[usize], vocab: usize, g: f32) {
+    let min_rows = (MIN_ELEMS_PER_TASK / vocab).max(1);
+    buf.par_chunks_mut(vocab * min_rows)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (k, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                        let r = c * min_rows + k;
+                        let l = lse[r];
+                        for v in row.iter_mut() {
+                            *v = g * exp(*v - l);
+                        }
+                        row[targets[r]] -= g;
+                    }
+                },
+            )
+        });
+}
+
+fn flex_f32(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("contiguous")
+                .to_vec(),
+        ),
+    }
+}
+
+/// Saved for the backward pass.
+#[derive(Clone)]
+struct NllState {
+    /// `[rows, vocab]`.
+    logits: FlexTensor,
+    /// Per-row log-sum-exp.
+    lse: Vec<f32>,
+    targets: Vec<usize>,
+}
+
+impl std::fmt::Debug for NllState {
+    // The shape only: the buffers are large.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NllState")
+            .field("logits", &self.logits)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct NllBackward;
+
+impl Backward<Flex, 1> for NllBackward {
+    type State = NllState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let g = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node else { return };
+        let g = flex_f32(&g)[0];
+        let NllState {
+            mut logits,
+            lse,
+            targets,
+        } = ops.state;
+        let shape = logits.shape();
+        let vocab = shape[shape.len() - 1];
+        let n = shape.num_elements();
+        // The logits are usually referenced by nothing but this node by now: overwrite them with
+        // their gradient (no new [rows, vocab] buffer). Otherwise, work on a copy.
+        let exact = logits.as_slice::<f32>().map(<[f32]>::len) == Some(n)
+            && logits.layout().contiguous_offsets() == Some((0, n));
+        let grad = match logits
+            .try_storage_mut::<f32>()
+            .filter(|b| exact && b.len() == n)
+        {
+            Some(buf) => {
+                nll_backward_in_place(buf, &lse, &targets, vocab, g);
+                logits
+            }
+            None => {
+                let mut buf = flex_f32(&logits).into_owned();
+                nll_backward_in_place(&mut buf, &lse, &targets, vocab, g);
+                FlexTensor::from_data(TensorData::new(buf, shape))
+            }
+        };
+        grads.register::<Flex>(node.id, grad);
+    }
+}
+
+fn fused_nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [_, _, vocab] = logits.dims();
+    let targets: Vec<usize> = targets
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("targets as i64")
+        .into_iter()
+        .map(|t| {
+            assert!(
+                (0..vocab as i64).contains(&t),
+                "cross_entropy: target {t} outside the vocabulary (0..{vocab})"
+            );
+            t as usize
+        })
+        .collect();
+    let loss = |total: f64| FlexTensor::from_data(TensorData::new(vec![total as f32], [1]));
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let x: FlexTensor = recast::<B, Flex, 3>(logits).into_primitive().tensor();
+        let (_, total) = nll_forward(&flex_f32(&x), &targets, vocab);
+        let out = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(loss(total)));
+        return recast::<Flex, B, 1>(out);
+    }
+    let x = recast::<B, Ad, 3>(logits).into_primitive().tensor();
+    let (lse, total) = nll_forward(&flex_f32(&x.primitive), &targets, vocab);
+    let out = match NllBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = NllState {
+                logits: x.primitive,
+                lse,
+                targets,
+            };
+            prep.finish(state, loss(total))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(loss(total)),
+    };
+    recast::<Ad, B, 1>(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
 #[cfg(test)]
@@ -35,5 +301,45 @@ mod tests {
             Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64], [1, 1]), &device);
         let loss: f32 = cross_entropy(logits, targets).into_scalar();
         assert!((loss - (-(0.75f32).ln())).abs() < 1e-6, "{loss}");
+    }
+
+    /// The fused CPU path (forward and gradient) against burn's generic ops on the same backend.
+    #[test]
+    fn fused_matches_generic_with_gradient() {
+        type AB = Autodiff<Flex>;
+        let device = Default::default();
+        let (b, s, v) = (2, 3, 7);
+        let values: Vec<f32> = (0..b * s * v)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        let ids = vec![0i64, 6, 3, 2, 5, 1];
+        let logits = || {
+            Tensor::<AB, 3>::from_data(TensorData::new(values.clone(), [b, s, v]), &device)
+                .require_grad()
+        };
+        let targets =
+            || Tensor::<AB, 2, Int>::from_data(TensorData::new(ids.clone(), [b, s]), &device);
+
+        let x = logits();
+        // `× 1` hands the loss logits that nothing else references (as in training, where they
+        // come from the LM head): the backward then overwrites them in place.
+        let fused = cross_entropy(x.clone().mul_scalar(1.0), targets());
+        let g_fused = x.grad(&fused.backward()).unwrap();
+
+        let y = logits();
+        let log_probs = log_softmax(y.clone().reshape([b * s, v]), 1);
+        let generic = log_probs
+            .gather(1, targets().reshape([b * s, 1]))
+            .sum()
+            .neg()
+            .div_scalar((b * s) as f64);
+        let g_generic = y.grad(&generic.backward()).unwrap();
+
+        let (lf, lg): (f32, f32) = (fused.into_scalar(), generic.into_scalar());
+        assert!((lf - lg).abs() < 1e-6, "{lf} vs {lg}");
+        g_fused.into_data().assert_approx_eq::<f32>(
+            &g_generic.into_data(),
+            burn::tensor::Tolerance::absolute(1e-6),
+        );
     }
 }

@@ -1,0 +1,1511 @@
+//! Fused CPU kernels, with hand-written backward passes, for burn's `Flex` backend (plain, and
+//! wrapped in `Autodiff`): RMSNorm, SwiGLU, and RoPE + causal GQA attention.
+//!
+//! Why: built from burn's tensor ops, each of these blocks is a chain of small element-wise ops,
+//! each of which allocates a tensor, walks it single-threaded and records an autodiff node (whose
+//! backward is again a chain of element-wise ops, some on strided views that force copies). Here
+//! each block is one pass over its input (parallel over rows) and one custom autodiff node.
+//!
+//! Attention in particular (burn's autodiff runs the unfused fallback: scores, mask, max, exp,
+//! sum, divide, each with its backward, on `[b, heads, s, s]` tensors) is computed per
+//! `(batch, kv head)` by register-tiled loops over the causal half only, with the GQA query heads
+//! of a kv head stacked instead of repeating K/V.
+//!
+//! The maths is the same as the generic code in `layers.rs` (same formulas, f32 throughout);
+//! only the summation order of reductions and `exp` (a vectorisable Cephes polynomial, ~1 ulp)
+//! differ. The unit tests below check values and gradients against the generic code. That code
+//! is still what runs on any other backend (CUDA, wgpu) and for non-f32 tensors: callers check
+//! [`enabled`] first.
+//!
+//! The backend is picked at run time by `TypeId`: `Model<B>` stays generic over `B: Backend`.
+//! Threads: scoped std threads (`RAYON_NUM_THREADS` or all cores), inner loops compiled for
+//! AVX2 + FMA when the CPU has them.
+
+use core::any::{Any, TypeId};
+use core::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+
+/// The autodiff flavour of the CPU backend (the training backend).
+type Ad = Autodiff<Flex>;
+
+/// Which fast path, if any, backend `B` gets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// `Flex`: forward only.
+    Plain,
+    /// `Autodiff<Flex>`: forward + custom backward.
+    Autodiff,
+}
+
+fn kind<B: Backend>() -> Option<Kind> {
+    let id = TypeId::of::<B>();
+    if id == TypeId::of::<Flex>() {
+        Some(Kind::Plain)
+    } else if id == TypeId::of::<Ad>() {
+        Some(Kind::Autodiff)
+    } else {
+        None
+    }
+}
+
+/// True when the fused kernels apply: `B` is `Flex` or `Autodiff<Flex>` and `x` is f32.
+pub(crate) fn enabled<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    kind::<B>().is_some() && x.dtype() == DType::F32
+}
+
+/// `Tensor<From, D>` → `Tensor<To, D>` when `From` and `To` are the same type (checked by the
+/// callers through [`kind`]); panics otherwise.
+fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
+    let mut slot = Some(t);
+    let any: &mut dyn Any = &mut slot;
+    any.downcast_mut::<Option<Tensor<To, D>>>()
+        .and_then(Option::take)
+        .expect("fused: backend type mismatch")
+}
+
+fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+fn from_flex<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn ad_prim<const D: usize>(t: Tensor<Ad, D>) -> FloatTensor<Ad> {
+    t.into_primitive().tensor()
+}
+
+fn from_ad_prim<const D: usize>(t: FloatTensor<Ad>) -> Tensor<Ad, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// A contiguous f32 tensor of `shape` holding `data`.
+fn new_flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, Shape::from(shape.to_vec())))
+}
+
+/// The f32 elements of `t` in row-major order (a copy only when `t` is a strided view).
+fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    match t.as_slice::<f32>() {
+        Some(s) => f(s),
+        None => f(t.to_contiguous().as_slice::<f32>().expect("contiguous f32")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads: the kernels split their rows over scoped threads (rayon is not a dependency here).
+
+/// Worker threads for the kernels: `RAYON_NUM_THREADS` when set (as for burn's own kernels),
+/// else the available parallelism.
+fn num_threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// Below this many element-operations a kernel stays on the calling thread (tests split even
+/// tiny inputs, to exercise the threaded paths).
+#[cfg(not(test))]
+const MIN_WORK_PER_THREAD: usize = 64 * 1024;
+#[cfg(test)]
+const MIN_WORK_PER_THREAD: usize = 1;
+
+/// Splits `0..n` into contiguous ranges, one per thread (fewer when the work is small).
+fn ranges(n: usize, work_per_item: usize) -> Vec<Range<usize>> {
+    let by_work = (n.saturating_mul(work_per_item.max(1)) / MIN_WORK_PER_THREAD).max(1);
+    let t = num_threads().min(by_work).min(n.max(1));
+    let per = n.div_ceil(t.max(1));
+    (0..t)
+        .map(|i| (i * per).min(n)..((i + 1) * per).min(n))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// Splits `buf` (rows of `row` elements; the last row may be short) into the pieces matching
+/// `ranges`.
+fn split<'a>(mut buf: &'a mut [f32], row: usize, ranges: &[Range<usize>]) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = buf.split_at_mut((r.len() * row).min(buf.len()));
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
+
+/// Runs `f` on every job, the first on this thread and the others on scoped threads, each under
+/// [`simd`] (the kernels' closures are `#[inline(always)]` so that they are compiled for it).
+fn run<J: Send, R: Send>(jobs: Vec<J>, f: impl Fn(J) -> R + Sync) -> Vec<R> {
+    let mut jobs = jobs.into_iter();
+    let Some(first) = jobs.next() else {
+        return Vec::new();
+    };
+    let f = &f;
+    let call = move |j: J| {
+        simd(
+            #[inline(always)]
+            move || f(j),
+        )
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.map(|j| scope.spawn(move || call(j))).collect();
+        let mut out = vec![call(first)];
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fused kernel panicked")),
+        );
+        out
+    })
+}
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the crate is built for baseline
+/// x86-64, i.e. SSE2): `f` and what it calls must be `#[inline(always)]` to inherit the features.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `exp(x)` in f32 without a libm call, so that loops over it vectorise: Cephes' `expf`
+/// (range reduction by ln 2, degree-6 polynomial, ~1 ulp). Arguments are clamped to
+/// [-87.3, 88.3] (below, the true value is under f32's smallest normal; above, it overflows);
+/// NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.3 { 88.3 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND; // round(x / ln 2)
+    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * (r * r) + r + 1.0;
+    y * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+/// `vec![0.0; n]` (calloc: fresh pages, no memset).
+fn zeros(n: usize) -> Vec<f32> {
+    vec![0.0; n]
+}
+
+/// Σ a·b with 8 independent accumulators (vectorisable).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Σ a with 8 independent accumulators.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let ra = ca.remainder();
+    for x in ca {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for x in ra {
+        s += x;
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = (x · r) · w, r = 1 / sqrt(mean(x²) + eps), per row of d.
+
+fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let rows = x.len() / d;
+    let mut y = zeros(x.len());
+    let mut r = zeros(rows);
+    let rs = ranges(rows, d);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut y, d, &rs))
+        .zip(split(&mut r, 1, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |((range, y), r)| {
+            for (i, row) in range.enumerate() {
+                let x = &x[row * d..(row + 1) * d];
+                let inv = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
+                r[i] = inv;
+                for ((y, &x), &w) in y[i * d..(i + 1) * d].iter_mut().zip(x).zip(w) {
+                    *y = (x * inv) * w;
+                }
+            }
+        },
+    );
+    (y, r)
+}
+
+/// Returns (dx, dw).
+fn rms_norm_bwd(g: &[f32], x: &[f32], w: &[f32], r: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let rows = x.len() / d;
+    let mut dx = zeros(x.len());
+    let rs = ranges(rows, 2 * d);
+    let jobs: Vec<_> = rs.iter().cloned().zip(split(&mut dx, d, &rs)).collect();
+    let partial_dw = run(
+        jobs,
+        #[inline(always)]
+        |(range, dx)| {
+            let mut dw = vec![0.0f32; d];
+            let mut gw = vec![0.0f32; d];
+            for (i, row) in range.enumerate() {
+                let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
+                let inv = r[row];
+                for (((gw, dw), &g), (&x, &w)) in
+                    gw.iter_mut().zip(dw.iter_mut()).zip(g).zip(x.iter().zip(w))
+                {
+                    *gw = g * w;
+                    *dw += g * (x * inv);
+                }
+                let c = inv * inv * inv * dot(&gw, x) / d as f32;
+                for ((dx, &gw), &x) in dx[i * d..(i + 1) * d].iter_mut().zip(&gw).zip(x) {
+                    *dx = inv * gw - x * c;
+                }
+            }
+            dw
+        },
+    );
+    let mut dw = vec![0.0f32; d];
+    for p in partial_dw {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    (dx, dw)
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    /// (x, w, per-row r)
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let g = grads.consume::<Flex>(&ops.node);
+        let (x, w, r) = ops.state;
+        let shape = x.shape();
+        let (dx, dw) = with_f32(&g, |g| {
+            with_f32(&x, |xs| {
+                with_f32(&w, |ws| with_f32(&r, |rs| rms_norm_bwd(g, xs, ws, rs)))
+            })
+        });
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, new_flex(dx, &shape));
+        }
+        if let Some(node) = node_w {
+            let d = dw.len();
+            grads.register::<Flex>(node.id, new_flex(dw, &[d]));
+        }
+    }
+}
+
+/// Fused `RmsNorm::forward` (see `layers.rs`): `x` `[.., d]`, `weight` `[d]`.
+pub(crate) fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let eps = eps as f32;
+    let run_fwd = |x: &FlexTensor, w: &FlexTensor| {
+        let (y, r) = with_f32(x, |xs| with_f32(w, |ws| rms_norm_fwd(xs, ws, eps)));
+        let rows = r.len();
+        (new_flex(y, &x.shape()), new_flex(r, &[rows]))
+    };
+    match kind::<B>().expect("fused::rms_norm on an unsupported backend") {
+        Kind::Plain => {
+            let (x, w) = (
+                flex(recast::<B, Flex, D>(x)),
+                flex(recast::<B, Flex, 1>(weight)),
+            );
+            recast(from_flex::<D>(run_fwd(&x, &w).0))
+        }
+        Kind::Autodiff => {
+            let (x, w) = (
+                ad_prim(recast::<B, Ad, D>(x)),
+                ad_prim(recast::<B, Ad, 1>(weight)),
+            );
+            let (y, r) = run_fwd(&x.primitive, &w.primitive);
+            let out = match RmsNormBackward
+                .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, r), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            recast(from_ad_prim::<D>(out))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: y = silu(g) · u, silu(g) = g · sigmoid(g).
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    // burn-flex's formulation (no overflow on either side).
+    if x >= 0.0 {
+        1.0 / (1.0 + exp(-x))
+    } else {
+        let e = exp(x);
+        e / (1.0 + e)
+    }
+}
+
+/// Returns (y, sigmoid(g)).
+fn swiglu_fwd(g: &[f32], u: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    const ROW: usize = 1024;
+    let n = g.len();
+    let mut y = zeros(n);
+    let mut s = zeros(n);
+    let rs = ranges(n.div_ceil(ROW), ROW * 8);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut y, ROW, &rs))
+        .zip(split(&mut s, ROW, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |((range, y), s)| {
+            let lo = range.start * ROW;
+            let hi = (range.end * ROW).min(n);
+            for (((y, s), &g), &u) in y
+                .iter_mut()
+                .zip(s.iter_mut())
+                .zip(&g[lo..hi])
+                .zip(&u[lo..hi])
+            {
+                let sg = sigmoid(g);
+                *s = sg;
+                *y = (g * sg) * u;
+            }
+        },
+    );
+    (y, s)
+}
+
+/// Returns (dg, du).
+fn swiglu_bwd(dy: &[f32], g: &[f32], u: &[f32], s: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    const ROW: usize = 1024;
+    let n = g.len();
+    let mut dg = zeros(n);
+    let mut du = zeros(n);
+    let rs = ranges(n.div_ceil(ROW), ROW * 4);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut dg, ROW, &rs))
+        .zip(split(&mut du, ROW, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |((range, dg), du)| {
+            let lo = range.start * ROW;
+            let hi = (range.end * ROW).min(n);
+            let it = dg.iter_mut().zip(du.iter_mut()).zip(&dy[lo..hi]);
+            for (((dg, du), &dy), ((&g, &u), &s)) in
+                it.zip(g[lo..hi].iter().zip(&u[lo..hi]).zip(&s[lo..hi]))
+            {
+                // y = silu · u with silu = g · s: the chain rule of burn's mul and sigmoid.
+                *du = dy * (g * s);
+                let dsilu = dy * u;
+                *dg = dsilu * s + (dsilu * g) * (s * (1.0 - s));
+            }
+        },
+    );
+    (dg, du)
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    /// (gate, up, sigmoid(gate))
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_g, node_u] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (g, u, s) = ops.state;
+        let shape = g.shape();
+        let (dg, du) = with_f32(&dy, |dy| {
+            with_f32(&g, |g| {
+                with_f32(&u, |u| with_f32(&s, |s| swiglu_bwd(dy, g, u, s)))
+            })
+        });
+        if let Some(node) = node_g {
+            grads.register::<Flex>(node.id, new_flex(dg, &shape));
+        }
+        if let Some(node) = node_u {
+            grads.register::<Flex>(node.id, new_flex(du, &shape));
+        }
+    }
+}
+
+/// Fused `silu(gate) * up` (same shapes).
+pub(crate) fn swiglu<B: Backend, const D: usize>(
+    gate: Tensor<B, D>,
+    up: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let run_fwd = |g: &FlexTensor, u: &FlexTensor| {
+        let (y, s) = with_f32(g, |gs| with_f32(u, |us| swiglu_fwd(gs, us)));
+        let dims = g.shape();
+        (new_flex(y, &dims), new_flex(s, &dims))
+    };
+    match kind::<B>().expect("fused::swiglu on an unsupported backend") {
+        Kind::Plain => {
+            let (g, u) = (
+                flex(recast::<B, Flex, D>(gate)),
+                flex(recast::<B, Flex, D>(up)),
+            );
+            recast(from_flex::<D>(run_fwd(&g, &u).0))
+        }
+        Kind::Autodiff => {
+            let (g, u) = (
+                ad_prim(recast::<B, Ad, D>(gate)),
+                ad_prim(recast::<B, Ad, D>(up)),
+            );
+            let (y, s) = run_fwd(&g.primitive, &u.primitive);
+            let out = match SwigluBackward
+                .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive, s), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            recast(from_ad_prim::<D>(out))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE + causal grouped-query attention, from the projections' outputs (positions 0..s, no cache).
+//
+// Layouts: projections `[b, s, heads, hd]` (rows of the linear layers); inside, heads first
+// `[b, heads, s, hd]`, so that the `n_rep` query heads sharing a KV head are one
+// `[n_rep·s, hd]` matrix per unit `(b, kv head)`: `[b, nkv, n_rep·s, hd]`. Each unit is computed
+// by register-tiled loops over the causal part only (keys `0..=position`), units in parallel;
+// probabilities `[b, nkv, n_rep·s, s]` are kept for the backward pass.
+
+#[derive(Clone, Copy, Debug)]
+struct AttnDims {
+    b: usize,
+    s: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl AttnDims {
+    fn n_rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+}
+
+/// One row of rotate-half RoPE: `y = x·cos + rotate_half(x)·sin`, i.e.
+/// `y1 = x1·c1 + (−x2)·s1`, `y2 = x2·c2 + x1·s2` on the two halves.
+#[inline(always)]
+fn rope_row(x: &[f32], c: &[f32], sn: &[f32], y: &mut [f32], half: usize) {
+    let (x1, x2) = x.split_at(half);
+    let (c1, c2) = c.split_at(half);
+    let (s1, s2) = sn.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    for ((((y1, y2), (&x1, &x2)), (&c1, &c2)), (&s1, &s2)) in y1
+        .iter_mut()
+        .zip(y2.iter_mut())
+        .zip(x1.iter().zip(x2))
+        .zip(c1.iter().zip(c2))
+        .zip(s1.iter().zip(s2))
+    {
+        *y1 = x1 * c1 + (-x2) * s1;
+        *y2 = x2 * c2 + x1 * s2;
+    }
+}
+
+/// The transpose of [`rope_row`] (its backward): `y = g·cos + rotate_halfᵀ(g·sin)`, i.e.
+/// `y1 = g1·c1 + g2·s2`, `y2 = g2·c2 − g1·s1`.
+#[inline(always)]
+fn rope_row_transposed(g: &[f32], c: &[f32], sn: &[f32], y: &mut [f32], half: usize) {
+    let (g1, g2) = g.split_at(half);
+    let (c1, c2) = c.split_at(half);
+    let (s1, s2) = sn.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    for ((((y1, y2), (&g1, &g2)), (&c1, &c2)), (&s1, &s2)) in y1
+        .iter_mut()
+        .zip(y2.iter_mut())
+        .zip(g1.iter().zip(g2))
+        .zip(c1.iter().zip(c2))
+        .zip(s1.iter().zip(s2))
+    {
+        *y1 = g1 * c1 + g2 * s2;
+        *y2 = g2 * c2 - g1 * s1;
+    }
+}
+
+/// `src` `[b, s, h, hd]` → `[b, h, s, hd]`; with `rope`, each row rotated (rotate-half, HF):
+/// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[hd/2:], x[:hd/2])`.
+fn to_heads(
+    src: &[f32],
+    b: usize,
+    s: usize,
+    h: usize,
+    hd: usize,
+    rope: Option<(&[f32], &[f32])>,
+) -> Vec<f32> {
+    let half = hd / 2;
+    let mut dst = zeros(b * h * s * hd);
+    let units = b * h;
+    let rs = ranges(units, s * hd);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut dst, s * hd, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |(range, dst)| {
+            for (k, unit) in range.enumerate() {
+                let (bi, hh) = (unit / h, unit % h);
+                for i in 0..s {
+                    let x = &src[((bi * s + i) * h + hh) * hd..][..hd];
+                    let y = &mut dst[(k * s + i) * hd..][..hd];
+                    match rope {
+                        None => y.copy_from_slice(x),
+                        Some((cos, sin)) => {
+                            let (c, sn) = (&cos[i * hd..][..hd], &sin[i * hd..][..hd]);
+                            rope_row(x, c, sn, y, half);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    dst
+}
+
+/// `src` `[b, h, s, hd]` → `[b, s, h, hd]`; with `rope`, each row goes through the transpose of
+/// the rotation (the RoPE backward): `g·cos + rotate_halfᵀ(g·sin)`, `rotate_halfᵀ(z) = cat(z[hd/2:], -z[:hd/2])`.
+fn from_heads(
+    src: &[f32],
+    b: usize,
+    s: usize,
+    h: usize,
+    hd: usize,
+    rope: Option<(&[f32], &[f32])>,
+) -> Vec<f32> {
+    let half = hd / 2;
+    let mut dst = zeros(b * s * h * hd);
+    let rows = b * s;
+    let rs = ranges(rows, h * hd);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut dst, h * hd, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |(range, dst)| {
+            for (k, row) in range.enumerate() {
+                let (bi, i) = (row / s, row % s);
+                for hh in 0..h {
+                    let g = &src[((bi * h + hh) * s + i) * hd..][..hd];
+                    let y = &mut dst[(k * h + hh) * hd..][..hd];
+                    match rope {
+                        None => y.copy_from_slice(g),
+                        Some((cos, sin)) => {
+                            let (c, sn) = (&cos[i * hd..][..hd], &sin[i * hd..][..hd]);
+                            rope_row_transposed(g, c, sn, y, half);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    dst
+}
+
+/// Rows of `[rows, cols]` → `[cols, rows]`, per unit of `rows · cols` elements.
+fn transpose_units(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let unit = rows * cols;
+    let mut dst = zeros(src.len());
+    for (src, dst) in src.chunks_exact(unit).zip(dst.chunks_exact_mut(unit)) {
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = src[r * cols + c];
+            }
+        }
+    }
+    dst
+}
+
+/// Key / value-column tile width of the micro-kernels (two AVX2 registers).
+const TILE: usize = 16;
+
+/// Whether the micro-kernels should use fused multiply-adds: where [`simd`] compiles them for
+/// FMA (x86-64 with AVX2 + FMA), or where FMA is baseline (aarch64). Elsewhere `mul_add` would
+/// be a libm call.
+fn use_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// `acc + a · b`, as one fused multiply-add when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, acc)
+    } else {
+        acc + a * b
+    }
+}
+
+/// `kernel::<true>(args)` or `kernel::<false>(args)` (see [`use_fma`]).
+macro_rules! with_fma {
+    ($fma:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+        if $fma {
+            $kernel::<true>($($arg),*)
+        } else {
+            $kernel::<false>($($arg),*)
+        }
+    };
+}
+
+/// `out[r·ldo + j] = Σ_d a[r·hd + d] · bt[d·s + j]` for the 4 rows of `a` and `j < n` (`n ≤ s`);
+/// may also write columns up to the next tile boundary (still `< s`).
+#[inline(always)]
+fn abt4<const FMA: bool>(
+    a: &[f32],
+    bt: &[f32],
+    hd: usize,
+    s: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut j0 = 0;
+    while j0 < n && j0 + TILE <= s {
+        let mut acc = [[0.0f32; TILE]; 4];
+        for d in 0..hd {
+            let b: &[f32; TILE] = bt[d * s + j0..][..TILE].try_into().unwrap();
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = a[r * hd + d];
+                for t in 0..TILE {
+                    acc[t] = madd::<FMA>(x, b[t], acc[t]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * ldo + j0..][..TILE].copy_from_slice(acc);
+        }
+        j0 += TILE;
+    }
+    for r in 0..4 {
+        abt1::<FMA>(&a[r * hd..(r + 1) * hd], bt, s, j0, n, &mut out[r * ldo..]);
+    }
+}
+
+/// One row: `out[j] = a · bt[:, j]` for `j in j0..n`.
+#[inline(always)]
+fn abt1<const FMA: bool>(a: &[f32], bt: &[f32], s: usize, j0: usize, n: usize, out: &mut [f32]) {
+    if j0 >= n {
+        return;
+    }
+    let out = &mut out[j0..n];
+    out.fill(0.0);
+    for (d, &x) in a.iter().enumerate() {
+        for (o, &b) in out.iter_mut().zip(&bt[d * s + j0..d * s + n]) {
+            *o = madd::<FMA>(x, b, *o);
+        }
+    }
+}
+
+/// `out[r·hd + c] = Σ_{j<n} p[r·ldp + j] · v[j·hd + c]` for 4 rows.
+#[inline(always)]
+fn ab4<const FMA: bool>(p: &[f32], ldp: usize, n: usize, v: &[f32], hd: usize, out: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 + TILE <= hd {
+        let mut acc = [[0.0f32; TILE]; 4];
+        for j in 0..n {
+            let vv: &[f32; TILE] = v[j * hd + c0..][..TILE].try_into().unwrap();
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = p[r * ldp + j];
+                for t in 0..TILE {
+                    acc[t] = madd::<FMA>(x, vv[t], acc[t]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * hd + c0..][..TILE].copy_from_slice(acc);
+        }
+        c0 += TILE;
+    }
+    if c0 < hd {
+        for r in 0..4 {
+            ab1::<FMA>(
+                &p[r * ldp..r * ldp + n],
+                v,
+                hd,
+                c0,
+                &mut out[r * hd..(r + 1) * hd],
+            );
+        }
+    }
+}
+
+/// One row: `out[c] = Σ_j p[j] · v[j·hd + c]` for `c in c0..hd`.
+#[inline(always)]
+fn ab1<const FMA: bool>(p: &[f32], v: &[f32], hd: usize, c0: usize, out: &mut [f32]) {
+    let out = &mut out[c0..hd];
+    out.fill(0.0);
+    for (j, &x) in p.iter().enumerate() {
+        for (o, &b) in out.iter_mut().zip(&v[j * hd + c0..(j + 1) * hd]) {
+            *o = madd::<FMA>(x, b, *o);
+        }
+    }
+}
+
+/// `out[k·hd + c] += Σ_row w[row·ldw + j0 + k] · a[row·hd + c]` for the 4 keys `j0..j0 + 4` and
+/// the rows listed by `rows` (the transposed products `dSᵀ·Q` and `Pᵀ·dO`).
+#[inline(always)]
+fn atb4<const FMA: bool>(
+    w: &[f32],
+    ldw: usize,
+    rows: impl Iterator<Item = usize> + Clone,
+    a: &[f32],
+    hd: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
+    let mut c0 = 0;
+    while c0 + TILE <= hd {
+        let mut acc = [[0.0f32; TILE]; 4];
+        for row in rows.clone() {
+            let av: &[f32; TILE] = a[row * hd + c0..][..TILE].try_into().unwrap();
+            let ws: &[f32; 4] = w[row * ldw + j0..][..4].try_into().unwrap();
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let x = ws[k];
+                for t in 0..TILE {
+                    acc[t] = madd::<FMA>(x, av[t], acc[t]);
+                }
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            for (o, v) in out[k * hd + c0..][..TILE].iter_mut().zip(acc) {
+                *o += v;
+            }
+        }
+        c0 += TILE;
+    }
+    if c0 < hd {
+        for k in 0..4 {
+            atb1::<FMA>(
+                w,
+                ldw,
+                rows.clone(),
+                a,
+                hd,
+                j0 + k,
+                c0,
+                &mut out[k * hd..(k + 1) * hd],
+            );
+        }
+    }
+}
+
+/// One key: `out[c] += Σ_row w[row·ldw + j] · a[row·hd + c]` for `c in c0..hd`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn atb1<const FMA: bool>(
+    w: &[f32],
+    ldw: usize,
+    rows: impl Iterator<Item = usize>,
+    a: &[f32],
+    hd: usize,
+    j: usize,
+    c0: usize,
+    out: &mut [f32],
+) {
+    for row in rows {
+        let x = w[row * ldw + j];
+        for (o, &v) in out[c0..hd]
+            .iter_mut()
+            .zip(&a[row * hd + c0..(row + 1) * hd])
+        {
+            *o = madd::<FMA>(x, v, *o);
+        }
+    }
+}
+
+/// Rows of one unit, in blocks of up to 4 consecutive rows of the same head:
+/// `(first row, rows in the block, position of the first row)`.
+fn row_blocks(n_rep: usize, s: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..n_rep).flat_map(move |r| (0..s).step_by(4).map(move |i| (r * s + i, 4.min(s - i), i)))
+}
+
+/// Scaled, causally masked softmax of one row of scores in place; `valid = position + 1`.
+#[inline(always)]
+fn softmax_row(row: &mut [f32], valid: usize, scale: f32) {
+    let (z, masked) = row.split_at_mut(valid);
+    let mut max = f32::NEG_INFINITY;
+    for v in z.iter_mut() {
+        *v *= scale;
+        max = max.max(*v);
+    }
+    for v in z.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let total = sum(z);
+    for v in z.iter_mut() {
+        *v /= total;
+    }
+    masked.fill(0.0);
+}
+
+/// The softmax and scale backward of one row in place: dS = P ⊙ (dP − Σ P ⊙ dP) · scale.
+#[inline(always)]
+fn softmax_bwd_row(dp: &mut [f32], p: &[f32], valid: usize, scale: f32) {
+    let (d, masked) = dp.split_at_mut(valid);
+    let c = dot(&p[..valid], d);
+    for (d, &p) in d.iter_mut().zip(p) {
+        *d = p * (*d - c) * scale;
+    }
+    masked.fill(0.0);
+}
+
+/// Saved for the backward pass: per unit `(b, kv head)`, with `rows = n_rep·s` query rows (head
+/// `r`'s position `i` is row `r·s + i`).
+#[derive(Clone)]
+struct AttnState {
+    dims: AttnDims,
+    /// Rotated queries `[units, rows, hd]`.
+    q: Arc<Vec<f32>>,
+    /// Rotated keys `[units, s, hd]`.
+    k: Arc<Vec<f32>>,
+    /// Values, transposed `[units, hd, s]`.
+    vt: Arc<Vec<f32>>,
+    /// Attention probabilities `[units, rows, s]` (0 above the diagonal).
+    p: Arc<Vec<f32>>,
+    /// RoPE tables for positions `0..s`, `[s, hd]` each.
+    cos: FlexTensor,
+    sin: FlexTensor,
+}
+
+impl core::fmt::Debug for AttnState {
+    // Dimensions only: the buffers are megabytes.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AttnState")
+            .field("dims", &self.dims)
+            .finish_non_exhaustive()
+    }
+}
+
+fn attn_fwd(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    cos: FlexTensor,
+    sin: FlexTensor,
+    dims: AttnDims,
+) -> (FlexTensor, AttnState) {
+    let AttnDims {
+        b,
+        s,
+        nh,
+        nkv,
+        hd,
+        scale,
+    } = dims;
+    let n_rep = dims.n_rep();
+    let rows = n_rep * s;
+    let units = b * nkv;
+    let (qh, kh, vh) = with_f32(&cos, |c| {
+        with_f32(&sin, |sn| {
+            (
+                with_f32(q, |q| to_heads(q, b, s, nh, hd, Some((c, sn)))),
+                with_f32(k, |k| to_heads(k, b, s, nkv, hd, Some((c, sn)))),
+                with_f32(v, |v| to_heads(v, b, s, nkv, hd, None)),
+            )
+        })
+    });
+    let kt = transpose_units(&kh, s, hd); // [units, hd, s]
+    let vt = transpose_units(&vh, s, hd); // [units, hd, s]
+    let mut p = zeros(units * rows * s);
+    let mut o = zeros(units * rows * hd); // [b, nh, s, hd]
+    let rs = ranges(units, rows * s * hd);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut p, rows * s, &rs))
+        .zip(split(&mut o, rows * hd, &rs))
+        .collect();
+    let (qh_ref, kt_ref, vh_ref) = (&qh, &kt, &vh);
+    run(
+        jobs,
+        #[inline(always)]
+        |((range, p), o)| {
+            let fma = use_fma();
+            for (k, unit) in range.enumerate() {
+                let q = &qh_ref[unit * rows * hd..][..rows * hd];
+                let kt = &kt_ref[unit * hd * s..][..hd * s];
+                let v = &vh_ref[unit * s * hd..][..s * hd];
+                let p = &mut p[k * rows * s..][..rows * s];
+                let o = &mut o[k * rows * hd..][..rows * hd];
+                for (row0, n, i0) in row_blocks(n_rep, s) {
+                    let keys = i0 + n; // positions ≤ i0 + n − 1 see keys 0..i0 + n
+                    let pb = &mut p[row0 * s..(row0 + n) * s];
+                    let qb = &q[row0 * hd..(row0 + n) * hd];
+                    if n == 4 {
+                        with_fma!(fma, abt4(qb, kt, hd, s, keys, pb, s));
+                    } else {
+                        for r in 0..n {
+                            with_fma!(
+                                fma,
+                                abt1(&qb[r * hd..(r + 1) * hd], kt, s, 0, keys, &mut pb[r * s..])
+                            );
+                        }
+                    }
+                    for r in 0..n {
+                        softmax_row(&mut pb[r * s..(r + 1) * s], i0 + r + 1, scale);
+                    }
+                    let ob = &mut o[row0 * hd..(row0 + n) * hd];
+                    if n == 4 {
+                        with_fma!(fma, ab4(pb, s, keys, v, hd, ob));
+                    } else {
+                        for r in 0..n {
+                            with_fma!(
+                                fma,
+                                ab1(
+                                    &pb[r * s..r * s + keys],
+                                    v,
+                                    hd,
+                                    0,
+                                    &mut ob[r * hd..(r + 1) * hd],
+                                )
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    );
+    let out = from_heads(&o, b, s, nh, hd, None);
+    let state = AttnState {
+        dims,
+        q: Arc::new(qh),
+        k: Arc::new(kh),
+        vt: Arc::new(vt),
+        p: Arc::new(p),
+        cos,
+        sin,
+    };
+    (new_flex(out, &[b, s, nh * hd]), state)
+}
+
+/// Returns (dq, dk, dv) in the projections' layout `[b, s, heads·hd]`.
+fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let AttnState {
+        dims,
+        q,
+        k,
+        vt,
+        p,
+        cos,
+        sin,
+    } = state;
+    let AttnDims {
+        b,
+        s,
+        nh,
+        nkv,
+        hd,
+        scale,
+    } = dims;
+    let n_rep = dims.n_rep();
+    let rows = n_rep * s;
+    let units = b * nkv;
+    let go = with_f32(g, |g| to_heads(g, b, s, nh, hd, None)); // dO [units, rows, hd]
+    let mut dq = zeros(units * rows * hd);
+    let mut dk = zeros(units * s * hd);
+    let mut dv = zeros(units * s * hd);
+    let rs = ranges(units, 3 * rows * s * hd);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut dq, rows * hd, &rs))
+        .zip(split(&mut dk, s * hd, &rs))
+        .zip(split(&mut dv, s * hd, &rs))
+        .collect();
+    let (go_ref, q_ref, k_ref, vt_ref, p_ref) = (&go, &*q, &*k, &*vt, &*p);
+    run(
+        jobs,
+        #[inline(always)]
+        |(((range, dq), dk), dv)| {
+            let fma = use_fma();
+            let mut ds = zeros(rows * s); // dS of one unit
+            for (u, unit) in range.enumerate() {
+                let go = &go_ref[unit * rows * hd..][..rows * hd];
+                let q = &q_ref[unit * rows * hd..][..rows * hd];
+                let k = &k_ref[unit * s * hd..][..s * hd];
+                let vt = &vt_ref[unit * hd * s..][..hd * s];
+                let p = &p_ref[unit * rows * s..][..rows * s];
+                // dP = dO·Vᵀ, then dS, then dQ = dS·K, block by block of rows.
+                for (row0, n, i0) in row_blocks(n_rep, s) {
+                    let keys = i0 + n;
+                    let db = &mut ds[row0 * s..(row0 + n) * s];
+                    let gb = &go[row0 * hd..(row0 + n) * hd];
+                    if n == 4 {
+                        with_fma!(fma, abt4(gb, vt, hd, s, keys, db, s));
+                    } else {
+                        for r in 0..n {
+                            with_fma!(
+                                fma,
+                                abt1(&gb[r * hd..(r + 1) * hd], vt, s, 0, keys, &mut db[r * s..])
+                            );
+                        }
+                    }
+                    for r in 0..n {
+                        let row = (row0 + r) * s;
+                        softmax_bwd_row(
+                            &mut db[r * s..(r + 1) * s],
+                            &p[row..row + s],
+                            i0 + r + 1,
+                            scale,
+                        );
+                    }
+                    let qb = &mut dq[(u * rows + row0) * hd..(u * rows + row0 + n) * hd];
+                    if n == 4 {
+                        with_fma!(fma, ab4(db, s, keys, k, hd, qb));
+                    } else {
+                        for r in 0..n {
+                            with_fma!(
+                                fma,
+                                ab1(
+                                    &db[r * s..r * s + keys],
+                                    k,
+                                    hd,
+                                    0,
+                                    &mut qb[r * hd..(r + 1) * hd],
+                                )
+                            );
+                        }
+                    }
+                }
+                // dK = dSᵀ·Q and dV = Pᵀ·dO, 4 keys at a time over the rows that see them.
+                let dku = &mut dk[u * s * hd..(u + 1) * s * hd];
+                let dvu = &mut dv[u * s * hd..(u + 1) * s * hd];
+                let mut j0 = 0;
+                while j0 < s {
+                    let seen = move |j: usize| (0..n_rep).flat_map(move |r| r * s + j..(r + 1) * s);
+                    if j0 + 4 <= s {
+                        with_fma!(
+                            fma,
+                            atb4(
+                                &ds,
+                                s,
+                                seen(j0),
+                                q,
+                                hd,
+                                j0,
+                                &mut dku[j0 * hd..(j0 + 4) * hd],
+                            )
+                        );
+                        with_fma!(
+                            fma,
+                            atb4(p, s, seen(j0), go, hd, j0, &mut dvu[j0 * hd..(j0 + 4) * hd])
+                        );
+                        j0 += 4;
+                    } else {
+                        let (dkj, dvj) = (
+                            &mut dku[j0 * hd..(j0 + 1) * hd],
+                            &mut dvu[j0 * hd..(j0 + 1) * hd],
+                        );
+                        with_fma!(fma, atb1(&ds, s, seen(j0), q, hd, j0, 0, dkj));
+                        with_fma!(fma, atb1(p, s, seen(j0), go, hd, j0, 0, dvj));
+                        j0 += 1;
+                    }
+                }
+            }
+        },
+    );
+    drop(p);
+    let (dq, dk) = with_f32(&cos, |c| {
+        with_f32(&sin, |sn| {
+            (
+                from_heads(&dq, b, s, nh, hd, Some((c, sn))),
+                from_heads(&dk, b, s, nkv, hd, Some((c, sn))),
+            )
+        })
+    });
+    let dv = from_heads(&dv, b, s, nkv, hd, None);
+    (
+        new_flex(dq, &[b, s, nh * hd]),
+        new_flex(dk, &[b, s, nkv * hd]),
+        new_flex(dv, &[b, s, nkv * hd]),
+    )
+}
+
+#[derive(Debug)]
+struct AttnBackward;
+
+impl Backward<Flex, 3> for AttnBackward {
+    type State = AttnState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let g = grads.consume::<Flex>(&ops.node);
+        let (dq, dk, dv) = attn_bwd(ops.state, &g);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// RoPE on `q`/`k` then causal grouped-query attention, for positions `0..s`.
+///
+/// `q` `[b, s, nh·hd]`, `k`/`v` `[b, s, nkv·hd]` (the projections' outputs); `cos`/`sin` the
+/// RoPE tables (at least `s` rows of `hd`). Returns the attention output `[b, s, nh·hd]` (heads
+/// merged, ready for `o_proj`). Same maths as `Rope::apply` + `repeat_kv` + `causal_attention`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Tensor<B, 3> {
+    let [b, s, _] = q.dims();
+    let dims = AttnDims {
+        b,
+        s,
+        nh: n_heads,
+        nkv: n_kv_heads,
+        hd: head_dim,
+        scale: (head_dim as f64).powf(-0.5) as f32,
+    };
+    let table = |t: Tensor<B, 2>| -> FlexTensor {
+        let t = match kind::<B>() {
+            Some(Kind::Plain) => recast::<B, Flex, 2>(t),
+            _ => recast::<B, Ad, 2>(t).inner(),
+        };
+        flex(t.narrow(0, 0, s).cast(DType::F32))
+    };
+    let (cos, sin) = (table(cos), table(sin));
+    match kind::<B>().expect("fused::rope_attention on an unsupported backend") {
+        Kind::Plain => {
+            let (q, k, v) = (
+                flex(recast::<B, Flex, 3>(q)),
+                flex(recast::<B, Flex, 3>(k)),
+                flex(recast::<B, Flex, 3>(v)),
+            );
+            recast(from_flex::<3>(attn_fwd(&q, &k, &v, cos, sin, dims).0))
+        }
+        Kind::Autodiff => {
+            let (q, k, v) = (
+                ad_prim(recast::<B, Ad, 3>(q)),
+                ad_prim(recast::<B, Ad, 3>(k)),
+                ad_prim(recast::<B, Ad, 3>(v)),
+            );
+            let (out, state) = attn_fwd(&q.primitive, &k.primitive, &v.primitive, cos, sin, dims);
+            let out = match AttnBackward
+                .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            recast(from_ad_prim::<3>(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{causal_attention, repeat_kv, Rope};
+    use burn::tensor::Tolerance;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn leaf<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Ad, D> {
+        Tensor::<Ad, D>::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+            .require_grad()
+    }
+
+    fn assert_close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let (a, b) = (a.into_data(), b.into_data());
+        let max = a
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(b.as_slice::<f32>().unwrap())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 2e-5, "{what}: max |fused - generic| = {max}");
+        a.assert_approx_eq::<f32>(&b, Tolerance::absolute(2e-5));
+    }
+
+    /// `Σ y · r` with fixed random `r`: a scalar whose gradient w.r.t. `y` is `r`.
+    fn probe<const D: usize>(y: Tensor<Ad, D>, seed: u64) -> Tensor<Ad, 1> {
+        let r = Tensor::<Ad, D>::from_data(
+            TensorData::new(values(y.shape().num_elements(), seed), y.shape()),
+            &Default::default(),
+        );
+        (y * r).sum()
+    }
+
+    #[test]
+    fn rms_norm_matches_generic_with_gradients() {
+        let (xs, ws) = (values(2 * 5 * 16, 1), values(16, 2));
+        let eps = 1e-5;
+        let (x, w) = (leaf(&xs, [2, 5, 16]), leaf(&ws, [16]));
+        let y = rms_norm(x.clone(), w.clone(), eps);
+        let grads = probe(y.clone(), 3).backward();
+        let (dx, dw) = (x.grad(&grads).unwrap(), w.grad(&grads).unwrap());
+
+        // The generic formula of `RmsNorm::forward`.
+        let (x2, w2) = (leaf(&xs, [2, 5, 16]), leaf(&ws, [16]));
+        let inv = x2
+            .clone()
+            .square()
+            .mean_dim(2)
+            .add_scalar(eps)
+            .sqrt()
+            .recip();
+        let y2 = (x2.clone() * inv) * w2.clone().unsqueeze::<3>();
+        let grads2 = probe(y2.clone(), 3).backward();
+
+        assert_close(y.inner(), y2.inner(), "rms_norm y");
+        assert_close(dx, x2.grad(&grads2).unwrap(), "rms_norm dx");
+        assert_close(dw, w2.grad(&grads2).unwrap(), "rms_norm dw");
+    }
+
+    #[test]
+    fn swiglu_matches_generic_with_gradients() {
+        // 2,100 elements: several 1,024-element chunks and a short last one.
+        let shape = [3, 7, 100];
+        let (gs, us) = (values(2100, 4), values(2100, 5));
+        let gs: Vec<f32> = gs.iter().map(|v| v * 8.0).collect(); // both sigmoid branches
+        let (g, u) = (leaf(&gs, shape), leaf(&us, shape));
+        let y = swiglu(g.clone(), u.clone());
+        let grads = probe(y.clone(), 6).backward();
+
+        let (g2, u2) = (leaf(&gs, shape), leaf(&us, shape));
+        let y2 = burn::tensor::activation::silu(g2.clone()) * u2.clone();
+        let grads2 = probe(y2.clone(), 6).backward();
+
+        assert_close(y.inner(), y2.inner(), "swiglu y");
+        assert_close(
+            g.grad(&grads).unwrap(),
+            g2.grad(&grads2).unwrap(),
+            "swiglu dg",
+        );
+        assert_close(
+            u.grad(&grads).unwrap(),
+            u2.grad(&grads2).unwrap(),
+            "swiglu du",
+        );
+    }
+
+    #[test]
+    fn rope_attention_matches_generic_with_gradients() {
+        // Small heads (scalar tails only), then heads wide enough for the register tiles, with
+        // sequence lengths that leave partial row blocks and key tiles; MHA and GQA.
+        for (b, s, nh, nkv, hd) in [
+            (2, 9, 6, 2, 8),
+            (1, 37, 4, 2, 32),
+            (2, 21, 3, 3, 40),
+            (1, 64, 4, 1, 16),
+        ] {
+            check_rope_attention(b, s, nh, nkv, hd);
+        }
+    }
+
+    fn check_rope_attention(b: usize, s: usize, nh: usize, nkv: usize, hd: usize) {
+        let rope = Rope::<Ad>::new(10000.0, hd, 64, &Default::default());
+        let (qs, ks, vs) = (
+            values(b * s * nh * hd, 7),
+            values(b * s * nkv * hd, 8),
+            values(b * s * nkv * hd, 9),
+        );
+        let (q, k, v) = (
+            leaf(&qs, [b, s, nh * hd]),
+            leaf(&ks, [b, s, nkv * hd]),
+            leaf(&vs, [b, s, nkv * hd]),
+        );
+        let y = rope_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            rope.cos.clone(),
+            rope.sin.clone(),
+            nh,
+            nkv,
+            hd,
+        );
+        let grads = probe(y.clone(), 10).backward();
+
+        // The generic path of `Attention::forward`.
+        let (q2, k2, v2) = (
+            leaf(&qs, [b, s, nh * hd]),
+            leaf(&ks, [b, s, nkv * hd]),
+            leaf(&vs, [b, s, nkv * hd]),
+        );
+        let heads = |t: Tensor<Ad, 3>, h: usize| t.reshape([b, s, h, hd]).swap_dims(1, 2);
+        let qh = rope.apply(heads(q2.clone(), nh), 0);
+        let kh = repeat_kv(rope.apply(heads(k2.clone(), nkv), 0), nh / nkv);
+        let vh = repeat_kv(heads(v2.clone(), nkv), nh / nkv);
+        let y2 = causal_attention(qh, kh, vh)
+            .swap_dims(1, 2)
+            .reshape([b, s, nh * hd]);
+        let grads2 = probe(y2.clone(), 10).backward();
+
+        assert_close(y.inner(), y2.inner(), "attention y");
+        assert_close(
+            q.grad(&grads).unwrap(),
+            q2.grad(&grads2).unwrap(),
+            "attention dq",
+        );
+        assert_close(
+            k.grad(&grads).unwrap(),
+            k2.grad(&grads2).unwrap(),
+            "attention dk",
+        );
+        assert_close(
+            v.grad(&grads).unwrap(),
+            v2.grad(&grads2).unwrap(),
+            "attention dv",
+        );
+    }
+
+    #[test]
+    fn plain_flex_forward_matches_autodiff_forward() {
+        let (b, s, nh, nkv, hd) = (1, 5, 2, 1, 4);
+        let (qs, ks, vs) = (
+            values(b * s * nh * hd, 11),
+            values(b * s * hd, 12),
+            values(b * s * hd, 13),
+        );
+        let dev = Default::default();
+        let rope = Rope::<Flex>::new(10000.0, hd, 8, &dev);
+        let t = |v: &[f32], n: usize| {
+            Tensor::<Flex, 3>::from_data(TensorData::new(v.to_vec(), [b, s, n]), &dev)
+        };
+        let plain = rope_attention(
+            t(&qs, nh * hd),
+            t(&ks, nkv * hd),
+            t(&vs, nkv * hd),
+            rope.cos.clone(),
+            rope.sin.clone(),
+            nh,
+            nkv,
+            hd,
+        );
+        let rope_ad = Rope::<Ad>::new(10000.0, hd, 8, &dev);
+        let ad = rope_attention(
+            leaf(&qs, [b, s, nh * hd]),
+            leaf(&ks, [b, s, nkv * hd]),
+            leaf(&vs, [b, s, nkv * hd]),
+            rope_ad.cos.clone(),
+            rope_ad.sin.clone(),
+            nh,
+            nkv,
+            hd,
+        );
+        assert_close(plain, ad.inner(), "plain vs autodiff");
+    }
+}
