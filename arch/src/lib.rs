@@ -49,6 +49,7 @@ pub mod error;
 pub mod hf;
 pub mod layers;
 pub mod llama;
+pub mod simd;
 
 use std::collections::HashMap;
 

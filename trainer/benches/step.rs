@@ -28,7 +28,7 @@ use burn::tensor::TensorData;
 use kiln_arch::Model;
 use kiln_trainer::loss::cross_entropy;
 use kiln_trainer::optim::{clip_factor, grad_sq_norm, AdamW, AdamWConfig};
-use kiln_trainer::recipe::{OptimizerSection, Recipe, TokenizerSection};
+use kiln_trainer::recipe::{Recipe, TokenizerSection};
 use rand::{Rng, SeedableRng};
 
 type B = Autodiff<Flex>;
@@ -71,24 +71,12 @@ fn bench(recipe: &Recipe, steps: usize) -> Timings {
     };
     let config = recipe.model_config(vocab).expect("model config");
     let (batch, seq) = (recipe.train.micro_batch_size, recipe.train.seq_len);
-    let OptimizerSection::Adamw {
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        decay_embeddings,
-    } = recipe.train.optimizer.clone();
+    let (adamw, lr) = AdamWConfig::from_section(&recipe.train.optimizer);
 
     let device = Default::default();
     B::seed(&device, 1337);
     let mut model: Model<B> = config.init(&device);
-    let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
-        beta1: betas[0],
-        beta2: betas[1],
-        eps,
-        weight_decay,
-        decay_embeddings,
-    });
+    let mut optimizer = AdamW::<Flex>::new(adamw);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let vocab = config.vocab_size() as i64;
 

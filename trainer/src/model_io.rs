@@ -10,7 +10,7 @@ use kiln_data::TextTokenizer;
 use serde_json::json;
 
 use crate::checkpoint;
-use crate::params::{load_named_tensors, named_tensors};
+use crate::params::load_named_tensors;
 
 /// A model with its config and (when the directory has one) its tokenizer.
 pub struct LoadedModel<B: Backend> {
@@ -66,10 +66,18 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
         return load_model_dir(&latest, device);
     }
     let config = read_hf_config(dir)?;
-    if let Some(ctx) = check_tokenizer_fits(dir, &config)? {
-        bail!(ctx);
-    }
     let tokenizer = read_tokenizer(dir)?;
+    if let Some(tok) = &tokenizer {
+        // A tokenizer whose ids do not fit the model's embedding is a mismatch worth stopping for.
+        if tok.vocab_size() > config.vocab_size() {
+            bail!(
+                "{}: tokenizer.json has {} tokens but the model's vocab_size is {}: tokenizer and model do not match",
+                dir.display(),
+                tok.vocab_size(),
+                config.vocab_size()
+            );
+        }
+    }
     let fresh: Model<B> = config.init(device);
     let model = if dir.join("state.json").is_file() {
         let ckpt = checkpoint::load(dir)?;
@@ -103,21 +111,6 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
         tokenizer,
         dir: dir.to_path_buf(),
     })
-}
-
-/// A tokenizer whose ids do not fit the model's embedding is a mismatch worth stopping for.
-fn check_tokenizer_fits(dir: &Path, config: &ModelConfig) -> Result<Option<String>> {
-    if let Some(tok) = read_tokenizer(dir)? {
-        if tok.vocab_size() > config.vocab_size() {
-            return Ok(Some(format!(
-                "{}: tokenizer.json has {} tokens but the model's vocab_size is {}: tokenizer and model do not match",
-                dir.display(),
-                tok.vocab_size(),
-                config.vocab_size()
-            )));
-        }
-    }
-    Ok(None)
 }
 
 /// Writes `model.safetensors`, `config.json`, `generation_config.json`, `tokenizer.json` and
@@ -173,9 +166,4 @@ pub fn export_model<B: Backend>(
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// The model's parameters by internal name (checkpoint format).
-pub fn model_state<B: Backend>(model: &Model<B>) -> Vec<kiln_arch::HfTensor> {
-    named_tensors(model)
 }

@@ -23,6 +23,7 @@ use burn::tensor::TensorData;
 use kiln_arch::HfTensor;
 
 use crate::params::{tensor_to_vec, PathTracker};
+use crate::recipe::OptimizerSection;
 
 #[derive(Debug, Clone)]
 pub struct AdamWConfig {
@@ -31,6 +32,27 @@ pub struct AdamWConfig {
     pub eps: f64,
     pub weight_decay: f64,
     pub decay_embeddings: bool,
+}
+
+impl AdamWConfig {
+    /// The optimizer settings of a recipe's `train.optimizer`, and its peak learning rate.
+    pub fn from_section(section: &OptimizerSection) -> (Self, f64) {
+        let OptimizerSection::Adamw {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            decay_embeddings,
+        } = section;
+        let config = Self {
+            beta1: betas[0],
+            beta2: betas[1],
+            eps: *eps,
+            weight_decay: *weight_decay,
+            decay_embeddings: *decay_embeddings,
+        };
+        (config, *lr)
+    }
 }
 
 /// First and second moments of one parameter, flattened to 1-D.

@@ -22,10 +22,10 @@ use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
 use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
-use crate::model_io::{export_model, load_model_dir, model_state};
+use crate::model_io::{export_model, load_model_dir};
 use crate::optim::{accumulate_grads, clip_factor, grad_sq_norm, AdamW, AdamWConfig};
-use crate::params::load_named_tensors;
-use crate::recipe::{ExportDtype, OptimizerSection, Recipe};
+use crate::params::{load_named_tensors, named_tensors};
+use crate::recipe::{ExportDtype, Recipe};
 use crate::schedule::Schedule;
 
 /// Set by the Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
@@ -220,20 +220,8 @@ pub fn run<B: Backend>(
     ));
 
     // ---- optimizer, schedule, loader ----------------------------------------------------------
-    let OptimizerSection::Adamw {
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        decay_embeddings,
-    } = recipe.train.optimizer.clone();
-    let mut optimizer = AdamW::<B>::new(AdamWConfig {
-        beta1: betas[0],
-        beta2: betas[1],
-        eps,
-        weight_decay,
-        decay_embeddings,
-    });
+    let (adamw, lr) = AdamWConfig::from_section(&recipe.train.optimizer);
+    let mut optimizer = AdamW::<B>::new(adamw);
     let total_steps = recipe.total_steps(dist.world_size);
     let schedule = Schedule::new(recipe.train.schedule.clone(), lr, total_steps);
     let t = &recipe.train;
@@ -325,7 +313,7 @@ pub fn run<B: Backend>(
         let dir = checkpoint::save(
             &run_dir,
             &CheckpointFiles {
-                model: &model_state(model),
+                model: &named_tensors(model),
                 optimizer: &optimizer.state_tensors(),
                 state: &state,
                 hf_config: &config.to_hf_config(eot, eot, "float32"),
