@@ -343,6 +343,7 @@ pub fn llama_from_hf<B: Backend>(
         lm_head,
         rotary_emb,
         config,
+        compute_dtype,
     } = model;
     let embed = &tensors[embed_name];
     let repeats = config.repeats();
@@ -360,6 +361,7 @@ pub fn llama_from_hf<B: Backend>(
         lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
         rotary_emb,
         config,
+        compute_dtype,
     })
 }
 

@@ -15,18 +15,56 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 
 mod fused;
 
-/// `linear.forward` on the rows of `x` `[b, s, d_in]` -> `[b, s, d_out]`, as one 2-D matmul.
+pub use fused::set_num_threads;
+
+/// `t` as `dtype`; no cast op is recorded when it already is.
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    if t.dtype() == DType::from(dtype) {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// The float dtype of `t` (`F32` for anything that is not a float dtype kiln computes in).
+pub fn float_dtype<B: Backend, const D: usize>(t: &Tensor<B, D>) -> FloatDType {
+    match t.dtype() {
+        DType::BF16 => FloatDType::BF16,
+        DType::F16 => FloatDType::F16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}
+
+/// `x` `[n, d_in]` through a bias-free or biased linear layer -> `[n, d_out]`, in `x`'s dtype.
+///
+/// Mixed precision lives here: when `x` is in the compute dtype (bf16) and the master weight in
+/// f32, the weight is cast for the matmul and its gradient is cast back to f32 by autodiff.
+pub fn linear_2d<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let dtype = float_dtype(&x);
+    let weight = linear.weight.val(); // [d_in, d_out]
+    if weight.dtype() == x.dtype() {
+        return linear.forward(x);
+    }
+    let y = x.matmul(weight.cast(dtype)); // [n, d_out]
+    match &linear.bias {
+        Some(bias) => y + to_dtype(bias.val(), dtype).unsqueeze::<2>(),
+        None => y,
+    }
+}
+
+/// `linear` on the rows of `x` `[b, s, d_in]` -> `[b, s, d_out]`, as one 2-D matmul.
 ///
 /// Same values as `linear.forward(x)`; but burn's 3-D linear is a batched matmul against the
 /// broadcast weight whose weight gradient is a per-batch matmul followed by a sum over the batch,
 /// where the 2-D form is a single `[d_in, b·s] × [b·s, d_out]` product.
 fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
-    let y = linear.forward(x.reshape([b * s, d])); // [b·s, d_out]
+    let y = linear_2d(linear, x.reshape([b * s, d])); // [b·s, d_out]
     let d_out = y.dims()[1];
     y.reshape([b, s, d_out])
 }
@@ -51,7 +89,9 @@ pub fn linear_no_bias<B: Backend>(
 ///
 /// The statistics are computed in f32 whatever the activation dtype, then the normalised value is
 /// cast back to the input dtype before the multiplication by `weight` (the order of HF's
-/// `LlamaRMSNorm`). The field is named `weight` (burn's own `RmsNorm` calls it `gamma`) so the
+/// `LlamaRMSNorm`). [`RmsNorm::forward_as`] then casts the result to the dtype the next layer
+/// computes in (bf16 under mixed precision, where the residual stream stays f32, as with
+/// PyTorch's autocast). The field is named `weight` (burn's own `RmsNorm` calls it `gamma`) so the
 /// module path matches the HF tensor name.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -70,18 +110,25 @@ impl<B: Backend> RmsNorm<B> {
         }
     }
 
-    /// Normalises over the last dimension: `[.., d] -> [.., d]`.
+    /// Normalises over the last dimension: `[.., d] -> [.., d]`, in `x`'s dtype.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = float_dtype(&x);
+        self.forward_as(x, dtype)
+    }
+
+    /// [`RmsNorm::forward`], the result cast to `out` (the next layer's compute dtype).
+    pub fn forward_as<const D: usize>(&self, x: Tensor<B, D>, out: FloatDType) -> Tensor<B, D> {
         let weight = self.weight.val(); // [d]
-        if fused::enabled(&x) && fused::enabled(&weight) {
+        if fused::enabled(&x) && fused::enabled(&weight) && out == FloatDType::F32 {
             return fused::rms_norm(x, weight, self.eps);
         }
-        let dtype = x.dtype();
-        let x = x.cast(FloatDType::F32); // [.., d] f32
+        let dtype = float_dtype(&x);
+        let x = to_dtype(x, FloatDType::F32); // [.., d] f32
         let mean_sq = x.clone().square().mean_dim(D - 1); // [.., 1]
         let inv_rms = mean_sq.add_scalar(self.eps).sqrt().recip(); // [.., 1]
-        let y = (x * inv_rms).cast(dtype); // [.., d]
-        y * weight.unsqueeze::<D>() // weight [d] -> [1, .., d]
+        let y = to_dtype(x * inv_rms, dtype); // [.., d]
+        let y = y * to_dtype(weight, dtype).unsqueeze::<D>(); // weight [d] -> [1, .., d]
+        to_dtype(y, out)
     }
 }
 
@@ -166,10 +213,10 @@ impl<B: Backend> Rope<B> {
     /// `offset`.
     pub fn apply(&self, x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
         let [_, _, seq, _] = x.dims();
-        let dtype = x.dtype();
+        let dtype = float_dtype(&x);
         let (cos, sin) = self.cos_sin(offset, seq); // [seq, head_dim] each
-        let cos = cos.cast(dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
-        let sin = sin.cast(dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
+        let cos = to_dtype(cos, dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
+        let sin = to_dtype(sin, dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
         x.clone() * cos + rotate_half(x) * sin
     }
 }

@@ -53,15 +53,15 @@ pub mod simd;
 
 use std::collections::HashMap;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::ArchError;
 pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
-pub use layers::{KvCache, RmsNorm, Rope};
+pub use layers::{float_dtype, to_dtype, KvCache, RmsNorm, Rope};
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 
 /// Architecture choice and hyper-parameters. One variant per architecture; match exhaustively.
@@ -208,6 +208,26 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Sets how the model computes: parameters (the master weights, and so the residual stream)
+    /// are cast to `param_dtype`, and the blocks' matmuls and activations run in `compute_dtype`.
+    /// `(F32, F32)` is plain f32; `(F32, BF16)` is bf16 mixed precision (norm statistics, the
+    /// residual stream, the logits and the loss stay f32); `(BF16, BF16)` is pure bf16.
+    /// Parameter ids and `require_grad` are kept, so optimizer state stays attached.
+    pub fn with_precision(self, param_dtype: FloatDType, compute_dtype: FloatDType) -> Self {
+        let mut model = self.map(&mut CastParams(param_dtype));
+        match &mut model {
+            Self::Llama(m) => m.compute_dtype = compute_dtype,
+        }
+        model
+    }
+
+    /// The dtype the blocks compute in (see [`Model::with_precision`]).
+    pub fn compute_dtype(&self) -> FloatDType {
+        match self {
+            Self::Llama(m) => m.compute_dtype,
+        }
+    }
+
     /// Every parameter under its HF name, in HF layout (`[out, in]`) and HF order; layer-shared
     /// blocks written twice (as layers `2i`, `2i+1`), no `lm_head.weight` when tied.
     pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
@@ -223,5 +243,23 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
         }
+    }
+}
+
+/// Casts every parameter to one dtype, keeping its id and whether it requires a gradient.
+struct CastParams(FloatDType);
+
+impl<B: Backend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if layers::float_dtype(&tensor) == self.0 {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let require_grad = tensor.is_require_grad();
+        let mut cast = tensor.cast(self.0).detach();
+        if require_grad {
+            cast = cast.require_grad();
+        }
+        Param::from_mapped_value(id, cast, mapper)
     }
 }

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ArchError;
-use crate::layers::{linear_no_bias, Attention, KvCache, Mlp, RmsNorm, Rope};
+use crate::layers::{
+    float_dtype, linear_2d, linear_no_bias, to_dtype, Attention, KvCache, Mlp, RmsNorm, Rope,
+};
 
 /// Llama hyper-parameters, keyed by the HF `config.json` names.
 ///
@@ -508,6 +510,7 @@ impl LlamaConfig {
                 .then(|| linear_no_bias(d, self.vocab_size, std, device)),
             rotary_emb: Rope::new(self.rope_theta, hd, self.max_position_embeddings, device),
             config: self.clone(),
+            compute_dtype: FloatDType::F32,
         };
         // burn initialises parameters lazily, on first use, and `Clone` of a still-lazy `Param`
         // clones the *initialiser*: a clone would later draw different random weights than the
@@ -541,28 +544,38 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// `h` `[b, s, d]` -> `[b, s, d]`, plus this layer's extended KV cache.
+    /// `h` `[b, s, d]` -> `[b, s, d]`, plus this layer's extended KV cache. Attention and MLP
+    /// compute in `compute` (the norms hand them that dtype); their outputs are added to the
+    /// residual stream in its own dtype.
     pub fn forward(
         &self,
         h: Tensor<B, 3>,
         rope: &Rope<B>,
         past: Option<KvCache<B>>,
+        compute: FloatDType,
     ) -> (Tensor<B, 3>, KvCache<B>) {
-        let (attn, cache) =
-            self.self_attn
-                .forward(self.input_layernorm.forward(h.clone()), rope, past);
-        let h = h + attn; // [b, s, d]
-        let h = h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h));
+        let residual = float_dtype(&h);
+        let x = self.input_layernorm.forward_as(h.clone(), compute);
+        let (attn, cache) = self.self_attn.forward(x, rope, past);
+        let h = h + to_dtype(attn, residual); // [b, s, d]
+        let x = self.post_attention_layernorm.forward_as(h.clone(), compute);
+        let h = h + to_dtype(self.mlp.forward(x), residual);
         (h, cache)
     }
 
     /// [`DecoderLayer::forward`] for positions `0..s` with no cache to fill (training, evaluation).
-    fn forward_uncached(&self, h: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let attn = self
-            .self_attn
-            .forward_uncached(self.input_layernorm.forward(h.clone()), rope);
-        let h = h + attn; // [b, s, d]
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    fn forward_uncached(
+        &self,
+        h: Tensor<B, 3>,
+        rope: &Rope<B>,
+        compute: FloatDType,
+    ) -> Tensor<B, 3> {
+        let residual = float_dtype(&h);
+        let x = self.input_layernorm.forward_as(h.clone(), compute);
+        let attn = self.self_attn.forward_uncached(x, rope);
+        let h = h + to_dtype(attn, residual); // [b, s, d]
+        let x = self.post_attention_layernorm.forward_as(h.clone(), compute);
+        h + to_dtype(self.mlp.forward(x), residual)
     }
 }
 
@@ -584,6 +597,10 @@ pub struct Llama<B: Backend> {
     /// The config this model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
+    /// Dtype of the matmuls and activations inside the blocks (f32, or bf16 for mixed precision);
+    /// the residual stream keeps the parameters' dtype. Set by [`crate::Model::with_precision`].
+    #[module(skip)]
+    pub compute_dtype: FloatDType,
 }
 
 /// Generation cache for [`Llama`]: one `(k, v)` per EFFECTIVE layer (a shared block owns two
@@ -645,6 +662,7 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, s] = input_ids.dims();
         let repeats = self.config.repeats();
+        let compute = self.compute_dtype;
         let mut h = self.embed_tokens.forward(input_ids); // [b, s, d]
         for (e, layer) in self
             .layers
@@ -655,23 +673,25 @@ impl<B: Backend> Llama<B> {
             match cache.as_mut() {
                 Some(c) => {
                     let past = c.layers[e].take();
-                    let (next, kv) = layer.forward(h, &self.rotary_emb, past);
+                    let (next, kv) = layer.forward(h, &self.rotary_emb, past, compute);
                     h = next; // [b, s, d]
                     c.layers[e] = Some(kv);
                 }
-                None => h = layer.forward_uncached(h, &self.rotary_emb), // [b, s, d]
+                None => h = layer.forward_uncached(h, &self.rotary_emb, compute), // [b, s, d]
             }
         }
-        let h = self.norm.forward(h); // [b, s, d]
+        let h = self.norm.forward_as(h, compute); // [b, s, d]
         let d = self.config.hidden_size;
         let h = h.reshape([b * s, d]); // [b·s, d]
         let logits = match &self.lm_head {
-            Some(head) => head.forward(h), // [b·s, vocab]
+            Some(head) => linear_2d(head, h), // [b·s, vocab]
             // Tied: logits = h · E^T with E = embed_tokens.weight [vocab, d].
-            None => h.matmul(self.embed_tokens.weight.val().transpose()), // [b·s, vocab]
+            None => h.matmul(to_dtype(self.embed_tokens.weight.val(), compute).transpose()), // [b·s, vocab]
         };
-        logits
-            .reshape([b, s, self.config.vocab_size])
-            .cast(FloatDType::F32) // [b, s, vocab]
+        // The loss (log-softmax) is computed in f32 whatever the compute dtype.
+        to_dtype(
+            logits.reshape([b, s, self.config.vocab_size]),
+            FloatDType::F32,
+        ) // [b, s, vocab]
     }
 }

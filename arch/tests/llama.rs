@@ -332,3 +332,82 @@ fn clone_of_a_fresh_model_is_identical() {
     let x = ids(&[&[1, 2, 3]]);
     assert_eq!(to_vec(copy.forward(x.clone())), to_vec(model.forward(x)));
 }
+
+/// bf16 mixed precision: logits stay f32 and close to the f32 model's; the parameters (master
+/// weights) stay f32; pure bf16 converts the parameters. The KV-cache path agrees with the full
+/// forward in mixed precision too.
+#[test]
+fn bf16_mixed_precision_forward_is_close_to_f32() {
+    use burn::tensor::{DType, FloatDType};
+    let device = Default::default();
+    let config = ModelConfig::Llama(tiny_config());
+    let model: Model<B> = config.init(&device);
+    let input = ids(&[&[1, 5, 9, 2, 33, 60, 7, 7], &[3, 3, 4, 10, 12, 0, 59, 8]]);
+    let reference = to_vec(model.forward(input.clone()));
+
+    let mixed = model
+        .clone()
+        .with_precision(FloatDType::F32, FloatDType::BF16);
+    assert_eq!(mixed.compute_dtype(), FloatDType::BF16);
+    let logits = mixed.forward(input.clone());
+    assert_eq!(logits.dtype(), DType::F32, "logits are returned in f32");
+    let logits = to_vec(logits);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = reference
+        .iter()
+        .zip(&logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // bf16 keeps 8 significant bits (relative error 2^-9 per rounding); a few roundings through
+    // two blocks stay within a few percent of the logit scale.
+    assert!(
+        max_diff < 0.05 * scale,
+        "bf16-mixed logits differ from f32 by {max_diff} (scale {scale})"
+    );
+    assert!(
+        max_diff > 0.0,
+        "bf16 compute changed nothing: casts are not applied"
+    );
+    for t in mixed.to_hf_tensors() {
+        assert!(t.data.iter().all(|v| v.is_finite()), "{}", t.name);
+    }
+    match &mixed {
+        Model::Llama(m) => assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::F32),
+    }
+
+    let pure = model.with_precision(FloatDType::BF16, FloatDType::BF16);
+    match &pure {
+        Model::Llama(m) => {
+            assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::BF16);
+            assert_eq!(m.embed_tokens.weight.val().dtype(), DType::BF16);
+        }
+    }
+    let pure_logits = to_vec(pure.forward(input.clone()));
+    let pure_diff = reference
+        .iter()
+        .zip(&pure_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        pure_diff < 0.1 * scale,
+        "pure bf16 logits differ from f32 by {pure_diff} (scale {scale})"
+    );
+
+    // Cached decoding in mixed precision equals the full mixed forward (same roundings).
+    let mut cache = mixed.new_cache(2);
+    let first = to_vec(mixed.forward_cached(input.clone().slice([0..2, 0..5]), &mut cache));
+    let rest = to_vec(mixed.forward_cached(input.slice([0..2, 5..8]), &mut cache));
+    let vocab = 61;
+    for b in 0..2 {
+        for (pos, chunk) in [(0..5, &first), (5..8, &rest)] {
+            for (i, p) in pos.clone().enumerate() {
+                let len = pos.len();
+                let got = &chunk[(b * len + i) * vocab..(b * len + i + 1) * vocab];
+                let want = &logits[(b * 8 + p) * vocab..(b * 8 + p + 1) * vocab];
+                let d = got
+                    .iter()
+                    .zip(want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(d < 0.02 * scale, "cached vs full at b={b} p={p}: {d}");
+            }
+        }
+    }
+}

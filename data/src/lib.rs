@@ -14,7 +14,8 @@
 //!    when complete. Documents are separated by `<|endoftext|>` (placed before each document).
 //! 5. **Loading** ([`loader`]) — [`TokenLoader`] yields shuffled `[batch, seq_len + 1]` windows,
 //!    deterministic for `(seed, rank, world_size)` and exactly resumable via [`LoaderState`];
-//!    [`eval_batches`] gives fixed validation batches.
+//!    [`eval_batches`] gives fixed validation batches. [`Prefetcher`] ([`prefetch`]) runs any
+//!    [`BatchSource`] on a background thread a few batches ahead, so loading overlaps compute.
 //!
 //! ```no_run
 //! use kiln_data::*;
@@ -42,6 +43,7 @@
 
 pub mod error;
 pub mod loader;
+pub mod prefetch;
 pub mod prepare;
 pub mod shard;
 pub mod synthetic;
@@ -49,6 +51,7 @@ pub mod tokenizer;
 
 pub use error::DataError;
 pub use loader::{eval_batches, LoaderState, TokenLoader};
+pub use prefetch::{BatchSource, Prefetcher, PREFETCH_THREAD_NAME};
 pub use prepare::{prepare, DataSpec, PreparedData, SourceSpec, TokenizerSpec, PREPARE_FORMAT};
 pub use shard::{write_shard, Shard, SHARD_MAGIC};
 pub use synthetic::StoryGenerator;

@@ -36,3 +36,38 @@ macro_rules! with_backend {
         }
     }};
 }
+
+/// Memory the device allocator holds (MiB) on a GPU backend; `None` on the CPU backend, whose
+/// memory is the process's RSS. Read at log steps; cubecl's pools do not shrink during a run,
+/// so the value is the run's peak so far.
+pub fn device_memory_mb<B: burn::prelude::Backend>(device: &B::Device) -> Option<f64> {
+    #[allow(unused_variables)]
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use burn::cubecl::Runtime;
+        let usage = burn::cubecl::cuda::CudaRuntime::client(d)
+            .memory_usage()
+            .ok()?;
+        return Some(usage.bytes_reserved as f64 / (1024.0 * 1024.0));
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use burn::cubecl::Runtime;
+        let usage = burn::cubecl::wgpu::WgpuRuntime::client(d)
+            .memory_usage()
+            .ok()?;
+        return Some(usage.bytes_reserved as f64 / (1024.0 * 1024.0));
+    }
+    None
+}
+
+/// Peak FLOP/s used for MFU: `train.peak_flops` when set; on the CPU backend the detected f32 peak
+/// of `threads` cores; on a GPU nothing is guessed (set `train.peak_flops`, e.g. 989e12 for an
+/// H100 SXM's dense bf16).
+pub fn peak_flops(kind: BackendKind, configured: Option<f64>, threads: usize) -> Option<f64> {
+    configured.or_else(|| match kind {
+        BackendKind::Flex => crate::metrics::cpu_peak_flops(threads),
+        BackendKind::Cuda | BackendKind::Wgpu => None,
+    })
+}

@@ -6,6 +6,7 @@
 //! [`generate`] (sampling with the KV cache) and [`eval`] (`train eval`).
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod generate;
@@ -16,4 +17,5 @@ pub mod optim;
 pub mod params;
 pub mod recipe;
 pub mod schedule;
+pub mod step;
 pub mod train;

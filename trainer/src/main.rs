@@ -6,6 +6,7 @@
 //! train export --checkpoint DIR --out DIR [--dtype f32|bf16]
 //! train generate --model DIR --prompt "..." [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
 //! train eval --model DIR --text FILE [--seq-len N]
+//! train bench --recipe R [--set k=v]... [--backend B] [--steps N --warmup N --hf-config FILE]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_arch::SafetensorsDtype;
+use kiln_trainer::bench::BenchOptions;
 use kiln_trainer::generate::{generate, SampleOptions};
 use kiln_trainer::model_io::{export_model, load_model_dir};
 use kiln_trainer::recipe::{BackendKind, Recipe};
@@ -102,6 +104,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time the recipe's training step on random tokens (one JSON line; see scripts/bench).
+    Bench {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Backend (overrides train.backend).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Write the model's Hugging Face config.json here (for the PyTorch reference).
+        #[arg(long)]
+        hf_config: Option<PathBuf>,
+    },
     /// Loss and perplexity of a model on a text file (one JSON line).
     Eval {
         #[arg(long)]
@@ -132,16 +153,7 @@ fn real_main() -> Result<()> {
                 .run
                 .recipe
                 .context("missing --recipe (try: train --recipe recipes/tinystories-tiny.yaml)")?;
-            let mut recipe = Recipe::load(&recipe_path, &cli.run.overrides)?;
-            if let Some(b) = cli.run.backend {
-                recipe.train.backend = match b {
-                    BackendArg::Flex => BackendKind::Flex,
-                    BackendArg::Cuda => BackendKind::Cuda,
-                    BackendArg::Wgpu => BackendKind::Wgpu,
-                };
-            }
-            kiln_trainer::backend::available(recipe.train.backend).map_err(anyhow::Error::msg)?;
-            set_threads(recipe.train.threads)?;
+            let recipe = load_recipe(&recipe_path, &cli.run.overrides, cli.run.backend)?;
             train::install_ctrl_c_handler();
             let backend = recipe.train.backend;
             let opts = TrainOptions {
@@ -204,6 +216,24 @@ fn real_main() -> Result<()> {
             };
             run_generate::<burn::backend::Flex>(&model, &prompt, &opts, Default::default())
         }
+        Some(Command::Bench {
+            recipe,
+            overrides,
+            backend,
+            steps,
+            warmup,
+            hf_config,
+        }) => {
+            let recipe = load_recipe(&recipe, &overrides, backend)?;
+            let opts = BenchOptions {
+                steps,
+                warmup,
+                hf_config_out: hf_config,
+            };
+            let report = with_backend!(recipe.train.backend, run_bench(recipe, opts))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Some(Command::Eval {
             model,
             text,
@@ -217,6 +247,30 @@ fn real_main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads the recipe, applies `--backend`, checks the binary has that backend, and sizes the CPU
+/// thread pools from `train.threads`.
+fn load_recipe(path: &Path, overrides: &[String], backend: Option<BackendArg>) -> Result<Recipe> {
+    let mut recipe = Recipe::load(path, overrides)?;
+    if let Some(b) = backend {
+        recipe.train.backend = match b {
+            BackendArg::Flex => BackendKind::Flex,
+            BackendArg::Cuda => BackendKind::Cuda,
+            BackendArg::Wgpu => BackendKind::Wgpu,
+        };
+    }
+    kiln_trainer::backend::available(recipe.train.backend).map_err(anyhow::Error::msg)?;
+    set_threads(recipe.train.threads)?;
+    Ok(recipe)
+}
+
+fn run_bench<B: Backend>(
+    recipe: Recipe,
+    opts: BenchOptions,
+    device: B::Device,
+) -> Result<kiln_trainer::bench::BenchReport> {
+    kiln_trainer::bench::run::<B>(recipe, opts, device)
 }
 
 fn run_training<B: Backend>(
@@ -266,6 +320,7 @@ fn run_generate<B: Backend>(
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
+        kiln_arch::layers::set_num_threads(n);
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

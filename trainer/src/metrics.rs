@@ -27,6 +27,9 @@ pub struct TrainRecord {
     pub elapsed_s: f64,
     pub eta_s: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Memory held by the GPU allocator (MiB); absent on the CPU backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_mem_mb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,8 +103,11 @@ impl Logger {
         if let Some(m) = r.mfu {
             self.tb.add_scalar("train/mfu", m as f32, step);
         }
+        let device_mem = r
+            .device_mem_mb
+            .map_or(String::new(), |m| format!(" | gpu mem {m:.0}MB"));
         let line = format!(
-            "step {:>6} | loss {:.4} | lr {:.3e} | grad_norm {} | tokens {} | {:.0} tok/s | mfu {} | rss {} | elapsed {} | eta {}",
+            "step {:>6} | loss {:.4} | lr {:.3e} | grad_norm {} | tokens {} | {:.0} tok/s | mfu {} | rss {}{device_mem} | elapsed {} | eta {}",
             r.step,
             r.loss,
             r.lr,

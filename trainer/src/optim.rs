@@ -19,8 +19,8 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::TensorData;
-use kiln_arch::HfTensor;
+use burn::tensor::{FloatDType, TensorData};
+use kiln_arch::{float_dtype, to_dtype, HfTensor};
 
 use crate::params::{tensor_to_vec, PathTracker};
 use crate::recipe::OptimizerSection;
@@ -190,12 +190,15 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for StepMapper<'_, AB::InnerBackend> 
         let n = shape.num_elements();
         let require_grad = tensor.is_require_grad();
 
-        // [n]: everything below is elementwise, so work on flat views.
-        let mut g = grad.reshape([n]);
+        // [n]: everything below is elementwise, so work on flat views. The update is computed
+        // in f32 and the moments are kept in f32 whatever the parameter's dtype (pure-bf16
+        // training rounds only the stored weight).
+        let param_dtype = float_dtype(&tensor);
+        let mut g = to_dtype(grad.reshape([n]), FloatDType::F32);
         if let Some(scale) = &self.grad_scale {
             g = g * scale.clone();
         }
-        let mut p = tensor.inner().reshape([n]);
+        let mut p = to_dtype(tensor.inner().reshape([n]), FloatDType::F32);
         if self.opt.decays(&name, D) && cfg.weight_decay > 0.0 {
             p = p.mul_scalar(1.0 - self.lr * cfg.weight_decay);
         }
@@ -222,7 +225,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for StepMapper<'_, AB::InnerBackend> 
             },
         );
 
-        let mut p = Tensor::<AB, D>::from_inner(p.reshape(shape));
+        let mut p = Tensor::<AB, D>::from_inner(to_dtype(p, param_dtype).reshape(shape));
         if require_grad {
             p = p.require_grad();
         }
@@ -242,6 +245,7 @@ pub fn grad_sq_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     impl<AB: AutodiffBackend> ModuleVisitor<AB> for SqNorm<'_, AB::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
             if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
+                let g = to_dtype(g, FloatDType::F32);
                 let s = (g.clone() * g).sum();
                 self.total = Some(match self.total.take() {
                     Some(t) => t + s,

@@ -154,9 +154,14 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
         self.used += 1;
         let require_grad = tensor.is_require_grad();
         let device = tensor.device();
-        let mut new = Tensor::<B, D>::from_data(
-            TensorData::new(src.data.clone(), src.shape.clone()),
-            &device,
+        // Stored as f32; keep the parameter's own dtype (bf16 under pure-bf16 training).
+        let dtype = kiln_arch::float_dtype(&tensor);
+        let mut new = kiln_arch::to_dtype(
+            Tensor::<B, D>::from_data(
+                TensorData::new(src.data.clone(), src.shape.clone()),
+                &device,
+            ),
+            dtype,
         );
         if require_grad {
             new = new.require_grad();

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
@@ -198,12 +199,29 @@ pub enum BackendKind {
     Wgpu,
 }
 
+/// Training numerics (`train.precision`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
+    /// Everything in f32.
     F32,
+    /// f32 master weights and optimizer state; matmuls and activations in bf16; norm statistics,
+    /// the residual stream, logits and the loss in f32 (what PyTorch's bf16 autocast does).
     Bf16Mixed,
+    /// Weights and activations in bf16; the optimizer keeps f32 moments and computes the update
+    /// in f32, then rounds the weight to bf16.
     Bf16,
+}
+
+impl Precision {
+    /// `(parameter dtype, compute dtype)` for [`kiln_arch::Model::with_precision`].
+    pub fn dtypes(self) -> (FloatDType, FloatDType) {
+        match self {
+            Self::F32 => (FloatDType::F32, FloatDType::F32),
+            Self::Bf16Mixed => (FloatDType::F32, FloatDType::BF16),
+            Self::Bf16 => (FloatDType::BF16, FloatDType::BF16),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,23 +12,25 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use kiln_arch::{Model, ModelConfig};
-use kiln_data::{eval_batches, TextTokenizer, TokenLoader};
+use kiln_data::{eval_batches, LoaderState, Prefetcher, TextTokenizer, TokenLoader};
 
 use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
 use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
 use crate::model_io::{export_model, load_model_dir};
-use crate::optim::{accumulate_grads, clip_factor, grad_sq_norm, AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::params::{load_named_tensors, named_tensors};
 use crate::recipe::{ExportDtype, Recipe};
 use crate::schedule::Schedule;
+use crate::step::{batch_tensors, train_step, StepOutput, StepShape};
 
 /// Set by the Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
+/// Micro-batches the data thread may prepare ahead of the training step.
+const PREFETCH_DEPTH: usize = 4;
+
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static CTRL_C_PRESSES: AtomicUsize = AtomicUsize::new(0);
 
@@ -93,20 +95,6 @@ pub struct RunSummary {
     pub sample: Option<String>,
 }
 
-/// `[batch, seq + 1]` token windows → (inputs `[batch, seq]`, targets `[batch, seq]`).
-pub fn batch_tensors<B: Backend>(
-    tokens: &[u32],
-    batch: usize,
-    seq_len: usize,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [batch, seq_len + 1]), device);
-    let inputs = all.clone().slice([0..batch, 0..seq_len]);
-    let targets = all.slice([0..batch, 1..seq_len + 1]);
-    (inputs, targets)
-}
-
 /// Mean validation loss over fixed batches (the same every evaluation).
 pub fn validation_loss<B: Backend>(
     model: &Model<B>,
@@ -156,10 +144,6 @@ pub fn run<B: Backend>(
             eprintln!("{msg}");
         }
     };
-
-    if recipe.train.precision != crate::recipe::Precision::F32 {
-        say("warning: train.precision other than f32 is not implemented yet: this run computes in f32");
-    }
 
     // ---- data and tokenizer ----------------------------------------------------------------
     let spec = recipe.data_spec();
@@ -244,6 +228,12 @@ pub fn run<B: Backend>(
         Vec::new()
     };
     let tokens_per_step = recipe.tokens_per_step(dist.world_size);
+    let step_shape = StepShape {
+        micro_batch_size: t.micro_batch_size,
+        seq_len: t.seq_len,
+        grad_accum_steps: t.grad_accum_steps,
+        grad_clip: t.grad_clip,
+    };
     let recipe_yaml = recipe.to_yaml();
     if dist.is_main() {
         std::fs::write(run_dir.join("recipe.yaml"), &recipe_yaml)?;
@@ -279,10 +269,11 @@ pub fn run<B: Backend>(
             None => say("--resume: no checkpoint yet, starting from step 0"),
         }
     }
+    // Precision last: loading replaces parameters with f32 tensors.
+    let (param_dtype, compute_dtype) = t.precision.dtypes();
+    model = model.with_precision(param_dtype, compute_dtype);
 
-    let peak_flops = t
-        .peak_flops
-        .or_else(|| metrics::cpu_peak_flops(rayon_threads()));
+    let peak_flops = crate::backend::peak_flops(t.backend, t.peak_flops, rayon_threads());
     let flops_per_token = config.flops_per_token(t.seq_len);
     let mut logger = Logger::open(&run_dir, total_steps, resumed_from)?;
     logger.info(&format!(
@@ -295,7 +286,7 @@ pub fn run<B: Backend>(
 
     let save_ckpt = |model: &Model<AB<B>>,
                      optimizer: &AdamW<B>,
-                     loader: &TokenLoader,
+                     loader: LoaderState,
                      step: u64,
                      tokens: u64,
                      elapsed: f64|
@@ -303,7 +294,7 @@ pub fn run<B: Backend>(
         let state = TrainState {
             step,
             tokens,
-            loader: loader.state(),
+            loader,
             optimizer_step: optimizer.step,
             elapsed_s: elapsed,
             seed: recipe.train.seed,
@@ -325,6 +316,9 @@ pub fn run<B: Backend>(
         Ok(dir)
     };
 
+    // Batches are read on a background thread, a few steps ahead; `loader.state()` is the
+    // position after the last batch actually trained on, which is what checkpoints save.
+    let mut loader = Prefetcher::new(loader, PREFETCH_DEPTH);
     let started = Instant::now();
     let mut interval_start = Instant::now();
     let mut interval_tokens = 0u64;
@@ -335,37 +329,20 @@ pub fn run<B: Backend>(
 
     while step < total_steps {
         let lr = schedule.lr_at(step);
-        // ---- forward/backward over the micro-batches ----
-        let mut grads = GradientsParams::new();
-        let mut step_loss: Option<Tensor<B, 1>> = None;
-        for _ in 0..t.grad_accum_steps {
-            let batch = loader.next_batch();
-            let (inputs, targets) =
-                batch_tensors::<AB<B>>(&batch, t.micro_batch_size, t.seq_len, &device);
-            let loss = cross_entropy(model.forward(inputs), targets); // [1]
-            let micro = GradientsParams::from_grads(
-                loss.clone()
-                    .div_scalar(t.grad_accum_steps as f64)
-                    .backward(),
-                &model,
-            );
-            accumulate_grads(&model, &mut grads, micro);
-            let detached = loss.inner();
-            step_loss = Some(match step_loss {
-                Some(s) => s + detached,
-                None => detached,
-            });
-        }
-        let step_loss = step_loss
-            .expect("grad_accum_steps >= 1")
-            .div_scalar(t.grad_accum_steps as f64);
-        // ---- global-norm clipping and the update (no host sync) ----
-        let grad_norm = grad_sq_norm(&model, &grads).map(|s| s.sqrt());
-        let scale = match (t.grad_clip, &grad_norm) {
-            (Some(c), Some(n)) => Some(clip_factor(n.clone(), c)),
-            _ => None,
-        };
-        model = optimizer.step(lr, model, grads, scale);
+        // Forward/backward over the micro-batches, clipping, AdamW: no host sync.
+        let (next, out) = train_step(
+            model,
+            &mut optimizer,
+            lr,
+            step_shape,
+            &mut || loader.next(),
+            &device,
+        );
+        model = next;
+        let StepOutput {
+            loss: step_loss,
+            grad_norm,
+        } = out;
         step += 1;
         tokens += tokens_per_step;
         interval_tokens += tokens_per_step;
@@ -404,6 +381,7 @@ pub fn run<B: Backend>(
                     elapsed_s: elapsed,
                     eta_s: remaining,
                     peak_rss_mb: metrics::peak_rss_mb(),
+                    device_mem_mb: crate::backend::device_memory_mb::<B>(&device),
                 })?;
                 interval_start = Instant::now();
                 interval_tokens = 0;
@@ -449,7 +427,7 @@ pub fn run<B: Backend>(
 
         if ckpt_due && dist.is_main() && last_saved != Some(step) {
             let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-            let dir = save_ckpt(&model, &optimizer, &loader, step, tokens, elapsed)?;
+            let dir = save_ckpt(&model, &optimizer, loader.state(), step, tokens, elapsed)?;
             last_saved = Some(step);
             logger.info(&format!("checkpoint: {}", dir.display()));
         }

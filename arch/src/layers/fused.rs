@@ -107,11 +107,18 @@ fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
 // ---------------------------------------------------------------------------------------------
 // Threads: the kernels split their rows over scoped threads (rayon is not a dependency here).
 
-/// Worker threads for the kernels: `RAYON_NUM_THREADS` when set (as for burn's own kernels),
-/// else the available parallelism.
+static NUM_THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sizes the kernels' thread count (the trainer passes `train.threads`, which also sizes burn's
+/// rayon pool). Must be called before the first kernel runs; returns false if it was too late.
+pub fn set_num_threads(n: usize) -> bool {
+    NUM_THREADS.set(n.max(1)).is_ok()
+}
+
+/// Worker threads for the kernels: the value given to [`set_num_threads`], else
+/// `RAYON_NUM_THREADS` when set (as for burn's own kernels), else the available parallelism.
 fn num_threads() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
+    *NUM_THREADS.get_or_init(|| {
         std::env::var("RAYON_NUM_THREADS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
