@@ -23,7 +23,10 @@ use rayon::prelude::*;
 /// Sum of −log p(target) over all positions. logits `[batch, seq, vocab]`, targets `[batch, seq]` → `[1]`.
 pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let is = |id: TypeId| TypeId::of::<B>() == id;
-    if logits.dtype() == DType::F32 && (is(TypeId::of::<Flex>()) || is(TypeId::of::<Ad>())) {
+    if logits.dtype() == DType::F32
+        && (is(TypeId::of::<Flex>()) || is(TypeId::of::<Ad>()))
+        && kiln_arch::layers::fused_kernels_on()
+    {
         return fused_nll_sum(logits, targets);
     }
     let [batch, seq, vocab] = logits.dims();

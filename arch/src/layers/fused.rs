@@ -60,9 +60,17 @@ fn kind<B: Backend>() -> Option<Kind> {
     }
 }
 
-/// True when the fused kernels apply: `B` is `Flex` or `Autodiff<Flex>` and `x` is f32.
+/// `KILN_FUSED_KERNELS=0` turns the fused kernels off (burn's stock ops everywhere), to measure
+/// what they bring or to rule them out when debugging; anything else, or unset, keeps them on.
+pub fn switched_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_FUSED_KERNELS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// True when the fused kernels apply: `B` is `Flex` or `Autodiff<Flex>`, `x` is f32, and they are
+/// not switched off.
 pub(crate) fn enabled<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
-    kind::<B>().is_some() && x.dtype() == DType::F32
+    kind::<B>().is_some() && x.dtype() == DType::F32 && switched_on()
 }
 
 /// `Tensor<From, D>` → `Tensor<To, D>` when `From` and `To` are the same type (checked by the
