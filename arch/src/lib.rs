@@ -46,6 +46,7 @@
 //! extra `Llama` level with container type `Enum:Model`).
 
 pub mod error;
+pub mod grads;
 pub mod hf;
 pub mod layers;
 pub mod llama;
@@ -242,6 +243,20 @@ impl<B: Backend> Model<B> {
     pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
         match self {
             Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
+        }
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
+    /// Forward + backward of `loss_fn(self.forward(input_ids))` with per-block activation
+    /// checkpointing (see [`Llama::backward_checkpointed`]): the loss, detached, and the gradients.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+    ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
+        match self {
+            Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
         }
     }
 }

@@ -13,14 +13,17 @@
 //! - `scaled_residual_init` (GPT-2 / nanoGPT): the projections that write into the residual stream
 //!   (`o_proj`, `down_proj`) start with std `initializer_range / sqrt(2 · effective_layers)`.
 
-use burn::module::{Initializer, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ArchError;
+use crate::grads::accumulate_grads;
 use crate::layers::{
     float_dtype, linear_2d, linear_no_bias, to_dtype, Attention, KvCache, Mlp, RmsNorm, Rope,
 };
@@ -660,7 +663,6 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut LlamaCache<B>>,
     ) -> Tensor<B, 3> {
-        let [b, s] = input_ids.dims();
         let repeats = self.config.repeats();
         let compute = self.compute_dtype;
         let mut h = self.embed_tokens.forward(input_ids); // [b, s, d]
@@ -680,6 +682,12 @@ impl<B: Backend> Llama<B> {
                 None => h = layer.forward_uncached(h, &self.rotary_emb, compute), // [b, s, d]
             }
         }
+        self.logits(h, compute)
+    }
+
+    /// Final norm and output head: hidden states `[b, s, d]` -> f32 logits `[b, s, vocab]`.
+    fn logits(&self, h: Tensor<B, 3>, compute: FloatDType) -> Tensor<B, 3> {
+        let [b, s, _] = h.dims();
         let h = self.norm.forward_as(h, compute); // [b, s, d]
         let d = self.config.hidden_size;
         let h = h.reshape([b * s, d]); // [b·s, d]
@@ -693,5 +701,72 @@ impl<B: Backend> Llama<B> {
             logits.reshape([b, s, self.config.vocab_size]),
             FloatDType::F32,
         ) // [b, s, vocab]
+    }
+}
+
+impl<B: AutodiffBackend> Llama<B> {
+    /// Forward and backward with per-block activation checkpointing: the gradients of
+    /// `loss_fn(self.forward(input_ids))` with respect to every parameter, holding the
+    /// activations of one block at a time instead of all of them.
+    ///
+    /// 1. A forward pass without an autodiff graph keeps only each block's input `[b, s, d]`.
+    /// 2. Norm, head and loss run with a graph from the last block's output; backward gives the
+    ///    head's gradients and `dL/dh` at that output.
+    /// 3. Each block, last to first, is recomputed with a graph from its saved input, and
+    ///    backward of `sum(block(h) · dL/dout)` gives its parameters' gradients and `dL/dh` at
+    ///    its input (a shared block's two applications add up).
+    /// 4. The same for the embedding lookup.
+    ///
+    /// Cost: one extra forward pass of the blocks. Every backward is a separate graph, so this
+    /// works on every backend and with the fused CPU kernels. Returns the loss (detached) and the
+    /// gradients keyed by parameter id, as `GradientsParams::from_grads` would.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        let compute = self.compute_dtype;
+        let repeats = self.config.repeats();
+        // The unique block applied at each effective layer.
+        let order: Vec<usize> = (0..self.layers.len())
+            .flat_map(|u| std::iter::repeat_n(u, repeats))
+            .collect();
+
+        // 1. Graph-free forward, keeping every block's input.
+        let inner = self.valid();
+        let mut block_inputs = Vec::with_capacity(order.len());
+        let mut h = inner.embed_tokens.forward(input_ids.clone().inner()); // [b, s, d]
+        for &u in &order {
+            block_inputs.push(h.clone());
+            h = inner.layers[u].forward_uncached(h, &inner.rotary_emb, compute);
+        }
+
+        // 2. Head and loss.
+        let leaf = Tensor::<B, 3>::from_inner(h).require_grad();
+        let loss = loss_fn(self.logits(leaf.clone(), compute));
+        let grads = loss.backward();
+        let mut d_h = leaf
+            .grad(&grads)
+            .expect("the loss depends on the hidden states");
+        let mut total = GradientsParams::from_grads(grads, self);
+
+        // 3. Blocks, last to first.
+        for (&u, h_in) in order.iter().zip(block_inputs).rev() {
+            let layer = &self.layers[u];
+            let leaf = Tensor::<B, 3>::from_inner(h_in).require_grad();
+            let out = layer.forward_uncached(leaf.clone(), &self.rotary_emb, compute);
+            let grads = (out * Tensor::from_inner(d_h)).sum().backward();
+            d_h = leaf
+                .grad(&grads)
+                .expect("a block's output depends on its input");
+            accumulate_grads(layer, &mut total, GradientsParams::from_grads(grads, layer));
+        }
+
+        // 4. Embedding.
+        let embedded = self.embed_tokens.forward(input_ids);
+        let grads = (embedded * Tensor::from_inner(d_h)).sum().backward();
+        let embed_grads = GradientsParams::from_grads(grads, &self.embed_tokens);
+        accumulate_grads(&self.embed_tokens, &mut total, embed_grads);
+        (loss.inner(), total)
     }
 }

@@ -76,12 +76,7 @@ pub fn run<B: Backend>(
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let t = &recipe.train;
-    let shape = StepShape {
-        micro_batch_size: t.micro_batch_size,
-        seq_len: t.seq_len,
-        grad_accum_steps: t.grad_accum_steps,
-        grad_clip: t.grad_clip,
-    };
+    let shape = StepShape::from_section(t);
     let (adamw, lr) = AdamWConfig::from_section(&t.optimizer);
     <Autodiff<B> as Backend>::seed(&device, t.seed);
     let (param_dtype, compute_dtype) = t.precision.dtypes();

@@ -22,6 +22,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{FloatDType, TensorData};
 use kiln_arch::{float_dtype, to_dtype, HfTensor};
 
+pub use kiln_arch::grads::accumulate_grads;
+
 use crate::params::{tensor_to_vec, PathTracker};
 use crate::recipe::OptimizerSection;
 
@@ -262,31 +264,4 @@ pub fn grad_sq_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
 /// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`, on the device.
 pub fn clip_factor<B: Backend>(norm: Tensor<B, 1>, max_norm: f64) -> Tensor<B, 1> {
     (norm.add_scalar(1e-6).recip() * max_norm).clamp_max(1.0)
-}
-
-/// Adds `other` into `acc` parameter by parameter (gradient accumulation over micro-batches).
-pub fn accumulate_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
-    module: &M,
-    acc: &mut GradientsParams,
-    mut other: GradientsParams,
-) {
-    struct Acc<'a> {
-        acc: &'a mut GradientsParams,
-        other: &'a mut GradientsParams,
-    }
-    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Acc<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-            if let Some(g) = self.other.remove::<AB::InnerBackend, D>(param.id) {
-                let sum = match self.acc.remove::<AB::InnerBackend, D>(param.id) {
-                    Some(a) => a + g,
-                    None => g,
-                };
-                self.acc.register::<AB::InnerBackend, D>(param.id, sum);
-            }
-        }
-    }
-    module.visit(&mut Acc {
-        acc,
-        other: &mut other,
-    });
 }

@@ -256,6 +256,10 @@ pub struct TrainSection {
     /// Peak FLOP/s of one device used for MFU. Default: detected (CPU: cores × clock × FMA width).
     #[serde(default)]
     pub peak_flops: Option<f64>,
+    /// Per-block activation checkpointing: keep only each block's input during the forward pass
+    /// and recompute the block in the backward pass (one extra forward, much less memory).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn default_backend() -> BackendKind {

@@ -36,6 +36,21 @@ pub struct StepShape {
     pub grad_accum_steps: usize,
     /// Global-norm clipping threshold; `None` disables clipping.
     pub grad_clip: Option<f64>,
+    /// Per-block activation checkpointing ([`Model::backward_checkpointed`]).
+    pub activation_checkpointing: bool,
+}
+
+impl StepShape {
+    /// The step a recipe's `train` section describes.
+    pub fn from_section(t: &crate::recipe::TrainSection) -> Self {
+        Self {
+            micro_batch_size: t.micro_batch_size,
+            seq_len: t.seq_len,
+            grad_accum_steps: t.grad_accum_steps,
+            grad_clip: t.grad_clip,
+            activation_checkpointing: t.activation_checkpointing,
+        }
+    }
 }
 
 /// What a step leaves on the device.
@@ -64,11 +79,16 @@ pub fn train_step<B: Backend>(
         let batch = next_batch();
         let (inputs, targets) =
             batch_tensors::<Autodiff<B>>(&batch, shape.micro_batch_size, shape.seq_len, device);
-        let loss = cross_entropy(model.forward(inputs), targets); // [1]
-        let micro =
-            GradientsParams::from_grads(loss.clone().div_scalar(accum as f64).backward(), &model);
+        let scaled_loss = |logits| cross_entropy(logits, targets).div_scalar(accum as f64); // [1]
+        let (scaled, micro) = if shape.activation_checkpointing {
+            model.backward_checkpointed(inputs, scaled_loss)
+        } else {
+            let loss = scaled_loss(model.forward(inputs));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            (loss.inner(), grads)
+        };
         accumulate_grads(&model, &mut grads, micro);
-        let detached = loss.inner();
+        let detached = scaled.mul_scalar(accum as f64);
         loss_sum = Some(match loss_sum {
             Some(s) => s + detached,
             None => detached,
@@ -116,7 +136,12 @@ mod tests {
 
     /// Losses of `steps` optimizer steps (2 micro-batches each) on a fixed repeating batch, so
     /// the loss falls fast and differences in the numerics show.
-    fn losses(param: FloatDType, compute: FloatDType, steps: usize) -> (Vec<f32>, DType) {
+    fn losses(
+        param: FloatDType,
+        compute: FloatDType,
+        steps: usize,
+        activation_checkpointing: bool,
+    ) -> (Vec<f32>, DType) {
         let device = Default::default();
         <Autodiff<Flex> as Backend>::seed(&device, 7);
         let mut model = tiny()
@@ -134,6 +159,7 @@ mod tests {
             seq_len: 16,
             grad_accum_steps: 2,
             grad_clip: Some(1.0),
+            activation_checkpointing,
         };
         let mut k = 0u32;
         let mut next_batch = || {
@@ -155,9 +181,9 @@ mod tests {
 
     #[test]
     fn bf16_mixed_training_tracks_f32() {
-        let (f32_losses, f32_dtype) = losses(FloatDType::F32, FloatDType::F32, 8);
-        let (mixed, mixed_dtype) = losses(FloatDType::F32, FloatDType::BF16, 8);
-        let (pure, pure_dtype) = losses(FloatDType::BF16, FloatDType::BF16, 8);
+        let (f32_losses, f32_dtype) = losses(FloatDType::F32, FloatDType::F32, 8, false);
+        let (mixed, mixed_dtype) = losses(FloatDType::F32, FloatDType::BF16, 8, false);
+        let (pure, pure_dtype) = losses(FloatDType::BF16, FloatDType::BF16, 8, false);
         assert_eq!(f32_dtype, DType::F32);
         assert_eq!(
             mixed_dtype,
@@ -185,6 +211,23 @@ mod tests {
     }
 
     #[test]
+    fn activation_checkpointing_trains_identically() {
+        // In f32 the two paths do the same arithmetic. In bf16-mixed, the tied embedding's two
+        // gradient contributions and the bf16 roundings are summed in another order, and AdamW's
+        // normalised update turns those last-bit differences into ~1e-4 relative loss changes.
+        for (compute, tolerance) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 1e-3)] {
+            let (plain, _) = losses(FloatDType::F32, compute, 6, false);
+            let (checkpointed, _) = losses(FloatDType::F32, compute, 6, true);
+            for (i, (a, b)) in plain.iter().zip(&checkpointed).enumerate() {
+                assert!(
+                    (a - b).abs() <= tolerance * a.abs(),
+                    "{compute:?} step {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn gradient_accumulation_averages_micro_batches() {
         // Two identical micro-batches give the same step as one of them alone.
         let device = Default::default();
@@ -203,6 +246,7 @@ mod tests {
                 seq_len: 8,
                 grad_accum_steps: accum,
                 grad_clip: None,
+                activation_checkpointing: false,
             };
             let mut batch = || (0..2 * 9).map(|i| (i * 5) % 97).collect();
             let (_, out) = train_step(model, &mut optimizer, 1e-2, shape, &mut batch, &device);

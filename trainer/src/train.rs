@@ -228,12 +228,7 @@ pub fn run<B: Backend>(
         Vec::new()
     };
     let tokens_per_step = recipe.tokens_per_step(dist.world_size);
-    let step_shape = StepShape {
-        micro_batch_size: t.micro_batch_size,
-        seq_len: t.seq_len,
-        grad_accum_steps: t.grad_accum_steps,
-        grad_clip: t.grad_clip,
-    };
+    let step_shape = StepShape::from_section(t);
     let recipe_yaml = recipe.to_yaml();
     if dist.is_main() {
         std::fs::write(run_dir.join("recipe.yaml"), &recipe_yaml)?;
