@@ -99,7 +99,8 @@ def main():
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     if dev.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        # Reserved, not allocated: what kiln reports too (the allocator pool held on the device).
+        peak_mb = torch.cuda.max_memory_reserved() / 2**20
         mem_kind = "device"
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
