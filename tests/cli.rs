@@ -120,6 +120,21 @@ fn wait_while_running(child: &mut std::process::Child, what: &str, ready: impl F
 }
 
 /// One finished 30-step run shared by the tests that only read it.
+/// Runs `train args`, pauses it after `step` (test hook) and SIGKILLs it: no chance to clean up.
+fn sigkill_after_step(args: &[&str], run: &Path, step: u64) {
+    let mut child = Command::new(TRAIN)
+        .args(args)
+        .env("KILN_PAUSE_AFTER_STEP", step.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = run.join(format!("paused-at-{step}"));
+    wait_while_running(&mut child, &format!("step {step}"), || marker.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn shared_run() -> &'static (tempfile::TempDir, PathBuf) {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     RUN.get_or_init(|| {
@@ -210,22 +225,16 @@ fn resume_after_sigkill_gives_the_same_losses() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "");
     let run = dir.path().join("run");
-    let mut child = Command::new(TRAIN)
-        .args([
+    sigkill_after_step(
+        &[
             "--recipe",
             recipe.to_str().unwrap(),
             "--out",
             run.to_str().unwrap(),
-        ])
-        .env("KILN_PAUSE_AFTER_STEP", "13")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let marker = run.join("paused-at-13");
-    wait_while_running(&mut child, "step 13", || marker.exists());
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+        ],
+        &run,
+        13,
+    );
     // Steps 11–13 were logged but not checkpointed; step 10 is the latest checkpoint.
     let out = ok(train(&[
         "--recipe",
@@ -682,17 +691,7 @@ fn bf16_mixed_training_resumes_and_exports_f32_weights() {
         "train.precision=bf16-mixed",
     ];
     // Killed after step 12 (checkpoint at 10), then resumed: the reload must keep bf16-mixed.
-    let mut child = Command::new(TRAIN)
-        .args(args)
-        .env("KILN_PAUSE_AFTER_STEP", "12")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let marker = run.join("paused-at-12");
-    wait_while_running(&mut child, "step 12", || marker.exists());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill_after_step(&args, &run, 12);
     let mut resume = args.to_vec();
     resume.push("--resume");
     ok(train(&resume));

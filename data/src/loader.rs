@@ -281,13 +281,13 @@ pub fn eval_batches(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::write_shard;
     use std::collections::HashSet;
 
     /// Three shards holding tokens 0..n (as ids), split unevenly, plus an empty one.
-    fn shards(dir: &std::path::Path, n: u32) -> Vec<PathBuf> {
+    pub(crate) fn shards(dir: &std::path::Path, n: u32) -> Vec<PathBuf> {
         let cuts = [0, n / 3, n / 3, n / 2 + 7, n];
         (0..4)
             .map(|k| {

@@ -203,18 +203,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// Three shards holding tokens 0..n (as ids), split unevenly, plus an empty one.
-    fn shards(dir: &Path, n: u32) -> Vec<PathBuf> {
-        let cuts = [0, n / 3, n / 3, n / 2 + 7, n];
-        (0..4)
-            .map(|k| {
-                let p = dir.join(format!("train_{k:06}.bin"));
-                let toks: Vec<u32> = (cuts[k]..cuts[k + 1]).collect();
-                write_shard(&p, &toks, 1 << 20).unwrap();
-                p
-            })
-            .collect()
-    }
+    use crate::loader::tests::shards;
 
     /// 700 tokens, batch 3, seq_len 8: 87 windows, 29 steps per epoch.
     fn loader(paths: &[PathBuf]) -> TokenLoader {
