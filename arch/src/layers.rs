@@ -19,7 +19,7 @@ use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 
 mod fused;
 
-pub use fused::{set_num_threads, switched_on as fused_kernels_on};
+pub use fused::{enabled as fused_enabled, recast, set_num_threads};
 
 /// `t` as `dtype`; no cast op is recorded when it already is.
 pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {

@@ -6,7 +6,7 @@
 //! `log_softmax` + `gather` whose forward and backward each walk the `[batch·seq, vocab]` logits
 //! several times. Same maths; any other backend or dtype takes the generic path.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -16,17 +16,14 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
+use kiln_arch::layers::{fused_enabled, recast};
 use kiln_arch::simd::{exp, simd};
 use rayon::prelude::*;
 
 /// Sum of −log p(target) over all positions. logits `[batch, seq, vocab]`, targets `[batch, seq]` → `[1]`.
 pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-    let is = |id: TypeId| TypeId::of::<B>() == id;
-    if logits.dtype() == DType::F32
-        && (is(TypeId::of::<Flex>()) || is(TypeId::of::<Ad>()))
-        && kiln_arch::layers::fused_kernels_on()
-    {
+    if fused_enabled(&logits) {
         return fused_nll_sum(logits, targets);
     }
     let [batch, seq, vocab] = logits.dims();
@@ -42,15 +39,6 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int
 }
 
 type Ad = Autodiff<Flex>;
-
-/// `Tensor<From, D>` → `Tensor<To, D>`; `From` and `To` must be the same type.
-fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
-    let mut slot = Some(t);
-    let any: &mut dyn Any = &mut slot;
-    any.downcast_mut::<Option<Tensor<To, D>>>()
-        .and_then(Option::take)
-        .expect("loss: backend type mismatch")
-}
 
 /// Rows of at least this many elements per rayon task.
 const MIN_ELEMS_PER_TASK: usize = 64 * 1024;

@@ -62,20 +62,20 @@ fn kind<B: Backend>() -> Option<Kind> {
 
 /// `KILN_FUSED_KERNELS=0` turns the fused kernels off (burn's stock ops everywhere), to measure
 /// what they bring or to rule them out when debugging; anything else, or unset, keeps them on.
-pub fn switched_on() -> bool {
+fn switched_on() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_FUSED_KERNELS").map_or(true, |v| v.trim() != "0"))
 }
 
 /// True when the fused kernels apply: `B` is `Flex` or `Autodiff<Flex>`, `x` is f32, and they are
 /// not switched off.
-pub(crate) fn enabled<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+pub fn enabled<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     kind::<B>().is_some() && x.dtype() == DType::F32 && switched_on()
 }
 
 /// `Tensor<From, D>` → `Tensor<To, D>` when `From` and `To` are the same type (checked by the
-/// callers through [`kind`]); panics otherwise.
-fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
+/// callers through [`enabled`] / `TypeId`); panics otherwise.
+pub fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
     let mut slot = Some(t);
     let any: &mut dyn Any = &mut slot;
     any.downcast_mut::<Option<Tensor<To, D>>>()
@@ -578,6 +578,41 @@ fn rope_row_transposed(g: &[f32], c: &[f32], sn: &[f32], y: &mut [f32], half: us
     }
 }
 
+/// Moves rows of `hd` elements: `dst` is `[outer, inner, hd]`, and row `(o, n)` of `dst` is
+/// `transform` of row `locate(o, n) = (src row, sequence position)` of `src`. The threads split
+/// `outer`, so each writes its own part of `dst`.
+fn permute_rows(
+    src: &[f32],
+    (outer, inner, hd): (usize, usize, usize),
+    locate: impl Fn(usize, usize) -> (usize, usize) + Sync,
+    transform: impl Fn(&[f32], usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut dst = zeros(outer * inner * hd);
+    let rs = ranges(outer, inner * hd);
+    let jobs: Vec<_> = rs
+        .iter()
+        .cloned()
+        .zip(split(&mut dst, inner * hd, &rs))
+        .collect();
+    run(
+        jobs,
+        #[inline(always)]
+        |(range, dst)| {
+            for (k, o) in range.enumerate() {
+                for n in 0..inner {
+                    let (row, pos) = locate(o, n);
+                    transform(
+                        &src[row * hd..][..hd],
+                        pos,
+                        &mut dst[(k * inner + n) * hd..][..hd],
+                    );
+                }
+            }
+        },
+    );
+    dst
+}
+
 /// `src` `[b, s, h, hd]` → `[b, h, s, hd]`; with `rope`, each row rotated (rotate-half, HF):
 /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[hd/2:], x[:hd/2])`.
 fn to_heads(
@@ -588,36 +623,18 @@ fn to_heads(
     hd: usize,
     rope: Option<(&[f32], &[f32])>,
 ) -> Vec<f32> {
-    let half = hd / 2;
-    let mut dst = zeros(b * h * s * hd);
-    let units = b * h;
-    let rs = ranges(units, s * hd);
-    let jobs: Vec<_> = rs
-        .iter()
-        .cloned()
-        .zip(split(&mut dst, s * hd, &rs))
-        .collect();
-    run(
-        jobs,
+    // dst unit (bi, hh) row i <- src row (bi, i, hh).
+    let locate = |unit: usize, i: usize| (((unit / h) * s + i) * h + unit % h, i);
+    permute_rows(
+        src,
+        (b * h, s, hd),
+        locate,
         #[inline(always)]
-        |(range, dst)| {
-            for (k, unit) in range.enumerate() {
-                let (bi, hh) = (unit / h, unit % h);
-                for i in 0..s {
-                    let x = &src[((bi * s + i) * h + hh) * hd..][..hd];
-                    let y = &mut dst[(k * s + i) * hd..][..hd];
-                    match rope {
-                        None => y.copy_from_slice(x),
-                        Some((cos, sin)) => {
-                            let (c, sn) = (&cos[i * hd..][..hd], &sin[i * hd..][..hd]);
-                            rope_row(x, c, sn, y, half);
-                        }
-                    }
-                }
-            }
+        |x: &[f32], i, y: &mut [f32]| match rope {
+            None => y.copy_from_slice(x),
+            Some((cos, sin)) => rope_row(x, &cos[i * hd..][..hd], &sin[i * hd..][..hd], y, hd / 2),
         },
-    );
-    dst
+    )
 }
 
 /// `src` `[b, h, s, hd]` → `[b, s, h, hd]`; with `rope`, each row goes through the transpose of
@@ -630,36 +647,20 @@ fn from_heads(
     hd: usize,
     rope: Option<(&[f32], &[f32])>,
 ) -> Vec<f32> {
-    let half = hd / 2;
-    let mut dst = zeros(b * s * h * hd);
-    let rows = b * s;
-    let rs = ranges(rows, h * hd);
-    let jobs: Vec<_> = rs
-        .iter()
-        .cloned()
-        .zip(split(&mut dst, h * hd, &rs))
-        .collect();
-    run(
-        jobs,
+    // dst row (bi, i) head hh <- src row (bi, hh, i).
+    let locate = |row: usize, hh: usize| (((row / s) * h + hh) * s + row % s, row % s);
+    permute_rows(
+        src,
+        (b * s, h, hd),
+        locate,
         #[inline(always)]
-        |(range, dst)| {
-            for (k, row) in range.enumerate() {
-                let (bi, i) = (row / s, row % s);
-                for hh in 0..h {
-                    let g = &src[((bi * h + hh) * s + i) * hd..][..hd];
-                    let y = &mut dst[(k * h + hh) * hd..][..hd];
-                    match rope {
-                        None => y.copy_from_slice(g),
-                        Some((cos, sin)) => {
-                            let (c, sn) = (&cos[i * hd..][..hd], &sin[i * hd..][..hd]);
-                            rope_row_transposed(g, c, sn, y, half);
-                        }
-                    }
-                }
+        |g: &[f32], i, y: &mut [f32]| match rope {
+            None => y.copy_from_slice(g),
+            Some((cos, sin)) => {
+                rope_row_transposed(g, &cos[i * hd..][..hd], &sin[i * hd..][..hd], y, hd / 2)
             }
         },
-    );
-    dst
+    )
 }
 
 /// Rows of `[rows, cols]` → `[cols, rows]`, per unit of `rows · cols` elements.
