@@ -31,13 +31,12 @@ use burn::backend::wgpu::{graphics::Vulkan, init_setup, WgpuDevice};
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::cubecl::config::cache::CacheConfig;
 use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use kiln_arch::{LlamaConfig, Model, ModelConfig};
 use kiln_trainer::loss::cross_entropy;
-use kiln_trainer::optim::{clip_factor, grad_sq_norm, AdamW, AdamWConfig};
+use kiln_trainer::optim::{AdamW, AdamWConfig};
 use kiln_trainer::params::{load_named_tensors, named_tensors};
+use kiln_trainer::step::{batch_tensors, train_step, StepShape};
 
 const LOGITS_TOL: f32 = 1e-4;
 const TRAIN_TOL: f64 = 1e-3;
@@ -127,14 +126,16 @@ fn models<A: Backend, B: Backend>(
     (a, b)
 }
 
-/// Deterministic token ids `[2, 33]` → (inputs `[2, 32]`, next-token targets `[2, 32]`).
+/// Deterministic token ids, 2 windows of 33 (`[2, 32]` inputs and their next-token targets).
+fn batch_ids(vocab: usize) -> Vec<u32> {
+    (0..2 * 33)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+        .collect()
+}
+
+/// [`batch_ids`] as (inputs `[2, 32]`, targets `[2, 32]`) tensors.
 fn batch<B: Backend>(vocab: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    let (b, s) = (2, 33);
-    let ids: Vec<i64> = (0..b * s)
-        .map(|i| ((i * 7919 + 13) % vocab) as i64)
-        .collect();
-    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, s]), device);
-    (all.clone().slice([0..b, 0..s - 1]), all.slice([0..b, 1..s]))
+    batch_tensors::<B>(&batch_ids(vocab), 2, 32, device)
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -255,30 +256,42 @@ fn training_agrees(tied: bool) {
     );
 }
 
-/// Five steps as in `train`: forward, cross-entropy, backward, global-norm clipping, AdamW.
-/// Returns (loss, grad norm) per step and the final weights.
-fn train_steps<B: burn::tensor::backend::AutodiffBackend>(
-    mut model: Model<B>,
+/// Five steps of the training loop's own step function (forward, cross-entropy, backward,
+/// global-norm clipping at 1.0, AdamW) on the fixed batch. Returns (loss, grad norm) per step and
+/// the final weights.
+fn train_steps<I: Backend>(
+    mut model: Model<Autodiff<I>>,
     config: &ModelConfig,
-    device: &B::Device,
+    device: &I::Device,
 ) -> (Vec<(f64, f64)>, Vec<kiln_arch::HfTensor>) {
-    let mut opt = AdamW::<B::InnerBackend>::new(AdamWConfig {
+    let mut opt = AdamW::<I>::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
         decay_embeddings: false,
     });
-    let (inputs, targets) = batch::<B>(config.vocab_size(), device);
+    let shape = StepShape {
+        micro_batch_size: 2,
+        seq_len: 32,
+        grad_accum_steps: 1,
+        grad_clip: Some(1.0),
+        activation_checkpointing: false,
+    };
     let mut out = Vec::new();
     for _ in 0..5 {
-        let loss = cross_entropy(model.forward(inputs.clone()), targets.clone());
-        let loss_value: f64 = loss.clone().into_scalar().elem();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let norm = grad_sq_norm(&model, &grads).unwrap().sqrt();
-        let norm_value: f64 = norm.clone().into_scalar().elem();
-        out.push((loss_value, norm_value));
-        model = opt.step(1e-2, model, grads, Some(clip_factor(norm, 1.0)));
+        let (next, step) = train_step(
+            model,
+            &mut opt,
+            1e-2,
+            shape,
+            &mut || batch_ids(config.vocab_size()),
+            device,
+        );
+        model = next;
+        let loss: f64 = step.loss.into_scalar().elem();
+        let norm: f64 = step.grad_norm.expect("gradients").into_scalar().elem();
+        out.push((loss, norm));
     }
     (out, named_tensors(&model))
 }
