@@ -115,6 +115,13 @@ mod tests {
 
     use crate::optim::AdamWConfig;
 
+    /// The backend's seed is process-wide: tests running in parallel would interleave their
+    /// draws and initialise different models. Hold this from `seed` to the end of `init`.
+    fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
+        static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn tiny() -> ModelConfig {
         ModelConfig::Llama(LlamaConfig {
             vocab_size: 97,
@@ -142,6 +149,7 @@ mod tests {
         steps: usize,
         activation_checkpointing: bool,
     ) -> (Vec<f32>, DType) {
+        let _rng = lock_backend_rng();
         let device = Default::default();
         <Autodiff<Flex> as Backend>::seed(&device, 7);
         let mut model = tiny()
@@ -232,8 +240,10 @@ mod tests {
         // Two identical micro-batches give the same step as one of them alone.
         let device = Default::default();
         let run = |accum: usize| {
+            let rng = lock_backend_rng();
             <Autodiff<Flex> as Backend>::seed(&device, 3);
             let model = tiny().init::<Autodiff<Flex>>(&device);
+            drop(rng);
             let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
                 beta1: 0.9,
                 beta2: 0.95,
