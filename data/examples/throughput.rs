@@ -57,23 +57,22 @@ fn main() -> Result<(), DataError> {
     );
 
     let root = std::env::temp_dir().join(format!("kiln-throughput-{}", std::process::id()));
-    let spec = DataSpec {
-        sources: vec![SourceSpec::SyntheticStories {
-            tokens: (mtok * 1e6) as u64,
-            seed: 1,
-        }],
-        tokenizer: TokenizerSpec::TrainBpe {
-            vocab_size: 4096,
-            sample_docs: 5_000,
-            special_tokens: vec![EOT.to_string()],
-        },
-        val_fraction: 0.01,
-        shard_tokens: 1 << 22,
+    let mut config = DataConfig::new(vec![SourceConfig::synthetic_stories(
+        (mtok * 1e6) as u64,
+        1,
+    )]);
+    config.val_fraction = 0.01;
+    config.shard_tokens = 1 << 22;
+    config.cache_dir = root.clone();
+    let tokenizer = TokenizerSpec::TrainBpe {
+        vocab_size: 4096,
+        sample_docs: 5_000,
+        special_tokens: vec![EOT.to_string()],
     };
     let (t, cpu) = (Instant::now(), cpu_seconds());
-    let data = prepare(&spec, &root, &mut |l| println!("  {l}"))?;
+    let data = prepare(&config, &tokenizer, &mut |l: &str| println!("  {l}"))?;
     let (dt, dcpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    let total = data.train_tokens + data.val_tokens;
+    let total = data.train_tokens() + data.val_tokens();
     println!(
         "prepare end to end: {:.2}M tokens in {dt:.1}s = {:.2}M tokens/s wall, {:.2}M tokens per CPU-second",
         total as f64 / 1e6,
@@ -81,7 +80,7 @@ fn main() -> Result<(), DataError> {
         total as f64 / dcpu / 1e6
     );
     let t = Instant::now();
-    prepare(&spec, &root, &mut |_| {})?;
+    prepare(&config, &tokenizer, &mut |_: &str| {})?;
     println!("prepare reuse: {:.3}s", t.elapsed().as_secs_f64());
     std::fs::remove_dir_all(&root).map_err(|e| DataError::io(&root, e))?;
     Ok(())

@@ -67,6 +67,23 @@ pub enum DataError {
         needed: u64,
     },
 
+    /// An input document file that cannot be read as its format says: a line that is not JSON,
+    /// a missing text column, a corrupt parquet row group. `location` says where in the file.
+    #[error("{path}{}: {message}", location.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
+    BadInput {
+        path: PathBuf,
+        location: Option<String>,
+        message: String,
+    },
+
+    /// A data source's path pattern matched no files. `hint` says where such files come from.
+    #[error("data source `{source_name}`: no input files match `{pattern}`{hint}")]
+    NoInput {
+        source_name: String,
+        pattern: String,
+        hint: String,
+    },
+
     /// A JSON file (e.g. a preparation manifest) could not be read or written.
     #[error("{path}: {source}")]
     Json {
@@ -88,6 +105,15 @@ impl DataError {
     pub(crate) fn config(field: &str, message: impl Into<String>) -> Self {
         DataError::Config {
             field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A [`DataError::BadInput`] without a location inside the file.
+    pub fn bad_input(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        DataError::BadInput {
+            path: path.into(),
+            location: None,
             message: message.into(),
         }
     }

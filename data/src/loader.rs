@@ -35,16 +35,16 @@ pub struct LoaderState {
     pub cursor: u64,
 }
 
-/// Shards viewed as one token stream.
-struct TokenStream {
+/// Shards viewed as one token stream (also used by [`crate::mix`]).
+pub(crate) struct TokenStream {
     shards: Vec<Shard>,
     /// `starts[k]` = global index of shard `k`'s first token.
     starts: Vec<u64>,
-    total: u64,
+    pub(crate) total: u64,
 }
 
 impl TokenStream {
-    fn open(paths: &[PathBuf]) -> Result<Self, DataError> {
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self, DataError> {
         let mut shards = Vec::with_capacity(paths.len());
         let mut starts = Vec::with_capacity(paths.len());
         let mut total = 0u64;
@@ -62,7 +62,7 @@ impl TokenStream {
     }
 
     /// Appends global tokens `[start, start + len)` to `out` (may span shards).
-    fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) {
+    pub(crate) fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) {
         let mut pos = start;
         let mut left = len;
         // Last shard whose first token is <= pos (empty shards are skipped by the loop).
@@ -78,12 +78,12 @@ impl TokenStream {
         }
     }
 
-    fn n_windows(&self, seq_len: usize) -> u64 {
+    pub(crate) fn n_windows(&self, seq_len: usize) -> u64 {
         self.total.saturating_sub(1) / seq_len as u64
     }
 }
 
-fn check_shape(batch_size: usize, seq_len: usize) -> Result<(), DataError> {
+pub(crate) fn check_shape(batch_size: usize, seq_len: usize) -> Result<(), DataError> {
     if batch_size == 0 {
         return Err(DataError::config("batch_size", "must be at least 1"));
     }

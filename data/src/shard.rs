@@ -255,6 +255,47 @@ impl Shard {
     }
 }
 
+/// Magic bytes of a document-boundary index (`<shard>.idx`).
+pub const DOC_INDEX_MAGIC: &[u8; 8] = b"KILNIDX1";
+
+/// Writes a shard's document-boundary index, atomically: 8 magic bytes, a little-endian `u64`
+/// count, then `count` little-endian `u64` token offsets, one per document, where the document's
+/// leading `<|endoftext|>` sits in the shard. A document that began in the previous shard has no
+/// entry, so offset 0 is listed only when a document starts there.
+pub fn write_doc_index(path: &Path, doc_starts: &[u64]) -> Result<(), DataError> {
+    let tmp = tmp_path(path);
+    let io = |e| DataError::io(&tmp, e);
+    let mut bytes = Vec::with_capacity(16 + 8 * doc_starts.len());
+    bytes.extend_from_slice(DOC_INDEX_MAGIC);
+    bytes.extend_from_slice(&(doc_starts.len() as u64).to_le_bytes());
+    for s in doc_starts {
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Reads an index written by [`write_doc_index`]; a foreign or truncated file is an error.
+pub fn read_doc_index(path: &Path) -> Result<Vec<u64>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bad = |what: &str| DataError::bad_input(path, format!("not a kiln document index: {what}"));
+    if bytes.len() < 16 || &bytes[..8] != DOC_INDEX_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if bytes.len() as u64 != 16 + 8 * count {
+        return Err(bad(&format!(
+            "{count} entries need {} bytes, the file has {}",
+            16 + 8 * count,
+            bytes.len()
+        )));
+    }
+    Ok(bytes[16..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +440,17 @@ mod tests {
             matches!(err, DataError::Io { ref path, .. } if path == &missing),
             "{err}"
         );
+    }
+
+    #[test]
+    fn doc_index_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.idx");
+        write_doc_index(&p, &[0, 17, 90]).unwrap();
+        assert_eq!(read_doc_index(&p).unwrap(), vec![0, 17, 90]);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let err = read_doc_index(&p).unwrap_err().to_string();
+        assert!(err.contains("a.idx") && err.contains("3 entries"), "{err}");
     }
 }
