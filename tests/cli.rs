@@ -631,9 +631,19 @@ fn data_command_prepares_without_training() {
     assert!(v["train_tokens"].as_u64().unwrap() > 30_000);
     assert_eq!(v["vocab_size"].as_u64(), Some(320));
     let prepared = PathBuf::from(v["dir"].as_str().unwrap());
-    assert!(
-        prepared.join("tokenizer.json").is_file() && prepared.join("train_000000.bin").is_file()
+    assert!(prepared.join("tokenizer.json").is_file());
+    assert!(prepared.join("report.txt").is_file());
+    let stories = &v["sources"][0];
+    assert_eq!(
+        stories["name"], "synthetic_stories",
+        "unnamed: named by type"
     );
+    let source_dir = PathBuf::from(stories["dir"].as_str().unwrap());
+    assert!(source_dir.join("u000000.train.000.bin").is_file());
+    assert!(source_dir.join("u000000.val.000.bin").is_file());
+    // A second run reuses what is there.
+    let again = ok(train(&["data", "--recipe", recipe.to_str().unwrap()]));
+    assert_eq!(again.stdout, out.stdout);
 }
 
 #[test]
@@ -722,4 +732,178 @@ fn bf16_mixed_training_resumes_and_exports_f32_weights() {
         !dtypes.is_empty() && dtypes.iter().all(|d| *d == "F32"),
         "{dtypes:?}"
     );
+}
+
+/// `tiny_recipe` with two sources: the stories and a small JSONL file of train-timetable notes
+/// (`notes.jsonl`, 60 lines), mixed 3:1 and then notes only from optimizer step 20 on.
+fn mix_recipe(dir: &Path) -> PathBuf {
+    let cities = ["Leeds", "York", "Bath", "Perth", "Derby", "Ely", "Truro"];
+    let colours = ["red", "green", "blue", "grey", "yellow"];
+    let notes: String = (0..60)
+        .map(|i| {
+            let line = format!(
+                "Note {i}: the {} train to {} leaves platform {} at {} past {}. Passengers for {} \
+                 change at {}, where the {} train waits for ten minutes.",
+                colours[i % 5],
+                cities[i % 7],
+                i % 9 + 1,
+                (i * 7) % 60,
+                i % 12 + 1,
+                cities[(i + 3) % 7],
+                cities[(i + 5) % 7],
+                colours[(i + 2) % 5],
+            );
+            serde_json::json!({ "text": line }).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("notes.jsonl"), notes).unwrap();
+    let recipe = tiny_recipe(dir, "");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let one_source =
+        "  sources:\n    - type: synthetic_stories\n      tokens: 40000\n      seed: 7\n";
+    let two_sources = format!(
+        "  sources:
+    - type: synthetic_stories
+      name: stories
+      tokens: 40000
+      seed: 7
+      weight: 0.75
+    - type: jsonl
+      name: notes
+      paths: [{notes}]
+      weight: 0.25
+      val_fraction: 0.2
+  stages:
+    - from_step: 20
+      weights: {{stories: 0, notes: 1}}
+",
+        notes = dir.join("notes.jsonl").display()
+    );
+    assert!(text.contains(one_source));
+    std::fs::write(&recipe, text.replace(one_source, &two_sources)).unwrap();
+    recipe
+}
+
+/// One finished 30-step run of `mix_recipe`, shared like [`shared_run`].
+fn shared_mix_run() -> &'static (tempfile::TempDir, PathBuf, String) {
+    static RUN: OnceLock<(tempfile::TempDir, PathBuf, String)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = mix_recipe(dir.path());
+        let run = dir.path().join("run");
+        let out = ok(train(&[
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (dir, run, stderr)
+    })
+}
+
+/// `tokens_by_source.<name>` of the training line at `step`.
+fn source_tokens(lines: &[Value], step: u64, name: &str) -> u64 {
+    let line = lines
+        .iter()
+        .find(|v| v.get("loss").is_some() && v["step"].as_u64() == Some(step))
+        .unwrap_or_else(|| panic!("no training line for step {step}"));
+    line["tokens_by_source"][name].as_u64().unwrap()
+}
+
+#[test]
+fn a_two_source_mix_follows_its_weights_and_schedule() {
+    let (_, run, stderr) = shared_mix_run();
+    let lines = metrics(run);
+    // Steps 1–20 draw 3:1 (160 rows of 32 tokens each, row by row at random).
+    let stories = source_tokens(&lines, 20, "stories") as f64;
+    let notes = source_tokens(&lines, 20, "notes") as f64;
+    assert_eq!(stories + notes, 20.0 * 8.0 * 32.0);
+    let share = notes / (stories + notes);
+    assert!((0.15..0.35).contains(&share), "notes' share {share}");
+    // From step 20 on only notes: the stories stop, the notes take every row.
+    assert_eq!(source_tokens(&lines, 30, "stories") as f64, stories);
+    assert_eq!(
+        source_tokens(&lines, 30, "notes") as f64,
+        notes + 10.0 * 8.0 * 32.0
+    );
+    // ~120 notes rows from ~70 windows: the notes were repeated, and the log says so.
+    let last = lines.iter().rfind(|v| v.get("loss").is_some()).unwrap();
+    assert_eq!(last["epochs_by_source"]["stories"].as_u64(), Some(0));
+    assert!(last["epochs_by_source"]["notes"].as_u64().unwrap() >= 1);
+    assert!(stderr.contains("source `notes` is in epoch 2"), "{stderr}");
+    // Validation loss per source, and the mixed figure between them.
+    let eval = lines.iter().rfind(|v| v.get("val_loss").is_some()).unwrap();
+    let by_source = &eval["val_loss_by_source"];
+    let (s, n) = (
+        by_source["stories"].as_f64().unwrap(),
+        by_source["notes"].as_f64().unwrap(),
+    );
+    let mixed = eval["val_loss"].as_f64().unwrap();
+    // At step 30 the schedule weighs notes only.
+    assert!(
+        (mixed - n).abs() < 1e-9,
+        "{mixed} vs notes {n}, stories {s}"
+    );
+    // Notes are 60 near-copies of one template: learned much better than the stories.
+    assert!(n < s, "notes {n} vs stories {s}");
+}
+
+#[test]
+fn resume_after_sigkill_continues_the_mix_exactly() {
+    let (_, reference, _) = shared_mix_run();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = mix_recipe(dir.path());
+    let run = dir.path().join("run");
+    let args = [
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    sigkill_after_step(&args, &run, 13);
+    ok(train(&[&args[..], &["--resume"]].concat()));
+    let resumed = metrics(&run);
+    let expected = metrics(reference);
+    for step in [11, 20, 21, 30] {
+        for name in ["stories", "notes"] {
+            assert_eq!(
+                source_tokens(&resumed, step, name),
+                source_tokens(&expected, step, name),
+                "{name} at step {step}"
+            );
+        }
+    }
+    let (a, b) = (losses(&run), losses(reference));
+    assert_eq!(a.len(), 30);
+    for ((s1, x), (s2, y)) in a.iter().zip(&b) {
+        assert_eq!(s1, s2);
+        assert!((x - y).abs() <= 1e-5, "step {s1}: resumed {x} vs {y}");
+    }
+}
+
+#[test]
+fn data_command_explains_missing_web_text_and_bad_shard_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let smollm = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../recipes/smollm-135m.yaml");
+    let run_in_dir = |args: &[&str]| {
+        Command::new(TRAIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run_in_dir(&["data", "--recipe", smollm.to_str().unwrap()]);
+    fails_with(
+        out,
+        &[
+            "fineweb-edu",
+            "data/fineweb-edu/sample/10BT/*.parquet",
+            "huggingface-cli download HuggingFaceFW/fineweb-edu",
+        ],
+    );
+    for bad in ["2/2", "x", "1/0"] {
+        let out = run_in_dir(&["data", "--recipe", smollm.to_str().unwrap(), "--shard", bad]);
+        fails_with(out, &[&format!("--shard {bad}"), "I/N"]);
+    }
 }

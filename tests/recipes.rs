@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use kiln_trainer::recipe::{Recipe, TokenizerSection};
+use kiln_data::TokenizerSpec;
+use kiln_trainer::recipe::Recipe;
 
 fn recipes_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../recipes")
@@ -11,8 +12,8 @@ fn recipes_dir() -> PathBuf {
 fn params_of(name: &str) -> (Recipe, usize) {
     let recipe = Recipe::load(&recipes_dir().join(format!("{name}.yaml")), &[]).unwrap();
     let vocab = match &recipe.tokenizer {
-        TokenizerSection::TrainBpe { vocab_size, .. } => *vocab_size,
-        TokenizerSection::File { .. } => panic!("shipped recipes train their tokenizer"),
+        TokenizerSpec::TrainBpe { vocab_size, .. } => *vocab_size,
+        TokenizerSpec::File { .. } => panic!("shipped recipes train their tokenizer"),
     };
     let n = recipe.model_config(vocab).unwrap().num_params();
     (recipe, n)

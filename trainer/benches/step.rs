@@ -26,9 +26,10 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_arch::Model;
+use kiln_data::TokenizerSpec;
 use kiln_trainer::loss::cross_entropy;
 use kiln_trainer::optim::{clip_factor, grad_sq_norm, AdamW, AdamWConfig};
-use kiln_trainer::recipe::{Recipe, TokenizerSection};
+use kiln_trainer::recipe::Recipe;
 use rand::{Rng, SeedableRng};
 
 type B = Autodiff<Flex>;
@@ -66,8 +67,8 @@ struct Timings {
 fn bench(recipe: &Recipe, steps: usize) -> Timings {
     // The tokenizer's vocabulary, without training it: a BPE recipe says its size.
     let vocab = match &recipe.tokenizer {
-        TokenizerSection::TrainBpe { vocab_size, .. } => *vocab_size,
-        TokenizerSection::File { .. } => 2048,
+        TokenizerSpec::TrainBpe { vocab_size, .. } => *vocab_size,
+        TokenizerSpec::File { .. } => 2048,
     };
     let config = recipe.model_config(vocab).expect("model config");
     let (batch, seq) = (recipe.train.micro_batch_size, recipe.train.seq_len);
@@ -166,8 +167,8 @@ fn main() {
         let recipe = Recipe::load(&path, &overrides).expect("recipe");
         let params = recipe
             .model_config(match &recipe.tokenizer {
-                TokenizerSection::TrainBpe { vocab_size, .. } => *vocab_size,
-                TokenizerSection::File { .. } => 2048,
+                TokenizerSpec::TrainBpe { vocab_size, .. } => *vocab_size,
+                TokenizerSpec::File { .. } => 2048,
             })
             .expect("model config")
             .num_params();

@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use crate::metrics;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::recipe::{Recipe, TokenizerSection};
+use crate::recipe::Recipe;
 use crate::step::{train_step, StepShape};
+use kiln_data::TokenizerSpec;
 
 pub struct BenchOptions {
     /// Timed steps (the median is reported).
@@ -58,8 +59,8 @@ pub struct BenchReport {
 /// size; a tokenizer file is read.
 fn recipe_vocab(recipe: &Recipe) -> Result<usize> {
     Ok(match &recipe.tokenizer {
-        TokenizerSection::TrainBpe { vocab_size, .. } => *vocab_size,
-        TokenizerSection::File { path } => kiln_data::TextTokenizer::from_file(path)
+        TokenizerSpec::TrainBpe { vocab_size, .. } => *vocab_size,
+        TokenizerSpec::File { path } => kiln_data::TextTokenizer::from_file(path)
             .with_context(|| format!("tokenizer.path = {}", path.display()))?
             .vocab_size(),
     })

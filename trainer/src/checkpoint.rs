@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kiln_arch::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
-use kiln_data::LoaderState;
+use kiln_data::mix::MixState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,8 @@ pub struct TrainState {
     pub step: u64,
     /// Training tokens consumed (all workers).
     pub tokens: u64,
-    pub loader: LoaderState,
-    /// Validation-loader-free: evaluation uses fixed batches, so it needs no state.
+    /// Position in every data source (evaluation uses fixed batches, so it needs no state).
+    pub loader: MixState,
     pub optimizer_step: u64,
     pub elapsed_s: f64,
     pub seed: u64,

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod data_cmd;
 pub mod eval;
 pub mod generate;
 pub mod loss;

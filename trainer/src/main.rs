@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! train --recipe recipes/tinystories-tiny.yaml [--set train.max_steps=20]... [--out DIR] [--resume]
-//! train data --recipe R                         prepare data and tokenizer only
+//! train data --recipe R [--shard I/N | --tokenizer-only]   prepare data and tokenizer only
 //! train export --checkpoint DIR --out DIR [--dtype f32|bf16]
 //! train generate --model DIR --prompt "..." [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
 //! train eval --model DIR --text FILE [--seq-len N]
@@ -16,6 +16,7 @@ use burn::prelude::Backend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_arch::SafetensorsDtype;
 use kiln_trainer::bench::BenchOptions;
+use kiln_trainer::data_cmd::{run_data, DataMode};
 use kiln_trainer::generate::{generate, SampleOptions};
 use kiln_trainer::model_io::{export_model, load_model_dir};
 use kiln_trainer::recipe::{BackendKind, Recipe};
@@ -76,6 +77,13 @@ enum Command {
         recipe: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Worker I of N: prepare only every N-th input file (cluster array jobs); a final
+        /// plain `train data` merges.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Only prepare the tokenizer (run once before `--shard` workers).
+        #[arg(long, conflicts_with = "shard")]
+        tokenizer_only: bool,
     },
     /// Export a checkpoint (or a run directory's latest) as a Hugging Face model directory.
     Export {
@@ -185,23 +193,19 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Data { recipe, overrides }) => {
+        Some(Command::Data {
+            recipe,
+            overrides,
+            shard,
+            tokenizer_only,
+        }) => {
             let recipe = Recipe::load(&recipe, &overrides)?;
-            let prepared = kiln_data::prepare(
-                &recipe.data_spec(),
-                &recipe.data.cache_dir,
-                &mut |m: &str| eprintln!("{m}"),
-            )?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "dir": prepared.dir,
-                    "train_tokens": prepared.train_tokens,
-                    "val_tokens": prepared.val_tokens,
-                    "vocab_size": prepared.vocab_size,
-                })
-            );
-            Ok(())
+            let mode = match (shard, tokenizer_only) {
+                (Some(arg), _) => DataMode::parse_shard(&arg)?,
+                (None, true) => DataMode::TokenizerOnly,
+                (None, false) => DataMode::All,
+            };
+            run_data(&recipe, mode)
         }
         Some(Command::Export {
             checkpoint,

@@ -7,6 +7,7 @@
 //! f32). A figure above 100% means the peak is wrong: MFU is then reported as `null` with a warning,
 //! never as an impossible number.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub struct TrainRecord {
     /// Memory held by the GPU allocator (MiB); absent on the CPU backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_mem_mb: Option<f64>,
+    /// Training tokens drawn from each data source so far (all workers).
+    pub tokens_by_source: BTreeMap<String, u64>,
+    /// Current epoch (0-based) of each data source.
+    pub epochs_by_source: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +43,8 @@ pub struct EvalRecord {
     pub val_loss: f64,
     pub val_ppl: f64,
     pub tokens: u64,
+    /// Validation loss of each source with validation data; `val_loss` is their mix-weighted mean.
+    pub val_loss_by_source: BTreeMap<String, f64>,
 }
 
 pub struct Logger {
@@ -134,8 +141,16 @@ impl Logger {
         self.write_json(r)?;
         self.tb
             .add_scalar("val/loss", r.val_loss as f32, r.step as usize);
+        let mut per_source = String::new();
+        if r.val_loss_by_source.len() > 1 {
+            for (name, loss) in &r.val_loss_by_source {
+                self.tb
+                    .add_scalar(&format!("val/loss/{name}"), *loss as f32, r.step as usize);
+                per_source += &format!(" | {name} {loss:.4}");
+            }
+        }
         self.info(&format!(
-            "step {:>6} | val_loss {:.4} | val_ppl {:.2}",
+            "step {:>6} | val_loss {:.4} | val_ppl {:.2}{per_source}",
             r.step, r.val_loss, r.val_ppl
         ));
         Ok(())

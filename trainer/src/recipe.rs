@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
 use kiln_arch::{LlamaConfig, ModelConfig};
-use kiln_data::{DataSpec, SourceSpec, TokenizerSpec};
+use kiln_data::{DataConfig, DataError, TokenizerSpec};
 
 /// A recipe error; always names the file and/or the key.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,14 @@ pub enum RecipeError {
     Invalid { key: String, message: String },
 }
 
+/// A `kiln-data` settings error as a recipe error; `prefix` + its field is the recipe key.
+fn data_invalid(prefix: &str, e: DataError) -> RecipeError {
+    match e {
+        DataError::Config { field, message } => invalid(&format!("{prefix}{field}"), message),
+        other => invalid(prefix.trim_end_matches('.'), other.to_string()),
+    }
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> RecipeError {
     RecipeError::Invalid {
         key: key.to_string(),
@@ -51,8 +59,9 @@ pub struct Recipe {
     /// Run name; the default output directory is `checkpoints/<name>`.
     pub name: String,
     pub model: ModelSection,
-    pub data: DataSection,
-    pub tokenizer: TokenizerSection,
+    /// Sources, filters, dedup and mix: defined in `kiln_data::config`.
+    pub data: DataConfig,
+    pub tokenizer: TokenizerSpec,
     pub train: TrainSection,
     #[serde(default)]
     pub eval: EvalSection,
@@ -122,70 +131,6 @@ fn default_true() -> bool {
 }
 fn default_init_std() -> f64 {
     0.02
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    pub sources: Vec<SourceSection>,
-    /// Fraction of documents held out for validation.
-    #[serde(default = "default_val_fraction")]
-    pub val_fraction: f64,
-    /// Tokens per shard file.
-    #[serde(default = "default_shard_tokens")]
-    pub shard_tokens: usize,
-    /// Where prepared shards are cached (keyed by a hash of the data and tokenizer sections).
-    #[serde(default = "default_cache_dir")]
-    pub cache_dir: PathBuf,
-}
-
-fn default_val_fraction() -> f64 {
-    0.005
-}
-fn default_shard_tokens() -> usize {
-    100_000_000
-}
-fn default_cache_dir() -> PathBuf {
-    PathBuf::from("checkpoints/data")
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceSection {
-    /// TinyStories-style stories generated on the fly.
-    SyntheticStories {
-        /// Token budget of this source (train + validation).
-        tokens: u64,
-        /// Generator seed.
-        #[serde(default = "default_data_seed")]
-        seed: u64,
-    },
-}
-
-fn default_data_seed() -> u64 {
-    1234
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum TokenizerSection {
-    /// Train a byte-level BPE tokenizer on the first `sample_docs` documents of the data.
-    TrainBpe {
-        vocab_size: usize,
-        #[serde(default = "default_sample_docs")]
-        sample_docs: usize,
-        #[serde(default = "default_special_tokens")]
-        special_tokens: Vec<String>,
-    },
-    /// Load an existing `tokenizer.json` (it must contain `<|endoftext|>`).
-    File { path: PathBuf },
-}
-
-fn default_sample_docs() -> usize {
-    20_000
-}
-fn default_special_tokens() -> Vec<String> {
-    vec!["<|endoftext|>".to_string()]
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -651,40 +596,16 @@ impl Recipe {
             },
             _ => {}
         }
-        if self.data.sources.is_empty() {
-            return Err(invalid("data.sources", "needs at least one source"));
-        }
-        if !(0.0..0.5).contains(&self.data.val_fraction) || self.data.val_fraction == 0.0 {
-            return Err(invalid("data.val_fraction", "must be in (0, 0.5)"));
-        }
-        if self.data.shard_tokens < 1024 {
-            return Err(invalid("data.shard_tokens", "must be at least 1024"));
-        }
-        if let TokenizerSection::TrainBpe {
-            vocab_size,
-            special_tokens,
-            ..
-        } = &self.tokenizer
+        self.data.validate().map_err(|e| data_invalid("data.", e))?;
+        self.tokenizer.validate().map_err(|e| data_invalid("", e))?;
+        if let (TokenizerSpec::TrainBpe { vocab_size, .. }, Some(v)) =
+            (&self.tokenizer, m.vocab_size)
         {
-            if *vocab_size < 258 {
+            if v < *vocab_size {
                 return Err(invalid(
-                    "tokenizer.vocab_size",
-                    "must be at least 258 (256 bytes + special tokens)",
+                    "model.vocab_size",
+                    format!("{v} is smaller than tokenizer.vocab_size = {vocab_size}"),
                 ));
-            }
-            if !special_tokens.iter().any(|s| s == "<|endoftext|>") {
-                return Err(invalid(
-                    "tokenizer.special_tokens",
-                    "must contain <|endoftext|> (the document separator)",
-                ));
-            }
-            if let Some(v) = m.vocab_size {
-                if v < *vocab_size {
-                    return Err(invalid(
-                        "model.vocab_size",
-                        format!("{v} is smaller than tokenizer.vocab_size = {vocab_size}"),
-                    ));
-                }
             }
         }
         if self.eval.every_steps > 0 && self.eval.batches == 0 {
@@ -750,39 +671,6 @@ impl Recipe {
                 layer_sharing: m.layer_sharing,
                 scaled_residual_init: m.scaled_residual_init,
             })),
-        }
-    }
-
-    /// The data-preparation spec handed to `kiln-data`.
-    pub fn data_spec(&self) -> DataSpec {
-        DataSpec {
-            sources: self
-                .data
-                .sources
-                .iter()
-                .map(|s| match s {
-                    SourceSection::SyntheticStories { tokens, seed } => {
-                        SourceSpec::SyntheticStories {
-                            tokens: *tokens,
-                            seed: *seed,
-                        }
-                    }
-                })
-                .collect(),
-            tokenizer: match &self.tokenizer {
-                TokenizerSection::TrainBpe {
-                    vocab_size,
-                    sample_docs,
-                    special_tokens,
-                } => TokenizerSpec::TrainBpe {
-                    vocab_size: *vocab_size,
-                    sample_docs: *sample_docs,
-                    special_tokens: special_tokens.clone(),
-                },
-                TokenizerSection::File { path } => TokenizerSpec::File { path: path.clone() },
-            },
-            val_fraction: self.data.val_fraction,
-            shard_tokens: self.data.shard_tokens,
         }
     }
 }

@@ -14,7 +14,8 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use kiln_arch::{Model, ModelConfig};
-use kiln_data::{eval_batches, LoaderState, Prefetcher, TextTokenizer, TokenLoader};
+use kiln_data::mix::{MixLoader, MixSource, MixStage, MixState};
+use kiln_data::{eval_batches, Prefetcher, TextTokenizer};
 
 use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
@@ -146,9 +147,10 @@ pub fn run<B: Backend>(
     };
 
     // ---- data and tokenizer ----------------------------------------------------------------
-    let spec = recipe.data_spec();
-    let prepared = kiln_data::prepare(&spec, &recipe.data.cache_dir, &mut |m: &str| say(m))
-        .context("data preparation failed")?;
+    let prepared = crate::data_cmd::prepare(
+        &recipe,
+        &mut crate::data_cmd::BarProgress::new(!dist.is_main()),
+    )?;
     let tokenizer = TextTokenizer::from_file(&prepared.tokenizer_path)?;
     let eot = tokenizer.eot_id()?;
     let tokenizer_path = run_dir.join("tokenizer.json");
@@ -156,8 +158,8 @@ pub fn run<B: Backend>(
         .with_context(|| format!("cannot write {}", tokenizer_path.display()))?;
     say(&format!(
         "data: {} train tokens, {} validation tokens, vocabulary {} ({})",
-        prepared.train_tokens,
-        prepared.val_tokens,
+        prepared.train_tokens(),
+        prepared.val_tokens(),
         tokenizer.vocab_size(),
         prepared.dir.display()
     ));
@@ -209,24 +211,53 @@ pub fn run<B: Backend>(
     let total_steps = recipe.total_steps(dist.world_size);
     let schedule = Schedule::new(recipe.train.schedule.clone(), lr, total_steps);
     let t = &recipe.train;
-    let mut loader = TokenLoader::new(
-        &prepared.train_shards,
+    // Stages switch at optimizer steps; the loader counts micro-batches.
+    let stages = recipe
+        .data
+        .mix_schedule()
+        .into_iter()
+        .map(|(from_step, weights)| MixStage {
+            from_step: from_step * t.grad_accum_steps as u64,
+            weights,
+        })
+        .collect();
+    let mut loader = MixLoader::new(
+        prepared
+            .sources
+            .iter()
+            .map(|s| MixSource {
+                name: s.name.clone(),
+                train_shards: s.train_shards.clone(),
+            })
+            .collect(),
+        stages,
         t.micro_batch_size,
         t.seq_len,
         t.seed,
         dist.rank,
         dist.world_size,
     )?;
-    let val = if recipe.eval.every_steps > 0 || recipe.eval.batches > 0 {
-        eval_batches(
-            &prepared.val_shards,
-            t.micro_batch_size,
-            t.seq_len,
-            recipe.eval.batches,
-        )?
-    } else {
-        Vec::new()
-    };
+    // Fixed validation batches per source (sources that hold out nothing have none).
+    let mut val: Vec<(String, Vec<Vec<u32>>)> = Vec::new();
+    if recipe.eval.every_steps > 0 || recipe.eval.batches > 0 {
+        for s in prepared.sources.iter().filter(|s| !s.val_shards.is_empty()) {
+            let batches = eval_batches(
+                &s.val_shards,
+                t.micro_batch_size,
+                t.seq_len,
+                recipe.eval.batches,
+            )
+            .with_context(|| format!("validation data of source `{}`", s.name))?;
+            val.push((s.name.clone(), batches));
+        }
+        if val.is_empty() && recipe.eval.every_steps > 0 {
+            bail!(
+                "eval.every_steps = {} but no data source holds out validation data \
+                 (data.val_fraction is 0, or token_shards sources list no `val` shards)",
+                recipe.eval.every_steps
+            );
+        }
+    }
     let tokens_per_step = recipe.tokens_per_step(dist.world_size);
     let step_shape = StepShape::from_section(t);
     let recipe_yaml = recipe.to_yaml();
@@ -253,7 +284,7 @@ pub fn run<B: Backend>(
                     .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
                     .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
                 loader
-                    .restore(ckpt.state.loader)
+                    .restore(&ckpt.state.loader)
                     .with_context(|| format!("{}: loader state", dir.display()))?;
                 step = ckpt.state.step;
                 tokens = ckpt.state.tokens;
@@ -281,7 +312,7 @@ pub fn run<B: Backend>(
 
     let save_ckpt = |model: &Model<AB<B>>,
                      optimizer: &AdamW<B>,
-                     loader: LoaderState,
+                     loader: MixState,
                      step: u64,
                      tokens: u64,
                      elapsed: f64|
@@ -313,6 +344,7 @@ pub fn run<B: Backend>(
 
     // Batches are read on a background thread, a few steps ahead; `loader.state()` is the
     // position after the last batch actually trained on, which is what checkpoints save.
+    let mut epochs_seen: Vec<u64> = loader.state().sources.iter().map(|c| c.epoch).collect();
     let mut loader = Prefetcher::new(loader, PREFETCH_DEPTH);
     let started = Instant::now();
     let mut interval_start = Instant::now();
@@ -361,6 +393,17 @@ pub fn run<B: Backend>(
             }
             last_loss = Some(loss);
             if log_due && dist.is_main() {
+                let position = loader.state();
+                for (c, seen) in position.sources.iter().zip(&mut epochs_seen) {
+                    if c.epoch > *seen {
+                        logger.info(&format!(
+                            "data: source `{}` is in epoch {} (its shards are being reshuffled and repeated)",
+                            c.name,
+                            c.epoch + 1
+                        ));
+                        *seen = c.epoch;
+                    }
+                }
                 let dt = interval_start.elapsed().as_secs_f64().max(1e-9);
                 let tokens_per_s = interval_tokens as f64 / dt;
                 let elapsed = elapsed_before + started.elapsed().as_secs_f64();
@@ -377,6 +420,16 @@ pub fn run<B: Backend>(
                     eta_s: remaining,
                     peak_rss_mb: metrics::peak_rss_mb(),
                     device_mem_mb: crate::backend::device_memory_mb::<B>(&device),
+                    tokens_by_source: position
+                        .sources
+                        .iter()
+                        .map(|c| (c.name.clone(), c.windows * t.seq_len as u64))
+                        .collect(),
+                    epochs_by_source: position
+                        .sources
+                        .iter()
+                        .map(|c| (c.name.clone(), c.epoch))
+                        .collect(),
                 })?;
                 interval_start = Instant::now();
                 interval_tokens = 0;
@@ -389,13 +442,22 @@ pub fn run<B: Backend>(
         if eval_due && dist.is_main() && !val.is_empty() {
             let pause = Instant::now();
             let valid = model.valid();
-            let val_loss = validation_loss(&valid, &val, t.micro_batch_size, t.seq_len, &device);
+            let by_source: Vec<(String, f64)> = val
+                .iter()
+                .map(|(name, batches)| {
+                    let loss =
+                        validation_loss(&valid, batches, t.micro_batch_size, t.seq_len, &device);
+                    (name.clone(), loss)
+                })
+                .collect();
+            let val_loss = mix_weighted_loss(&by_source, &recipe, step);
             last_val_loss = Some(val_loss);
             logger.eval(&EvalRecord {
                 step,
                 val_loss,
                 val_ppl: val_loss.exp(),
                 tokens,
+                val_loss_by_source: by_source.into_iter().collect(),
             })?;
             for i in 0..recipe.eval.samples {
                 let text = sample_text(
@@ -468,6 +530,28 @@ pub fn run<B: Backend>(
         summary.export_dir = Some(export_dir);
     }
     Ok(summary)
+}
+
+/// Validation loss over sources, weighted by the mix in force at `step` (a source with no
+/// validation data, or weight 0, does not count; all weights 0 falls back to the plain mean).
+fn mix_weighted_loss(by_source: &[(String, f64)], recipe: &Recipe, step: u64) -> f64 {
+    let schedule = recipe.data.mix_schedule();
+    let weights = &schedule
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= step)
+        .expect("the schedule starts at step 0")
+        .1;
+    let weight_of = |name: &str| {
+        let i = recipe.data.sources.iter().position(|s| s.name() == name);
+        i.map_or(0.0, |i| weights[i])
+    };
+    let total: f64 = by_source.iter().map(|(n, _)| weight_of(n)).sum();
+    if total > 0.0 {
+        by_source.iter().map(|(n, l)| weight_of(n) * l).sum::<f64>() / total
+    } else {
+        by_source.iter().map(|(_, l)| l).sum::<f64>() / by_source.len().max(1) as f64
+    }
 }
 
 /// The prompt (after an end-of-text token, i.e. at a document start) and its continuation.
