@@ -14,21 +14,24 @@ use kiln_data::{
     Shard, SourceConfig, SourceKind, TextTokenizer, TokenizerSpec, EOT,
 };
 
-/// `n_files` parquet files of `per_file` pages each, plus the kind of every page by its text.
-fn web_corpus(dir: &Path, n_files: usize, per_file: usize) -> BTreeMap<String, WebDocKind> {
+/// `n_files` parquet files of `per_file` pages each, plus the kind of every page by its text and
+/// the bytes of text written.
+fn web_corpus(dir: &Path, n_files: usize, per_file: usize) -> (BTreeMap<String, WebDocKind>, u64) {
     let mut corpus = WebCorpus::new(7);
     let mut kinds = BTreeMap::new();
+    let mut bytes = 0;
     for f in 0..n_files {
         let docs: Vec<Document> = (0..per_file)
             .map(|_| {
                 let (kind, doc) = corpus.next_doc();
+                bytes += doc.text.len() as u64;
                 kinds.entry(doc.text.clone()).or_insert(kind);
                 doc
             })
             .collect();
         write_parquet(&dir.join(format!("part-{f:03}.parquet")), &docs, 64).unwrap();
     }
-    kinds
+    (kinds, bytes)
 }
 
 /// `kinds` re-keyed by the text the C4 rules leave of each page (pages C4 drops are left out).
@@ -120,7 +123,7 @@ fn quiet() -> impl FnMut(&str) {
 fn filters_and_dedup_keep_the_articles_and_drop_the_rest_and_the_report_adds_up() {
     let input = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let kinds = web_corpus(input.path(), 3, 200);
+    let (kinds, input_bytes) = web_corpus(input.path(), 3, 200);
     let pattern = input.path().join("*.parquet");
     let cfg = config(cache.path(), vec![web_source(pattern.to_str().unwrap())]);
     let data = prepare(&cfg, &bpe(600), &mut quiet()).unwrap();
@@ -162,6 +165,13 @@ fn filters_and_dedup_keep_the_articles_and_drop_the_rest_and_the_report_adds_up(
     let r = &data.reports[0];
     assert_eq!(r.files, 3);
     assert_eq!(r.docs_read, 600);
+    assert_eq!(r.bytes_read, input_bytes);
+    let kept_bytes: usize = kept.iter().map(|t| t.len()).sum();
+    assert_eq!(r.bytes_out, kept_bytes as u64);
+    // The C4 rules edit pages (titles and blank lines go): the report says how much.
+    let bytes_removed: u64 = r.stages.iter().map(|s| s.bytes_removed).sum();
+    assert!(r.bytes_read > bytes_removed + r.bytes_out);
+    assert!(r.to_text().contains("lines edited out of documents"));
     let removed: u64 = r.stages.iter().map(|s| s.docs_removed).sum();
     assert_eq!(r.docs_read, removed + r.docs_out);
     let mut reaching = r.docs_read;
@@ -291,9 +301,36 @@ fn workers_share_the_units_and_the_merge_equals_one_process() {
         (r1.docs_out, r1.train_tokens, r1.val_tokens),
         (r2.docs_out, r2.train_tokens, r2.val_tokens)
     );
-    let removed =
-        |r: &kiln_data::SourceReport| -> u64 { r.stages.iter().map(|s| s.docs_removed).sum() };
-    assert_eq!(removed(r1), removed(r2));
+    // The report is the one a single process writes, filter by filter; dedup removes the same
+    // documents in total. (A page that is both an exact and a near duplicate may be counted
+    // under the other dedup stage: a worker that saw only its near-duplicate counted it there.)
+    assert_eq!(
+        (r1.docs_read, r1.bytes_read, r1.bytes_out, r1.tokens_out),
+        (r2.docs_read, r2.bytes_read, r2.bytes_out, r2.tokens_out)
+    );
+    let (dedup1, dedup2) = (
+        &r1.stages[r1.stages.len() - 2..],
+        &r2.stages[r2.stages.len() - 2..],
+    );
+    assert_eq!(
+        r1.stages[..r1.stages.len() - 2],
+        r2.stages[..r2.stages.len() - 2]
+    );
+    let totals = |stages: &[kiln_data::report::StageCount]| {
+        let sum = |f: fn(&kiln_data::report::StageCount) -> u64| stages.iter().map(f).sum::<u64>();
+        (
+            sum(|s| s.docs_removed),
+            sum(|s| s.bytes_removed),
+            sum(|s| s.tokens_removed),
+        )
+    };
+    assert_eq!(totals(dedup1), totals(dedup2));
+    assert_eq!(dedup1[0].docs_in, dedup2[0].docs_in);
+    let across: u64 = dedup2
+        .iter()
+        .filter_map(|s| s.reasons.get("across_workers"))
+        .sum();
+    assert!(across > 0);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //!       dedup: {exact: true, minhash: {}}
 //!     - name: stories
 //!       type: synthetic_stories
-//!       tokens: 20_000_000
+//!       tokens: 20000000
 //!       weight: 0.2
 //!   stages:                             # optional: a new mix from a given step on
 //!     - {from_step: 5000, weights: {web: 0.95, stories: 0.05}}

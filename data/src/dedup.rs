@@ -44,7 +44,7 @@
 //! hash per band (when MinHash is on): 120 bytes of keys with the defaults. The keys live in open
 //! addressing hash tables (hashbrown: one extra control byte per slot, at most 7/8 full, capacity
 //! doubling on growth), so a table holds each key in between 9 × 8/7 ≈ 10.3 and about 20.6 bytes.
-//! **Bound with the defaults: at most 15 × 20.6 ≈ 310 bytes per document** (at least ~155), e.g.
+//! **Bound with the defaults: at most 15 × 20.6 ≈ 309 bytes per document** (at least ~155), e.g.
 //! 3.1 GB for 10 million documents. While a table grows, the old and the new table coexist for a
 //! moment (up to 1.5× the bound); [`Deduper::with_capacity`] pre-sizes the tables to avoid this.
 //! [`DedupConfig::max_bytes_per_document`] gives the bound for any configuration and
@@ -169,7 +169,7 @@ impl DedupConfig {
     }
 
     /// Upper bound on the bytes a [`Deduper`] keeps per document (see the module docs):
-    /// 8-byte keys (1 exact + one per band) at the worst hash-table fill. 310 with
+    /// 8-byte keys (1 exact + one per band) at the worst hash-table fill. 309 with
     /// `exact` and the default MinHash, 21 with exact only.
     pub fn max_bytes_per_document(&self) -> usize {
         let keys = usize::from(self.exact) + self.minhash.as_ref().map_or(0, |m| m.bands);

@@ -37,7 +37,8 @@
 //! units done, processes any that are missing, and merges. Each worker deduplicates within its
 //! own units; the merge then applies the same order-defined rule across all units and removes
 //! the documents that a worker could not see were duplicates, rewriting those units' shards, so
-//! the result equals a single-process run's. With a trained tokenizer, run
+//! the shards equal a single-process run's (and so do the report's totals; a document that is
+//! both kinds of duplicate may be counted under the other dedup stage). With a trained tokenizer, run
 //! [`prepare_tokenizer`] once before the workers: they must all use the same tokenizer.
 //!
 //! # Documents
@@ -594,6 +595,8 @@ enum Processed {
         index: u64,
         signature: Signature,
         tokens: Vec<u32>,
+        /// Bytes as read, and as kept (the C4 rules edit lines out).
+        bytes_read: u64,
         bytes: u64,
     },
 }
@@ -927,6 +930,7 @@ impl SourcePlan {
                     index,
                     signature: signer.sign(&doc.text),
                     tokens: tok.encode(&doc.text)?,
+                    bytes_read: bytes,
                     bytes: doc.text.len() as u64,
                 })
             };
@@ -969,9 +973,10 @@ impl SourcePlan {
                         index,
                         signature,
                         tokens,
+                        bytes_read,
                         bytes,
                     } => {
-                        report.bytes_read += bytes;
+                        report.bytes_read += bytes_read;
                         for s in &mut report.stages[..n_filters] {
                             s.docs_in += 1;
                         }
@@ -1067,8 +1072,6 @@ impl SourcePlan {
         if !self.config.dedup.is_enabled() || self.n_units() < 2 {
             return Ok(());
         }
-        let eot = tok.eot_id()?;
-        let vocab = tok.vocab_size();
         let mut deduper = Deduper::new(&self.config.dedup);
         let mut removed_total = 0u64;
         for u in 0..self.n_units() {
@@ -1088,7 +1091,7 @@ impl SourcePlan {
                 ));
             }
             // Per split (train, val): ordinals, among the documents in that split's shards, to drop.
-            let mut drop: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+            let mut drop: [Vec<(usize, Duplicate)>; 2] = [Vec::new(), Vec::new()];
             let mut ordinal = [0usize; 2];
             for (fate, sig) in fates.iter_mut().zip(&sigs) {
                 let verdict = deduper.check_insert(sig);
@@ -1100,7 +1103,7 @@ impl SourcePlan {
                 let ord = ordinal[split];
                 ordinal[split] += 1;
                 if let Some(v) = verdict {
-                    drop[split].push(ord);
+                    drop[split].push((ord, v));
                     *fate = match v {
                         Duplicate::Exact => Fate::ExactDuplicate,
                         Duplicate::Near => Fate::NearDuplicate,
@@ -1111,7 +1114,7 @@ impl SourcePlan {
                 continue;
             }
             removed_total += drop.iter().map(|d| d.len() as u64).sum::<u64>();
-            self.rewrite_unit(u, plan, &drop, &fates, vocab, eot)?;
+            self.rewrite_unit(u, plan, &drop, &fates, tok)?;
         }
         if removed_total > 0 {
             progress.line(&format!(
@@ -1129,18 +1132,19 @@ impl SourcePlan {
         &self,
         u: usize,
         plan: &Plan,
-        drop: &[Vec<usize>; 2],
+        drop: &[Vec<(usize, Duplicate)>; 2],
         fates: &[Fate],
-        vocab: usize,
-        eot: u32,
+        tok: &TextTokenizer,
     ) -> Result<(), DataError> {
+        let (vocab, eot) = (tok.vocab_size(), tok.eot_id()?);
         let unit = Self::unit_name(u);
         let mut record = self
             .load_unit(u)
             .ok_or_else(|| DataError::bad_input(self.dir.join(&unit), "unit record missing"))?;
         let record_path = self.dir.join(format!("{unit}.json"));
         fs::remove_file(&record_path).map_err(|e| DataError::io(&record_path, e))?;
-        let near_stage = record.report.stages.len() - 1;
+        let stage_of = |name: &str| record.report.stages.iter().position(|s| s.name == name);
+        let (exact_stage, near_stage) = (stage_of("dedup_exact"), stage_of("dedup_near"));
         for (split, (name, ordinals)) in ["train", "val"].iter().zip(drop).enumerate() {
             if ordinals.is_empty() {
                 continue;
@@ -1180,12 +1184,25 @@ impl SourcePlan {
             for (k, &start) in starts.iter().enumerate() {
                 let end = starts.get(k + 1).map_or(stream.len(), |&e| e as usize);
                 let doc = &stream[start as usize + 1..end];
-                if dropped.peek() == Some(&&k) {
-                    dropped.next();
-                    let s = &mut record.report.stages[near_stage];
+                if let Some(&(_, kind)) = dropped.next_if(|(ord, _)| *ord == k) {
+                    // Counted where a single process would have counted it: an exact duplicate
+                    // never reaches the near-duplicate stage.
+                    let stage = match kind {
+                        Duplicate::Exact => exact_stage,
+                        Duplicate::Near => near_stage,
+                    }
+                    .expect("a duplicate verdict implies its dedup stage");
+                    let bytes = tok.decode(doc)?.len() as u64;
+                    let r = &mut record.report;
+                    let s = &mut r.stages[stage];
                     s.docs_removed += 1;
+                    s.bytes_removed += bytes;
                     s.tokens_removed += doc.len() as u64;
                     *s.reasons.entry("across_workers".into()).or_default() += 1;
+                    if let (Duplicate::Exact, Some(near)) = (kind, near_stage) {
+                        r.stages[near].docs_in -= 1;
+                    }
+                    r.bytes_out -= bytes;
                     continue;
                 }
                 writer.push_doc(eot, doc)?;

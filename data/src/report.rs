@@ -44,6 +44,8 @@ pub struct SourceReport {
     /// One entry per enabled filter, in order, then `dedup_exact` and `dedup_near` when enabled.
     pub stages: Vec<StageCount>,
     pub docs_out: u64,
+    /// Bytes of the kept documents. `bytes_read − Σ bytes_removed − bytes_out` is what the C4
+    /// rules edited out of documents (dedup counts a document's bytes after those edits).
     pub bytes_out: u64,
     /// Tokens written, `<|endoftext|>` separators included.
     pub tokens_out: u64,
@@ -165,6 +167,15 @@ impl SourceReport {
             self.val_tokens,
             human_bytes(self.bytes_out)
         );
+        let removed: u64 = self.stages.iter().map(|s| s.bytes_removed).sum();
+        let edited = self.bytes_read.saturating_sub(removed + self.bytes_out);
+        if edited > 0 {
+            let _ = writeln!(
+                out,
+                "  lines edited out of documents (C4 rules): {}",
+                human_bytes(edited)
+            );
+        }
         out.push_str("  (~ = estimated from bytes: filtered documents are not tokenized)\n");
         out
     }

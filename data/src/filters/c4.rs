@@ -238,10 +238,10 @@ fn remove_citations(line: &str) -> Cow<'_, str> {
 }
 
 /// Abbreviations after which a period does not end a sentence (lower case, without the dot).
-const ABBREVIATIONS: [&str; 37] = [
+const ABBREVIATIONS: [&str; 39] = [
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co",
     "corp", "no", "nos", "vol", "fig", "gen", "gov", "sen", "rep", "dept", "est", "approx", "jan",
-    "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+    "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
 ];
 
 /// Counts sentences in one line, standing in for NLTK's Punkt `sent_tokenize` that datatrove
