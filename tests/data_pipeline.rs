@@ -11,7 +11,7 @@ use kiln_data::filters::{FilterChain, FilterConfig};
 use kiln_data::webgen::{write_jsonl, write_parquet, WebCorpus, WebDocKind};
 use kiln_data::{
     prepare, prepare_tokenizer, prepare_worker, read_doc_index, DataConfig, Document, PreparedData,
-    Shard, SourceConfig, SourceKind, TextTokenizer, TokenizerSpec, EOT,
+    Shard, SourceConfig, SourceKind, TextTokenizer, TokenFormat, TokenizerSpec, EOT,
 };
 
 /// `n_files` parquet files of `per_file` pages each, plus the kind of every page by its text and
@@ -378,6 +378,54 @@ fn jsonl_text_and_token_shard_sources_and_their_errors() {
     .unwrap();
     assert_eq!(reuse.sources[0].train_tokens, data.sources[0].train_tokens);
     assert!(reuse.sources[0].val_shards.is_empty());
+
+    // The same ids as nanoGPT writes them (header-less u16 train.bin / val.bin): converted into
+    // shards of at most `shard_tokens` (4096) tokens holding the same stream.
+    let nanogpt = input.path().join("nanogpt");
+    fs::create_dir(&nanogpt).unwrap();
+    let raw = |shards: &[PathBuf]| -> Vec<u8> {
+        token_stream(shards)
+            .iter()
+            .flat_map(|&t| (t as u16).to_le_bytes())
+            .collect()
+    };
+    fs::write(
+        nanogpt.join("train.bin"),
+        raw(&data.sources[0].train_shards),
+    )
+    .unwrap();
+    fs::write(nanogpt.join("val.bin"), raw(&data.sources[0].val_shards)).unwrap();
+    let mut raw_source = shards.clone();
+    raw_source.name = Some("nanogpt".into());
+    raw_source.train = vec![nanogpt.join("train.bin").display().to_string()];
+    raw_source.val = vec![nanogpt.join("val.bin").display().to_string()];
+    raw_source.token_format = TokenFormat::RawU16;
+    let converted = prepare(
+        &config(cache.path(), vec![raw_source.clone()]),
+        &tokenizer,
+        &mut quiet(),
+    )
+    .unwrap();
+    let c = &converted.sources[0];
+    assert_eq!(
+        token_stream(&c.train_shards),
+        token_stream(&data.sources[0].train_shards)
+    );
+    assert_eq!(
+        token_stream(&c.val_shards),
+        token_stream(&data.sources[0].val_shards)
+    );
+    assert!(c.train_shards.len() as u64 >= c.train_tokens.div_ceil(4096));
+    // An odd number of bytes is not a u16 file.
+    fs::write(nanogpt.join("train.bin"), [1u8, 2, 3]).unwrap();
+    let err = prepare(
+        &config(cache.path(), vec![raw_source]),
+        &tokenizer,
+        &mut quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("train.bin") && err.contains("2-byte"), "{err}");
 
     // A tokenizer smaller than the shards' ids: named as a mismatch.
     let small = tempfile::tempdir().unwrap();

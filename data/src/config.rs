@@ -67,6 +67,35 @@ impl SourceKind {
     }
 }
 
+/// How a `token_shards` source's files are laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    /// llm.c shards (1024-byte header, then `u16`/`u32` ids), also what kiln writes: used in place.
+    #[default]
+    Llmc,
+    /// Header-less little-endian `u16` ids, as nanoGPT's `prepare.py` writes `train.bin`;
+    /// converted once into llm.c shards in the cache.
+    RawU16,
+    /// Header-less little-endian `u32` ids; converted like `raw_u16`.
+    RawU32,
+}
+
+impl TokenFormat {
+    /// Bytes per id of a header-less format (`None` for llm.c shards).
+    pub fn raw_width(self) -> Option<usize> {
+        match self {
+            TokenFormat::Llmc => None,
+            TokenFormat::RawU16 => Some(2),
+            TokenFormat::RawU32 => Some(4),
+        }
+    }
+
+    fn is_llmc(&self) -> bool {
+        *self == TokenFormat::Llmc
+    }
+}
+
 /// One entry of `data.sources`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +145,9 @@ pub struct SourceConfig {
     /// `token_shards`: validation shards (optional).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub val: Vec<String>,
+    /// `token_shards`: the files' layout (`llmc`, or header-less `raw_u16` / `raw_u32`).
+    #[serde(default, skip_serializing_if = "TokenFormat::is_llmc")]
+    pub token_format: TokenFormat,
 
     /// Overrides `data.val_fraction` for this source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +184,7 @@ impl SourceConfig {
             keep_rejected: 0,
             train: Vec::new(),
             val: Vec::new(),
+            token_format: TokenFormat::Llmc,
             val_fraction: None,
         }
     }
@@ -254,6 +287,8 @@ impl SourceConfig {
                     "does not apply to `token_shards` (list validation shards under `val`)",
                 ));
             }
+        } else if !self.token_format.is_llmc() {
+            return Err(not_for("token_format"));
         } else if !self.train.is_empty() || !self.val.is_empty() {
             return Err(not_for(if self.train.is_empty() {
                 "val"
@@ -403,5 +438,92 @@ impl DataConfig {
             out.push((stage.from_step, weights));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> DataConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    /// The error of `validate`, as text.
+    fn invalid(yaml: &str) -> String {
+        parse(yaml).validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_config_parses_and_gives_the_mix_schedule() {
+        let c = parse(concat!(
+            "sources:\n",
+            "  - {name: web, type: parquet, paths: [a/*.parquet], weight: 0.8,\n",
+            "     filters: {gopher_quality: {}, language: {}}, dedup: {exact: true, minhash: {}}}\n",
+            "  - {type: synthetic_stories, tokens: 1000, weight: 0.2}\n",
+            "  - {name: old, type: token_shards, train: [x.bin], token_format: raw_u16, weight: 0}\n",
+            "stages:\n",
+            "  - {from_step: 100, weights: {web: 1, old: 1}}\n",
+        ));
+        c.validate().unwrap();
+        assert_eq!(c.sources[1].name(), "synthetic_stories");
+        assert_eq!(c.sources[2].token_format, TokenFormat::RawU16);
+        assert_eq!(
+            c.mix_schedule(),
+            vec![(0, vec![0.8, 0.2, 0.0]), (100, vec![1.0, 0.0, 1.0])]
+        );
+        // Name and weight do not change what is prepared.
+        let mut renamed = c.sources[0].clone();
+        renamed.name = Some("other".into());
+        renamed.weight = 3.0;
+        assert_eq!(renamed.preparation_key(), c.sources[0].preparation_key());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (yaml, needles) in [
+            ("sources: []", &["sources", "at least one"][..]),
+            (
+                "sources: [{type: parquet, paths: [a], tokens: 5}]",
+                &["sources[0].tokens", "parquet"],
+            ),
+            (
+                "sources: [{type: synthetic_stories, tokens: 5, token_format: raw_u16}]",
+                &["sources[0].token_format"],
+            ),
+            (
+                "sources: [{type: token_shards, train: [a.bin], filters: {c4: {}}}]",
+                &["sources[0].filters"],
+            ),
+            (
+                "sources: [{type: synthetic_stories, tokens: 5}, {type: synthetic_stories, tokens: 9}]",
+                &["sources[1].name", "unique"],
+            ),
+            (
+                "sources: [{type: synthetic_stories, tokens: 5, weight: 0}]",
+                &["weights sum to 0"],
+            ),
+            (
+                "sources: [{type: synthetic_stories, tokens: 5}]\nstages: [{from_step: 0, weights: {synthetic_stories: 1}}]",
+                &["stages[0].from_step"],
+            ),
+            (
+                "sources: [{type: synthetic_stories, tokens: 5}]\nstages: [{from_step: 9, weights: {web: 1}}]",
+                &["stages[0].weights", "`web`"],
+            ),
+            (
+                "sources: [{type: parquet, paths: [a], filters: {gopher_quality: {min_doc_words: -1}}}]",
+                &["gopher_quality"],
+            ),
+        ] {
+            let err = match serde_yaml_ng::from_str::<DataConfig>(yaml) {
+                Ok(c) => c.validate().unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            for n in needles {
+                assert!(err.contains(n), "{yaml}: {err:?} should mention {n}");
+            }
+        }
+        assert!(invalid("sources: [{type: parquet}]").contains("sources[0].paths"));
     }
 }

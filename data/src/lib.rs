@@ -64,7 +64,7 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod webgen;
 
-pub use config::{DataConfig, SourceConfig, SourceKind, StageConfig};
+pub use config::{DataConfig, SourceConfig, SourceKind, StageConfig, TokenFormat};
 pub use dedup::{DedupConfig, Deduper, MinHashConfig};
 pub use document::Document;
 pub use error::DataError;

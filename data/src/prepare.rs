@@ -62,7 +62,7 @@ use crate::config::{DataConfig, SourceConfig, SourceKind};
 use crate::dedup::{read_signatures, write_signatures, Deduper, Duplicate, Signature, Signer};
 use crate::filters::FilterChain;
 use crate::report::SourceReport;
-use crate::shard::{read_doc_index, write_doc_index};
+use crate::shard::{convert_raw_tokens, read_doc_index, write_doc_index};
 use crate::sources::{expand_paths, read_documents, DocumentReader};
 use crate::tokenizer::EOT;
 use crate::{write_shard, DataError, Document, Shard, StoryGenerator, TextTokenizer};
@@ -356,7 +356,10 @@ impl Plan {
                         .collect::<Result<_, _>>()?;
                     if !s.val.is_empty() {
                         val_inputs = expand_paths(s.name(), &s.val, &["bin"])
-                            .map_err(|e| with_hint(e, s))?;
+                            .map_err(|e| with_hint(e, s))?
+                            .into_iter()
+                            .map(InputFile::stat)
+                            .collect::<Result<_, _>>()?;
                     }
                 }
                 kind => {
@@ -390,6 +393,7 @@ impl Plan {
                 let key = sha_hex(&[
                     PREPARE_FORMAT.as_bytes(),
                     &json_bytes(&(s.preparation_key(), &inputs, vf, config.shard_tokens)),
+                    &json_bytes(&val_inputs),
                 ]);
                 SourcePlan {
                     name: s.name().to_string(),
@@ -397,7 +401,7 @@ impl Plan {
                     config: s.clone(),
                     val_fraction: vf,
                     inputs,
-                    val_inputs,
+                    val_inputs: val_inputs.into_iter().map(|f| f.path).collect(),
                 }
             })
             .collect();
@@ -762,7 +766,7 @@ impl SourcePlan {
         progress: &mut dyn Progress,
     ) -> Result<(PreparedSource, SourceReport), DataError> {
         if self.config.kind == SourceKind::TokenShards {
-            return self.prepare_token_shards(tok, progress);
+            return self.prepare_token_shards(plan, tok, progress);
         }
         if let Some(r) = self.load_complete() {
             progress.line(&format!(
@@ -1305,9 +1309,71 @@ impl SourcePlan {
         Ok((self.prepared(&record), report))
     }
 
-    /// Token shards are used in place, after checking that every id fits the tokenizer.
+    /// Converts one split's header-less token files into llm.c shards
+    /// (`<split>.FFFF.KKK.bin`), or reuses a finished conversion (its list, written last).
+    fn convert_raw(
+        &self,
+        split: &str,
+        files: &[PathBuf],
+        width: usize,
+        shard_tokens: usize,
+        vocab: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<PathBuf>, u64), DataError> {
+        #[derive(Serialize, Deserialize)]
+        struct Converted {
+            shards: Vec<String>,
+            tokens: u64,
+        }
+        let list = self.dir.join(format!("{split}.converted.json"));
+        if let Some(done) = fs::read(&list)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Converted>(&b).ok())
+        {
+            let shards: Vec<PathBuf> = done.shards.iter().map(|n| self.dir.join(n)).collect();
+            if shards.iter().all(|p| p.is_file()) {
+                return Ok((shards, done.tokens));
+            }
+        }
+        fs::create_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, e))?;
+        let (mut shards, mut tokens) = (Vec::new(), 0);
+        for (f, file) in files.iter().enumerate() {
+            progress.line(&format!(
+                "data: `{}`: converting {} (header-less u{}) into shards",
+                self.name,
+                file.display(),
+                width * 8
+            ));
+            let (s, n) = convert_raw_tokens(file, width, shard_tokens, vocab, |k| {
+                self.dir.join(format!("{split}.{f:04}.{k:03}.bin"))
+            })?;
+            shards.extend(s);
+            tokens += n;
+        }
+        let names = shards
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        write_json(
+            &list,
+            &Converted {
+                shards: names,
+                tokens,
+            },
+        )?;
+        Ok((shards, tokens))
+    }
+
+    /// llm.c shards are used in place, after checking that every id fits the tokenizer;
+    /// header-less files (nanoGPT) are converted into llm.c shards in the source's directory.
     fn prepare_token_shards(
         &self,
+        plan: &Plan,
         tok: &TextTokenizer,
         progress: &mut dyn Progress,
     ) -> Result<(PreparedSource, SourceReport), DataError> {
@@ -1337,20 +1403,42 @@ impl SourcePlan {
                 })
                 .sum()
         };
-        let train: Vec<PathBuf> = self.inputs.iter().map(|i| i.path.clone()).collect();
-        let train_tokens = check(&train)?;
-        let val_tokens = check(&self.val_inputs)?;
+        let inputs: Vec<PathBuf> = self.inputs.iter().map(|i| i.path.clone()).collect();
+        let (train, train_tokens, val, val_tokens) = match self.config.token_format.raw_width() {
+            None => {
+                let (train_tokens, val_tokens) = (check(&inputs)?, check(&self.val_inputs)?);
+                (
+                    inputs.clone(),
+                    train_tokens,
+                    self.val_inputs.clone(),
+                    val_tokens,
+                )
+            }
+            Some(width) => {
+                let (train, train_tokens) =
+                    self.convert_raw("train", &inputs, width, plan.shard_tokens, vocab, progress)?;
+                let (val, val_tokens) = self.convert_raw(
+                    "val",
+                    &self.val_inputs,
+                    width,
+                    plan.shard_tokens,
+                    vocab,
+                    progress,
+                )?;
+                (train, train_tokens, val, val_tokens)
+            }
+        };
         progress.line(&format!(
             "data: `{}`: {} train shards ({} tokens), {} val shards ({} tokens), ids checked against the tokenizer (vocab {vocab})",
             self.name,
             train.len(),
             human(train_tokens),
-            self.val_inputs.len(),
+            val.len(),
             human(val_tokens)
         ));
         let report = SourceReport {
             source: self.name.clone(),
-            files: (train.len() + self.val_inputs.len()) as u64,
+            files: (inputs.len() + self.val_inputs.len()) as u64,
             tokens_out: train_tokens + val_tokens,
             train_tokens,
             val_tokens,
@@ -1361,7 +1449,7 @@ impl SourcePlan {
                 name: self.name.clone(),
                 dir: self.dir.clone(),
                 train_shards: train,
-                val_shards: self.val_inputs.clone(),
+                val_shards: val,
                 train_tokens,
                 val_tokens,
                 train_docs: 0,

@@ -102,6 +102,70 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
+/// Converts a header-less file of little-endian token ids, `width` bytes each (nanoGPT's
+/// `train.bin` holds `u16`), into shards of at most `shard_tokens` tokens at `shard_path(k)`,
+/// checking every id against `vocab_size`. Reads the input memory-mapped, one shard at a time.
+/// Returns the shards written and the number of tokens.
+pub fn convert_raw_tokens(
+    input: &Path,
+    width: usize,
+    shard_tokens: usize,
+    vocab_size: usize,
+    shard_path: impl Fn(usize) -> PathBuf,
+) -> Result<(Vec<PathBuf>, u64), DataError> {
+    let file = File::open(input).map_err(|e| DataError::io(input, e))?;
+    let bytes = file.metadata().map_err(|e| DataError::io(input, e))?.len();
+    if bytes % width as u64 != 0 {
+        return Err(DataError::bad_input(
+            input,
+            format!(
+                "{bytes} bytes is not a whole number of {width}-byte token ids \
+                 (truncated, or not a header-less u{} token file)",
+                width * 8
+            ),
+        ));
+    }
+    if bytes == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    // SAFETY: read-only mapping of an input the pipeline does not modify; a file changed by
+    // another process meanwhile gives wrong ids (caught by the range check), not unsoundness
+    // in this process beyond what reading a shared file implies.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(input, e))?;
+    let total = bytes as usize / width;
+    let per_shard = shard_tokens.clamp(1, i32::MAX as usize);
+    let mut shards = Vec::new();
+    let mut ids = Vec::with_capacity(per_shard.min(total));
+    for (k, start) in (0..total).step_by(per_shard).enumerate() {
+        let end = (start + per_shard).min(total);
+        ids.clear();
+        let raw = &map[start * width..end * width];
+        if width == 2 {
+            ids.extend(
+                raw.chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
+            );
+        } else {
+            ids.extend(
+                raw.chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        if let Some(i) = ids.iter().position(|&t| t as usize >= vocab_size) {
+            return Err(DataError::TokenOutOfRange {
+                path: input.to_path_buf(),
+                index: start + i,
+                token: ids[i],
+                vocab_size,
+            });
+        }
+        let path = shard_path(k);
+        write_shard(&path, &ids, vocab_size)?;
+        shards.push(path);
+    }
+    Ok((shards, total as u64))
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
