@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo bench -p kiln-data --bench pipeline -- [--mb 256] [--files 16] [--threads N] [--keep DIR]
+//! cargo bench -p kiln-data --bench pipeline -- --input 'DIR/part-000[01].parquet' --tokenizer T.json
 //! ```
+//!
+//! With `--input`, existing parquet files (a glob) are prepared instead of a generated corpus
+//! (e.g. the same files `scripts/bench_datatrove.py` reads), with `--tokenizer` if given.
 //!
 //! Writes `--mb` MB of generated pages ([`kiln_data::webgen::WebCorpus`]: articles plus
 //! boilerplate, non-English, short, repetitive and duplicated pages) as parquet files, trains a
@@ -80,32 +84,52 @@ fn main() {
 
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let input = root.join("input");
-    std::fs::create_dir_all(&input).expect("input dir");
-    let t = Instant::now();
-    let (text_bytes, docs) = generate(&input, mb, files);
-    eprintln!(
-        "generated {docs} pages, {:.0} MB of text, in {files} parquet files in {:.1}s",
-        text_bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
+    let named = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let pattern = match named("--input") {
+        Some(pattern) => pattern,
+        None => {
+            let input = root.join("input");
+            std::fs::create_dir_all(&input).expect("input dir");
+            let t = Instant::now();
+            let (text_bytes, docs) = generate(&input, mb, files);
+            eprintln!(
+                "generated {docs} pages, {:.0} MB of text, in {files} parquet files in {:.1}s",
+                text_bytes as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            );
+            input
+                .join("*.parquet")
+                .to_str()
+                .expect("utf-8 path")
+                .to_string()
+        }
+    };
 
     // Tokenizer on a sample, timed apart (it is trained once per corpus, not per byte).
-    let t = Instant::now();
-    let mut sample_corpus = WebCorpus::new(1);
-    let sample: Vec<String> = (0..4000).map(|_| sample_corpus.next_doc().1.text).collect();
-    let tok = TextTokenizer::train_bpe(sample.iter(), 8192, &[EOT.to_string()]).expect("bpe");
-    let tok_path = root.join("tokenizer.json");
-    tok.save(&tok_path).expect("save tokenizer");
-    eprintln!(
-        "tokenizer (vocab 8192) trained in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
+    let tok_path = match named("--tokenizer") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let t = Instant::now();
+            let mut sample_corpus = WebCorpus::new(1);
+            let sample: Vec<String> = (0..4000).map(|_| sample_corpus.next_doc().1.text).collect();
+            let tok =
+                TextTokenizer::train_bpe(sample.iter(), 8192, &[EOT.to_string()]).expect("bpe");
+            let tok_path = root.join("tokenizer.json");
+            tok.save(&tok_path).expect("save tokenizer");
+            eprintln!(
+                "tokenizer (vocab 8192) trained in {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            tok_path
+        }
+    };
 
-    let mut source = SourceConfig::files(
-        SourceKind::Parquet,
-        &[input.join("*.parquet").to_str().expect("utf-8 path")],
-    );
+    let mut source = SourceConfig::files(SourceKind::Parquet, &[pattern.as_str()]);
     source.name = Some("web".into());
     source.filters = serde_yaml_ng::from_str(
         "{language: {}, min_length: {}, gopher_repetition: {}, gopher_quality: {}, c4: {}, fineweb: {}}",

@@ -62,10 +62,10 @@ use crate::config::{DataConfig, SourceConfig, SourceKind};
 use crate::dedup::{read_signatures, write_signatures, Deduper, Duplicate, Signature, Signer};
 use crate::filters::FilterChain;
 use crate::report::SourceReport;
-use crate::shard::{convert_raw_tokens, read_doc_index, write_doc_index};
+use crate::shard::{convert_raw_tokens, read_doc_index, write_doc_index, ShardWriter};
 use crate::sources::{expand_paths, read_documents, DocumentReader};
 use crate::tokenizer::EOT;
-use crate::{write_shard, DataError, Document, Shard, StoryGenerator, TextTokenizer};
+use crate::{DataError, Document, Shard, StoryGenerator, TextTokenizer};
 
 /// Version tag of the preparation output; part of every cache key. Bump it whenever the output
 /// for the same settings changes.
@@ -611,7 +611,9 @@ struct SplitWriter {
     prefix: String,
     shard_tokens: usize,
     vocab_size: usize,
-    buf: Vec<u32>,
+    /// The shard being written (streamed to disk: memory does not grow with `shard_tokens`).
+    current: Option<ShardWriter>,
+    /// Document starts within the current shard.
     starts: Vec<u64>,
     files: Vec<String>,
 }
@@ -623,48 +625,59 @@ impl SplitWriter {
             prefix,
             shard_tokens,
             vocab_size,
-            buf: Vec::new(),
+            current: None,
             starts: Vec::new(),
             files: Vec::new(),
         }
     }
 
+    /// Appends `EOT doc`; a document that does not fit continues in the next shard.
     fn push_doc(&mut self, eot: u32, doc: &[u32]) -> Result<(), DataError> {
-        self.starts.push(self.buf.len() as u64);
-        self.buf.push(eot);
-        self.buf.extend_from_slice(doc);
-        while self.buf.len() >= self.shard_tokens {
-            self.flush(self.shard_tokens)?;
+        let mut first = true;
+        let mut rest = doc;
+        loop {
+            if self.current.is_none() {
+                let path = self.dir.join(self.next_name());
+                self.current = Some(ShardWriter::create(&path, self.vocab_size)?);
+            }
+            let shard = self.current.as_mut().expect("opened above");
+            let room = self.shard_tokens - shard.len();
+            if first {
+                self.starts.push(shard.len() as u64);
+                shard.push(&[eot])?;
+                first = false;
+            } else {
+                let n = rest.len().min(room);
+                shard.push(&rest[..n])?;
+                rest = &rest[n..];
+            }
+            if shard.len() >= self.shard_tokens {
+                self.close()?;
+            }
+            if rest.is_empty() && !first {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
-    fn flush(&mut self, n: usize) -> Result<(), DataError> {
-        let name = format!("{}.{:03}.bin", self.prefix, self.files.len());
-        let path = self.dir.join(&name);
-        let starts: Vec<u64> = self
-            .starts
-            .iter()
-            .copied()
-            .filter(|&s| s < n as u64)
-            .collect();
-        write_shard(&path, &self.buf[..n], self.vocab_size)?;
-        write_doc_index(&path.with_extension("idx"), &starts)?;
-        self.buf.drain(..n);
-        self.starts = self
-            .starts
-            .iter()
-            .filter(|&&s| s >= n as u64)
-            .map(|s| s - n as u64)
-            .collect();
-        self.files.push(name);
+    fn next_name(&self) -> String {
+        format!("{}.{:03}.bin", self.prefix, self.files.len())
+    }
+
+    /// Finishes the current shard and writes its document index.
+    fn close(&mut self) -> Result<(), DataError> {
+        if let Some(shard) = self.current.take() {
+            let name = self.next_name();
+            let path = shard.finish()?;
+            write_doc_index(&path.with_extension("idx"), &self.starts)?;
+            self.starts.clear();
+            self.files.push(name);
+        }
         Ok(())
     }
 
     fn finish(mut self) -> Result<Vec<String>, DataError> {
-        if !self.buf.is_empty() {
-            self.flush(self.buf.len())?;
-        }
+        self.close()?;
         Ok(self.files)
     }
 }

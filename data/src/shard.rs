@@ -102,6 +102,98 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
+/// Writes one shard token by token, without holding it in memory: the tokens stream to
+/// `path.tmp` after a placeholder header; [`ShardWriter::finish`] writes the real header
+/// (the count), syncs and renames, so a shard that exists under its name is complete.
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    version: i32,
+    vocab_size: usize,
+    len: usize,
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path, vocab_size: usize) -> Result<Self, DataError> {
+        let tmp = tmp_path(path);
+        let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; HEADER_BYTES])
+            .map_err(|e| DataError::io(&tmp, e))?;
+        Ok(ShardWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out,
+            version: version_for_vocab(vocab_size),
+            vocab_size,
+            len: 0,
+        })
+    }
+
+    /// Tokens written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `tokens`; an id `>= vocab_size` is an error (index counted from the shard start).
+    pub fn push(&mut self, tokens: &[u32]) -> Result<(), DataError> {
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= self.vocab_size) {
+            return Err(DataError::TokenOutOfRange {
+                path: self.path.clone(),
+                index: self.len + i,
+                token: tokens[i],
+                vocab_size: self.vocab_size,
+            });
+        }
+        if self.len + tokens.len() > i32::MAX as usize {
+            return Err(DataError::config(
+                "shard_tokens",
+                "more tokens than one shard's i32 header count can hold",
+            ));
+        }
+        let io = |e| DataError::io(&self.tmp, e);
+        if self.version == 1 {
+            for &t in tokens {
+                self.out.write_all(&(t as u16).to_le_bytes()).map_err(io)?;
+            }
+        } else {
+            for &t in tokens {
+                self.out.write_all(&t.to_le_bytes()).map_err(io)?;
+            }
+        }
+        self.len += tokens.len();
+        Ok(())
+    }
+
+    /// Writes the header, syncs and renames the shard into place.
+    pub fn finish(self) -> Result<PathBuf, DataError> {
+        use std::io::{Seek, SeekFrom};
+        let io = |e| DataError::io(&self.tmp, e);
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| DataError::io(&self.tmp, e.into_error()))?;
+        let mut header = [0u8; HEADER_BYTES];
+        for (i, word) in [SHARD_MAGIC, self.version, self.len as i32]
+            .iter()
+            .enumerate()
+        {
+            header[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&header).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        Ok(self.path)
+    }
+}
+
 /// Converts a header-less file of little-endian token ids, `width` bytes each (nanoGPT's
 /// `train.bin` holds `u16`), into shards of at most `shard_tokens` tokens at `shard_path(k)`,
 /// checking every id against `vocab_size`. Reads the input memory-mapped, one shard at a time.
@@ -516,5 +608,30 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         let err = read_doc_index(&p).unwrap_err().to_string();
         assert!(err.contains("a.idx") && err.contains("3 entries"), "{err}");
+    }
+
+    #[test]
+    fn shard_writer_streams_the_same_file_as_write_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        for vocab in [50_000usize, 70_000] {
+            let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % vocab as u32).collect();
+            let whole = dir.path().join(format!("whole-{vocab}.bin"));
+            write_shard(&whole, &tokens, vocab).unwrap();
+            let streamed = dir.path().join(format!("streamed-{vocab}.bin"));
+            let mut w = ShardWriter::create(&streamed, vocab).unwrap();
+            for chunk in tokens.chunks(333) {
+                w.push(chunk).unwrap();
+            }
+            assert!(!streamed.exists(), "not under its name before finish");
+            w.finish().unwrap();
+            assert_eq!(
+                std::fs::read(&whole).unwrap(),
+                std::fs::read(&streamed).unwrap()
+            );
+        }
+        let mut w = ShardWriter::create(&dir.path().join("bad.bin"), 10).unwrap();
+        w.push(&[1, 2]).unwrap();
+        let err = w.push(&[3, 10]).unwrap_err().to_string();
+        assert!(err.contains("10") && err.contains("bad.bin"), "{err}");
     }
 }
