@@ -83,12 +83,27 @@ impl TokenStream {
     }
 }
 
-pub(crate) fn check_shape(batch_size: usize, seq_len: usize) -> Result<(), DataError> {
+/// Batch shape and data-parallel position, checked once for every loader.
+pub(crate) fn check_shape(
+    batch_size: usize,
+    seq_len: usize,
+    rank: usize,
+    world_size: usize,
+) -> Result<(), DataError> {
     if batch_size == 0 {
         return Err(DataError::config("batch_size", "must be at least 1"));
     }
     if seq_len == 0 {
         return Err(DataError::config("seq_len", "must be at least 1"));
+    }
+    if world_size == 0 {
+        return Err(DataError::config("world_size", "must be at least 1"));
+    }
+    if rank >= world_size {
+        return Err(DataError::config(
+            "rank",
+            format!("rank {rank} is not below world_size {world_size}"),
+        ));
     }
     Ok(())
 }
@@ -118,16 +133,7 @@ impl TokenLoader {
         rank: usize,
         world_size: usize,
     ) -> Result<Self, DataError> {
-        check_shape(batch_size, seq_len)?;
-        if world_size == 0 {
-            return Err(DataError::config("world_size", "must be at least 1"));
-        }
-        if rank >= world_size {
-            return Err(DataError::config(
-                "rank",
-                format!("rank {rank} is not below world_size {world_size}"),
-            ));
-        }
+        check_shape(batch_size, seq_len, rank, world_size)?;
         let stream = TokenStream::open(shards)?;
         let n_windows = stream.n_windows(seq_len);
         if n_windows == 0 {
@@ -256,7 +262,7 @@ pub fn eval_batches(
     seq_len: usize,
     max_batches: usize,
 ) -> Result<Vec<Vec<u32>>, DataError> {
-    check_shape(batch_size, seq_len)?;
+    check_shape(batch_size, seq_len, 0, 1)?;
     let stream = TokenStream::open(shards)?;
     let n_windows = stream.n_windows(seq_len);
     let n_batches = (n_windows / batch_size as u64).min(max_batches as u64);

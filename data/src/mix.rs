@@ -248,16 +248,7 @@ impl MixLoader {
         rank: usize,
         world_size: usize,
     ) -> Result<Self, DataError> {
-        check_shape(batch_size, seq_len)?;
-        if world_size == 0 {
-            return Err(DataError::config("world_size", "must be at least 1"));
-        }
-        if rank >= world_size {
-            return Err(DataError::config(
-                "rank",
-                format!("rank {rank} is not below world_size {world_size}"),
-            ));
-        }
+        check_shape(batch_size, seq_len, rank, world_size)?;
         if sources.is_empty() {
             return Err(DataError::config(
                 "data.sources",
