@@ -110,10 +110,32 @@ def build_model(tied: bool, seed: int) -> LlamaForCausalLM:
     return model
 
 
-def ce_loss(model, input_ids):
-    logits = model(input_ids[:, :SEQ]).logits
+def ce_loss(model, input_ids, **forward_kw):
+    """Logits of ``input_ids[:, :16]`` and their mean cross-entropy against ``input_ids[:, 1:17]``."""
+    logits = model(input_ids[:, :SEQ], **forward_kw).logits
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1 : SEQ + 1].reshape(-1))
     return logits, loss
+
+
+def versions() -> dict:
+    """The versions of the libraries that produced a fixture's numbers."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Indented JSON, with lists of plain numbers (input_ids rows, shapes, betas) on one line."""
+    text = json.dumps(obj, indent=1)
+    text = re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    assert json.loads(text) == obj
+    with open(path, "w") as f:
+        f.write(text + "\n")
 
 
 def make_one(out_dir: str, tied: bool, input_ids: torch.Tensor, seed: int) -> dict:
@@ -199,21 +221,9 @@ def make_one(out_dir: str, tied: bool, input_ids: torch.Tensor, seed: int) -> di
             "steps": TRAIN_STEPS,
             "step_loss": "loss before the update (the loss whose gradient is used)",
         },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": versions(),
     }
-    with open(os.path.join(out_dir, "reference.json"), "w") as f:
-        text = json.dumps(ref, indent=1)
-        # put lists of plain numbers on one line (input_ids rows, shapes, betas)
-        text = re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]",
-                      lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
-        assert json.loads(text) == ref
-        f.write(text + "\n")
+    write_json(os.path.join(out_dir, "reference.json"), ref)
     return ref
 
 

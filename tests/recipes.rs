@@ -47,6 +47,8 @@ fn published_parameter_counts_are_exact() {
     assert!(ls.model.layer_sharing);
     assert_eq!(n, 124_635_456);
     assert_eq!(params_of("mobilellm-350m-ls").1, 345_355_200);
+    // state-spaces/mamba-130m-hf.
+    assert_eq!(params_of("mamba-130m").1, 129_135_360);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Hugging Face interop: the `LlamaForCausalLM` tensor mapping and safetensors files.
+//! Hugging Face interop: the `LlamaForCausalLM` tensor mapping, safetensors files, and the
+//! mapping helpers every architecture's import/export uses (`mamba.rs` too).
 //!
 //! The module field names already are the HF names (minus `model.`), so the mapping is a walk.
 //! The only differences sit here:
@@ -99,6 +100,8 @@ pub fn llama_hf_layout(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+// Mapping helpers shared by the architectures' HF import/export (Llama here, `mamba.rs`).
+
 /// `[rows, cols]` row-major -> `[cols, rows]` row-major.
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
@@ -121,20 +124,37 @@ fn param_values<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> (Vec<usi
     (shape, data)
 }
 
-fn export_param<B: Backend, const D: usize>(name: String, p: &Param<Tensor<B, D>>) -> HfTensor {
+/// A parameter as an [`HfTensor`], layout unchanged.
+pub(crate) fn export_param<B: Backend, const D: usize>(
+    name: impl Into<String>,
+    p: &Param<Tensor<B, D>>,
+) -> HfTensor {
     let (shape, data) = param_values(p);
-    HfTensor { name, shape, data }
+    HfTensor {
+        name: name.into(),
+        shape,
+        data,
+    }
 }
 
-/// burn `[in, out]` -> HF `[out, in]`.
-fn export_linear<B: Backend>(name: String, lin: &Linear<B>) -> HfTensor {
+/// A Linear weight: burn `[in, out]` -> HF `[out, in]` (the bias, if any, is not exported).
+pub(crate) fn export_linear<B: Backend>(name: impl Into<String>, lin: &Linear<B>) -> HfTensor {
     let (shape, data) = param_values(&lin.weight);
     let (d_in, d_out) = (shape[0], shape[1]);
     HfTensor {
-        name,
+        name: name.into(),
         shape: vec![d_out, d_in],
         data: transpose(&data, d_in, d_out),
     }
+}
+
+/// `{prefix}.weight` (as [`export_linear`]), then `{prefix}.bias` when the layer has one.
+pub(crate) fn export_linear_at<B: Backend>(prefix: &str, lin: &Linear<B>) -> Vec<HfTensor> {
+    let mut out = vec![export_linear(format!("{prefix}.weight"), lin)];
+    if let Some(bias) = &lin.bias {
+        out.push(export_param(format!("{prefix}.bias"), bias));
+    }
+    out
 }
 
 fn export_block<B: Backend>(block: &DecoderLayer<B>, i: usize) -> Vec<HfTensor> {
@@ -189,7 +209,7 @@ pub fn llama_to_hf<B: Backend>(model: &Llama<B>) -> Vec<HfTensor> {
 }
 
 /// Looks a tensor up and checks its shape and data length.
-fn fetch<'a>(
+pub(crate) fn fetch<'a>(
     tensors: &'a HashMap<String, HfTensor>,
     name: &str,
     shape: &[usize],
@@ -215,9 +235,57 @@ fn fetch<'a>(
     Ok(t)
 }
 
-/// Replaces a parameter's value, keeping its id, device and `require_grad` (and not running its
-/// lazy initialiser). `shape`/`data` are already in burn layout.
-fn load_param<B: Backend, const D: usize>(
+/// The checks every HF import runs before touching the model: each `layout` tensor present with
+/// its shape; with a tied head (`tied_embedding` names the embedding), an optional
+/// `lm_head.weight` equal to the embedding; no names outside the layout except that optional head
+/// and those `ignored` accepts.
+pub(crate) fn check_hf_tensors(
+    tensors: &HashMap<String, HfTensor>,
+    layout: &[(String, Vec<usize>)],
+    tied_embedding: Option<&str>,
+    ignored: impl Fn(&str) -> bool,
+) -> Result<(), ArchError> {
+    for (name, shape) in layout {
+        fetch(tensors, name, shape)?;
+    }
+    let head = "lm_head.weight";
+    if let Some(embed) = tied_embedding {
+        if let Some(embed_t) = tensors.get(embed).filter(|_| tensors.contains_key(head)) {
+            if fetch(tensors, head, &embed_t.shape)?.data != embed_t.data {
+                return Err(ArchError::TiedTensorMismatch {
+                    first: embed.to_string(),
+                    second: head.to_string(),
+                    reason: "tie_word_embeddings is true",
+                });
+            }
+        }
+    }
+    let expected: BTreeSet<&str> = layout.iter().map(|(n, _)| n.as_str()).collect();
+    let unexpected: BTreeSet<&String> = tensors
+        .keys()
+        .filter(|k| !expected.contains(k.as_str()))
+        .filter(|k| !(tied_embedding.is_some() && k.as_str() == head))
+        .filter(|k| !ignored(k))
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(ArchError::UnexpectedTensors {
+            names: unexpected.into_iter().cloned().collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Replaces a parameter's value with `t` (same layout), keeping its id, device and
+/// `require_grad` (and not running its lazy initialiser).
+pub(crate) fn load_param<B: Backend, const D: usize>(
+    p: Param<Tensor<B, D>>,
+    t: &HfTensor,
+) -> Param<Tensor<B, D>> {
+    load_values(p, t.shape.clone(), t.data.clone())
+}
+
+/// `shape`/`data` are already in burn layout.
+fn load_values<B: Backend, const D: usize>(
     p: Param<Tensor<B, D>>,
     shape: Vec<usize>,
     data: Vec<f32>,
@@ -228,23 +296,37 @@ fn load_param<B: Backend, const D: usize>(
     p.transform_for_load(tensor, id)
 }
 
-fn load_norm<B: Backend>(norm: RmsNorm<B>, t: &HfTensor) -> RmsNorm<B> {
+pub(crate) fn load_norm<B: Backend>(norm: RmsNorm<B>, t: &HfTensor) -> RmsNorm<B> {
     RmsNorm {
-        weight: load_param(norm.weight, t.shape.clone(), t.data.clone()),
+        weight: load_param(norm.weight, t),
         eps: norm.eps,
     }
 }
 
-/// HF `[out, in]` -> burn `[in, out]`.
-fn load_linear<B: Backend>(lin: Linear<B>, t: &HfTensor) -> Linear<B> {
+/// A Linear weight: HF `[out, in]` -> burn `[in, out]`; the bias is kept as it is.
+pub(crate) fn load_linear<B: Backend>(lin: Linear<B>, t: &HfTensor) -> Linear<B> {
     let (d_out, d_in) = (t.shape[0], t.shape[1]);
     Linear {
-        weight: load_param(
+        weight: load_values(
             lin.weight,
             vec![d_in, d_out],
             transpose(&t.data, d_out, d_in),
         ),
         bias: lin.bias,
+    }
+}
+
+/// `{prefix}.weight` (as [`load_linear`]) and, when the layer has a bias, `{prefix}.bias`.
+/// Panics on a missing name: check with [`check_hf_tensors`] first.
+pub(crate) fn load_linear_at<B: Backend>(
+    lin: Linear<B>,
+    tensors: &HashMap<String, HfTensor>,
+    prefix: &str,
+) -> Linear<B> {
+    let Linear { weight, bias } = load_linear(lin, &tensors[&format!("{prefix}.weight")]);
+    Linear {
+        weight,
+        bias: bias.map(|b| load_param(b, &tensors[&format!("{prefix}.bias")])),
     }
 }
 
@@ -290,9 +372,13 @@ pub fn llama_from_hf<B: Backend>(
 ) -> Result<Llama<B>, ArchError> {
     let cfg = model.config.clone();
     let layout = llama_hf_layout(&cfg);
-    for (name, shape) in &layout {
-        fetch(tensors, name, shape)?;
-    }
+    let embed_name = "model.embed_tokens.weight";
+    check_hf_tensors(
+        tensors,
+        &layout,
+        cfg.tie_word_embeddings.then_some(embed_name),
+        |name| name.ends_with("rotary_emb.inv_freq"),
+    )?;
     if cfg.layer_sharing {
         for u in 0..cfg.num_hidden_layers {
             for suffix in BLOCK_TENSORS {
@@ -308,33 +394,6 @@ pub fn llama_from_hf<B: Backend>(
             }
         }
     }
-    let embed_name = "model.embed_tokens.weight";
-    if cfg.tie_word_embeddings && tensors.contains_key("lm_head.weight") {
-        let head = fetch(
-            tensors,
-            "lm_head.weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-        )?;
-        if head.data != tensors[embed_name].data {
-            return Err(ArchError::TiedTensorMismatch {
-                first: embed_name.to_string(),
-                second: "lm_head.weight".to_string(),
-                reason: "tie_word_embeddings is true",
-            });
-        }
-    }
-    let expected: BTreeSet<&str> = layout.iter().map(|(n, _)| n.as_str()).collect();
-    let unexpected: BTreeSet<&String> = tensors
-        .keys()
-        .filter(|k| !expected.contains(k.as_str()))
-        .filter(|k| !(cfg.tie_word_embeddings && k.as_str() == "lm_head.weight"))
-        .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
-        .collect();
-    if !unexpected.is_empty() {
-        return Err(ArchError::UnexpectedTensors {
-            names: unexpected.into_iter().cloned().collect(),
-        });
-    }
 
     let Llama {
         embed_tokens,
@@ -349,7 +408,7 @@ pub fn llama_from_hf<B: Backend>(
     let repeats = config.repeats();
     Ok(Llama {
         embed_tokens: Embedding {
-            weight: load_param(embed_tokens.weight, embed.shape.clone(), embed.data.clone()),
+            weight: load_param(embed_tokens.weight, embed),
         },
         // Shared block u reads HF layer 2u (2u + 1 was checked equal above).
         layers: layers

@@ -50,6 +50,7 @@ pub mod grads;
 pub mod hf;
 pub mod layers;
 pub mod llama;
+pub mod mamba;
 pub mod simd;
 
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ pub use error::ArchError;
 pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
 pub use layers::{float_dtype, to_dtype, KvCache, RmsNorm, Rope};
 pub use llama::{Llama, LlamaCache, LlamaConfig};
+pub use mamba::{Mamba, MambaCache, MambaConfig};
 
 /// Architecture choice and hyper-parameters. One variant per architecture; match exhaustively.
 ///
@@ -73,6 +75,8 @@ pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub enum ModelConfig {
     /// Llama / SmolLM / MobileLLM(-LS).
     Llama(LlamaConfig),
+    /// Mamba-1 selective state-space model (`MambaForCausalLM`).
+    Mamba(MambaConfig),
 }
 
 impl ModelConfig {
@@ -80,14 +84,17 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         match self {
             Self::Llama(c) => c.num_params(),
+            Self::Mamba(c) => c.num_params(),
         }
     }
 
-    /// Training FLOPs (forward + backward) per token at sequence length `seq_len`; the formula is
-    /// documented on [`LlamaConfig::flops_per_token`].
+    /// Training FLOPs (forward + backward) per token at sequence length `seq_len`; the formulas
+    /// are documented on [`LlamaConfig::flops_per_token`] and [`MambaConfig::flops_per_token`]
+    /// (which does not depend on the length).
     pub fn flops_per_token(&self, seq_len: usize) -> u64 {
         match self {
             Self::Llama(c) => c.flops_per_token(seq_len),
+            Self::Mamba(c) => c.flops_per_token(),
         }
     }
 
@@ -95,13 +102,16 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Llama(c) => c.vocab_size,
+            Self::Mamba(c) => c.vocab_size,
         }
     }
 
-    /// Longest context the model is configured for (`max_position_embeddings`).
-    pub fn max_seq_len(&self) -> usize {
+    /// Longest context the model is configured for (`max_position_embeddings`); `None` for a
+    /// recurrent model, which has no positional limit.
+    pub fn max_seq_len(&self) -> Option<usize> {
         match self {
-            Self::Llama(c) => c.max_position_embeddings,
+            Self::Llama(c) => Some(c.max_position_embeddings),
+            Self::Mamba(_) => None,
         }
     }
 
@@ -109,6 +119,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ArchError> {
         match self {
             Self::Llama(c) => c.validate(),
+            Self::Mamba(c) => c.validate(),
         }
     }
 
@@ -117,6 +128,7 @@ impl ModelConfig {
     pub fn to_hf_config(&self, bos_token_id: u32, eos_token_id: u32, torch_dtype: &str) -> Value {
         match self {
             Self::Llama(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
+            Self::Mamba(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
         }
     }
 
@@ -126,10 +138,13 @@ impl ModelConfig {
             Some(Value::String(t)) if t == "llama" => {
                 Ok(Self::Llama(LlamaConfig::from_hf_config(cfg)?))
             }
+            Some(Value::String(t)) if t == "mamba" => {
+                Ok(Self::Mamba(MambaConfig::from_hf_config(cfg)?))
+            }
             Some(v) => Err(ArchError::UnsupportedConfig {
                 key: "model_type".into(),
                 value: v.to_string(),
-                reason: "kiln supports \"llama\"".into(),
+                reason: "kiln supports \"llama\" and \"mamba\"".into(),
             }),
             None => Err(ArchError::MissingConfigKey {
                 key: "model_type".into(),
@@ -142,6 +157,7 @@ impl ModelConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Model<B> {
         match self {
             Self::Llama(c) => Model::Llama(c.init(device)),
+            Self::Mamba(c) => Model::Mamba(c.init(device)),
         }
     }
 }
@@ -151,13 +167,17 @@ impl ModelConfig {
 pub enum Model<B: Backend> {
     /// `LlamaForCausalLM`.
     Llama(Llama<B>),
+    /// `MambaForCausalLM`.
+    Mamba(Mamba<B>),
 }
 
-/// Generation state of a [`Model`] (KV cache for attention models).
+/// Generation state of a [`Model`] (KV cache for attention models, recurrent state for Mamba).
 #[derive(Clone, Debug)]
 pub enum ModelCache<B: Backend> {
     /// Per-effective-layer keys and values.
     Llama(LlamaCache<B>),
+    /// Per-layer convolution window and SSM state: constant size, whatever the length.
+    Mamba(MambaCache<B>),
 }
 
 impl<B: Backend> ModelCache<B> {
@@ -165,6 +185,7 @@ impl<B: Backend> ModelCache<B> {
     pub fn seq_len(&self) -> usize {
         match self {
             Self::Llama(c) => c.seq_len(),
+            Self::Mamba(c) => c.seq_len(),
         }
     }
 }
@@ -179,6 +200,7 @@ impl<B: Backend> Model<B> {
     pub fn config(&self) -> ModelConfig {
         match self {
             Self::Llama(m) => ModelConfig::Llama(m.config.clone()),
+            Self::Mamba(m) => ModelConfig::Mamba(m.config.clone()),
         }
     }
 
@@ -186,6 +208,7 @@ impl<B: Backend> Model<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         match self {
             Self::Llama(m) => m.forward(input_ids),
+            Self::Mamba(m) => m.forward(input_ids),
         }
     }
 
@@ -193,6 +216,7 @@ impl<B: Backend> Model<B> {
     pub fn new_cache(&self, batch: usize) -> ModelCache<B> {
         match self {
             Self::Llama(m) => ModelCache::Llama(m.new_cache(batch)),
+            Self::Mamba(m) => ModelCache::Mamba(m.new_cache(batch)),
         }
     }
 
@@ -206,6 +230,8 @@ impl<B: Backend> Model<B> {
     ) -> Tensor<B, 3> {
         match (self, cache) {
             (Self::Llama(m), ModelCache::Llama(c)) => m.forward_cached(input_ids, c),
+            (Self::Mamba(m), ModelCache::Mamba(c)) => m.forward_cached(input_ids, c),
+            _ => panic!("a generation cache of another architecture than the model's"),
         }
     }
 
@@ -218,6 +244,9 @@ impl<B: Backend> Model<B> {
         let mut model = self.map(&mut CastParams(param_dtype));
         match &mut model {
             Self::Llama(m) => m.compute_dtype = compute_dtype,
+            // Mamba computes in the parameters' dtype (no mixed precision yet; the recipe
+            // refuses `bf16-mixed` for it).
+            Self::Mamba(_) => {}
         }
         model
     }
@@ -226,6 +255,7 @@ impl<B: Backend> Model<B> {
     pub fn compute_dtype(&self) -> FloatDType {
         match self {
             Self::Llama(m) => m.compute_dtype,
+            Self::Mamba(m) => float_dtype(&m.norm_f.weight.val()),
         }
     }
 
@@ -234,6 +264,7 @@ impl<B: Backend> Model<B> {
     pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
         match self {
             Self::Llama(m) => hf::llama_to_hf(m),
+            Self::Mamba(m) => m.to_hf_tensors(),
         }
     }
 
@@ -243,6 +274,7 @@ impl<B: Backend> Model<B> {
     pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
         match self {
             Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
+            Self::Mamba(m) => Ok(Self::Mamba(m.load_hf_tensors(tensors)?)),
         }
     }
 }
@@ -257,6 +289,13 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
     ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
         match self {
             Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
+            // Not checkpointed yet (the recipe refuses it for Mamba): a plain backward pass.
+            Self::Mamba(m) => {
+                let loss = loss_fn(m.forward(input_ids));
+                let grads = loss.backward();
+                let grads = burn::optim::GradientsParams::from_grads(grads, m);
+                (loss.inner(), grads)
+            }
         }
     }
 }

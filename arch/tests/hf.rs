@@ -78,7 +78,9 @@ fn hf_names_and_shapes() {
 #[test]
 fn linear_weights_are_exported_out_by_in() {
     let model = init(&tiny_config());
-    let Model::Llama(llama) = &model;
+    let Model::Llama(llama) = &model else {
+        unreachable!("a Llama")
+    };
     let burn_w = to_vec(llama.layers[0].mlp.down_proj.weight.val()); // burn [in 48, out 32]
     let t = by_name(model.to_hf_tensors());
     let hf = &t["model.layers.0.mlp.down_proj.weight"]; // HF [out 32, in 48]
@@ -370,7 +372,9 @@ fn real_hf_configs_are_accepted() {
         "torch_dtype": "float32", "transformers_version": "4.40.1", "use_cache": true,
         "vocab_size": 49152
     });
-    let ModelConfig::Llama(c) = ModelConfig::from_hf_config(&smol).unwrap();
+    let ModelConfig::Llama(c) = ModelConfig::from_hf_config(&smol).unwrap() else {
+        panic!("a Llama config")
+    };
     assert_eq!(c.head_dim, 64, "derived from hidden / heads");
     assert_eq!(c.num_params(), 134_515_008);
 
@@ -380,7 +384,9 @@ fn real_hf_configs_are_accepted() {
         "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
         "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}
     });
-    let ModelConfig::Llama(c) = ModelConfig::from_hf_config(&v5).unwrap();
+    let ModelConfig::Llama(c) = ModelConfig::from_hf_config(&v5).unwrap() else {
+        panic!("a Llama config")
+    };
     assert_eq!(c.rope_theta, 100000.0);
     assert_eq!(c.num_key_value_heads, 4);
     assert_eq!(c.head_dim, 16);
@@ -440,7 +446,9 @@ fn loaded_parameters_keep_ids_and_stay_trainable() {
         &Default::default(),
     );
     let grads = loaded.forward(input).mean().backward();
-    let Model::Llama(m) = &loaded;
+    let Model::Llama(m) = &loaded else {
+        unreachable!("a Llama")
+    };
     assert!(m.layers[0]
         .self_attn
         .q_proj

@@ -309,11 +309,13 @@ fn model_config_serde_round_trip_and_defaults() {
             "head_dim": 16}"#,
     )
     .unwrap();
-    let ModelConfig::Llama(c) = &minimal;
+    let ModelConfig::Llama(c) = &minimal else {
+        panic!("a Llama config")
+    };
     assert_eq!(c.max_position_embeddings, 2048);
     assert_eq!(c.rope_theta, 10000.0);
     assert!(c.tie_word_embeddings && !c.layer_sharing && !c.scaled_residual_init);
-    assert_eq!(minimal.max_seq_len(), 2048);
+    assert_eq!(minimal.max_seq_len(), Some(2048));
     assert_eq!(minimal.vocab_size(), 100);
 
     let unknown = serde_json::from_str::<ModelConfig>(
@@ -370,17 +372,17 @@ fn bf16_mixed_precision_forward_is_close_to_f32() {
     for t in mixed.to_hf_tensors() {
         assert!(t.data.iter().all(|v| v.is_finite()), "{}", t.name);
     }
-    match &mixed {
-        Model::Llama(m) => assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::F32),
-    }
+    let Model::Llama(m) = &mixed else {
+        unreachable!("a Llama")
+    };
+    assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::F32);
 
     let pure = model.with_precision(FloatDType::BF16, FloatDType::BF16);
-    match &pure {
-        Model::Llama(m) => {
-            assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::BF16);
-            assert_eq!(m.embed_tokens.weight.val().dtype(), DType::BF16);
-        }
-    }
+    let Model::Llama(m) = &pure else {
+        unreachable!("a Llama")
+    };
+    assert_eq!(m.layers[0].mlp.up_proj.weight.val().dtype(), DType::BF16);
+    assert_eq!(m.embed_tokens.weight.val().dtype(), DType::BF16);
     let pure_logits = to_vec(pure.forward(input.clone()));
     let pure_diff = reference
         .iter()

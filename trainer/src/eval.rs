@@ -41,10 +41,14 @@ pub fn evaluate<B: Backend>(
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("cannot read text file {}", text_path.display()))?;
     let ids = tokenizer.encode(&text)?;
+    // A recurrent model (no positional limit) is scored in windows of 1024 unless told.
     let ctx = loaded.config.max_seq_len();
-    let seq_len = seq_len.unwrap_or(ctx);
-    if seq_len < 2 || seq_len > ctx {
-        bail!("--seq-len {seq_len} must be between 2 and the model's context ({ctx})");
+    let seq_len = seq_len.or(ctx).unwrap_or(1024);
+    if seq_len < 2 || ctx.is_some_and(|c| seq_len > c) {
+        bail!(
+            "--seq-len {seq_len} must be between 2 and the model's context ({})",
+            ctx.map_or("unlimited".into(), |c| c.to_string())
+        );
     }
     let wins = windows(&ids, seq_len);
     if wins.is_empty() {

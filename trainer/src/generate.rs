@@ -43,7 +43,7 @@ pub fn generate<B: Backend>(
         !prompt.is_empty(),
         "generation needs at least one prompt token"
     );
-    let max_ctx = config.max_seq_len();
+    let max_ctx = config.max_seq_len().unwrap_or(usize::MAX);
     // Keep the end of an over-long prompt.
     let prompt = &prompt[prompt.len().saturating_sub(max_ctx)..];
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);

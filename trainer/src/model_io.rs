@@ -133,33 +133,35 @@ pub fn export_model<B: Backend>(
     write_safetensors(out.join("model.safetensors"), &tensors, dtype)?;
     let cfg = config.to_hf_config(eot, eot, torch_dtype);
     write_json(&out.join("config.json"), &cfg)?;
-    write_json(
-        &out.join("generation_config.json"),
-        &json!({
-            "bos_token_id": eot,
-            "eos_token_id": eot,
-            "max_length": config.max_seq_len(),
-            "do_sample": true,
-            "temperature": 0.8,
-            "top_k": 50,
-        }),
-    )?;
+    // A recurrent model has no context limit: `max_length` / `model_max_length` are left out
+    // (transformers then uses its own defaults).
+    let mut generation = json!({
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "do_sample": true,
+        "temperature": 0.8,
+        "top_k": 50,
+    });
+    if let Some(ctx) = config.max_seq_len() {
+        generation["max_length"] = json!(ctx);
+    }
+    write_json(&out.join("generation_config.json"), &generation)?;
     tokenizer
         .save(out.join("tokenizer.json"))
         .with_context(|| format!("writing {}", out.join("tokenizer.json").display()))?;
-    write_json(
-        &out.join("tokenizer_config.json"),
-        &json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": "<|endoftext|>",
-            "eos_token": "<|endoftext|>",
-            "unk_token": null,
-            "model_max_length": config.max_seq_len(),
-            "add_bos_token": false,
-            "add_eos_token": false,
-            "clean_up_tokenization_spaces": false,
-        }),
-    )?;
+    let mut tokenizer_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": null,
+        "add_bos_token": false,
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(ctx) = config.max_seq_len() {
+        tokenizer_config["model_max_length"] = json!(ctx);
+    }
+    write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
     Ok(())
 }
 

@@ -84,8 +84,13 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
+    /// Decayed: tensors of rank ≥ 2 (not norms, biases or Mamba's `D`), except embeddings when
+    /// `decay_embeddings` is off, and Mamba's `A_log` (decaying it would pull every state's decay
+    /// rate `-exp(A_log)` towards -1; `mamba_ssm` exempts it too).
     fn decays(&self, name: &str, rank: usize) -> bool {
-        rank >= 2 && (self.config.decay_embeddings || !is_embedding(name))
+        rank >= 2
+            && (self.config.decay_embeddings || !is_embedding(name))
+            && !name.ends_with("A_log")
     }
 
     /// One update of every parameter that has a gradient. `grad_scale` (shape [1]) multiplies every

@@ -11,7 +11,7 @@ use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-use kiln_arch::{LlamaConfig, ModelConfig};
+use kiln_arch::{LlamaConfig, MambaConfig, ModelConfig};
 use kiln_data::{DataConfig, DataError, TokenizerSpec};
 
 /// A recipe error; always names the file and/or the key.
@@ -76,6 +76,8 @@ pub struct Recipe {
 pub enum Arch {
     /// Llama / SmolLM / MobileLLM decoder (GQA attention, SwiGLU, RMSNorm, RoPE).
     Llama,
+    /// Mamba-1 selective state-space model (exports as `MambaForCausalLM`).
+    Mamba,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,19 +90,37 @@ pub struct ModelSection {
     pub d_model: usize,
     /// Number of unique blocks (with `layer_sharing`, the effective depth is twice this).
     pub n_layers: usize,
-    pub n_heads: usize,
+    /// Attention heads (llama; required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_heads: Option<usize>,
     /// Key/value heads for grouped-query attention. Default: `n_heads` (plain multi-head attention).
     #[serde(default)]
     pub n_kv_heads: Option<usize>,
     /// Default: `d_model / n_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
-    /// SwiGLU hidden size.
-    pub ffn_hidden: usize,
-    /// Context length the model is built for (RoPE table size, `max_position_embeddings`).
-    pub max_seq_len: usize,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
+    /// SwiGLU hidden size (llama; required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_hidden: Option<usize>,
+    /// Context length the model is built for (llama: RoPE table size, `max_position_embeddings`;
+    /// required there). A Mamba model has no positional limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seq_len: Option<usize>,
+    /// RoPE base (llama). Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// SSM state size N per channel (mamba). Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_size: Option<usize>,
+    /// Inner width = `expand · d_model` (mamba). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<usize>,
+    /// Depthwise causal convolution width (mamba). Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_kernel: Option<usize>,
+    /// Rank of the step-size projection (mamba; `time_step_rank`). Default `ceil(d_model / 16)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dt_rank: Option<usize>,
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
     #[serde(default = "default_true")]
@@ -111,7 +131,9 @@ pub struct ModelSection {
     /// Standard deviation of the normal init of every linear layer and the embedding.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
-    /// Divide the init std of `o_proj` and `down_proj` by sqrt(2 · effective layers) (GPT-2).
+    /// Divide the init std of the residual branches' output projections by the square root of
+    /// the depth: llama `o_proj`/`down_proj` by sqrt(2 · effective layers) (GPT-2); mamba
+    /// `out_proj` by sqrt(layers) (`rescale_prenorm_residual`, as `mamba_ssm` trains).
     #[serde(default)]
     pub scaled_residual_init: bool,
     /// Start from these weights: a kiln export or a Hugging Face Llama directory
@@ -120,9 +142,6 @@ pub struct ModelSection {
     pub init_from: Option<PathBuf>,
 }
 
-fn default_rope_theta() -> f64 {
-    10000.0
-}
 fn default_norm_eps() -> f64 {
     1e-5
 }
@@ -472,9 +491,6 @@ impl Recipe {
         for (key, value) in [
             ("model.d_model", m.d_model),
             ("model.n_layers", m.n_layers),
-            ("model.n_heads", m.n_heads),
-            ("model.ffn_hidden", m.ffn_hidden),
-            ("model.max_seq_len", m.max_seq_len),
             ("train.micro_batch_size", t.micro_batch_size),
             ("train.grad_accum_steps", t.grad_accum_steps),
             ("train.seq_len", t.seq_len),
@@ -483,41 +499,7 @@ impl Recipe {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        let n_kv = m.n_kv_heads.unwrap_or(m.n_heads);
-        if n_kv == 0 || !m.n_heads.is_multiple_of(n_kv) {
-            return Err(invalid(
-                "model.n_kv_heads",
-                format!("{n_kv} must divide model.n_heads = {}", m.n_heads),
-            ));
-        }
-        if m.head_dim.is_none() && !m.d_model.is_multiple_of(m.n_heads) {
-            return Err(invalid(
-                "model.head_dim",
-                format!(
-                    "not set, and model.d_model = {} is not divisible by model.n_heads = {}",
-                    m.d_model, m.n_heads
-                ),
-            ));
-        }
-        if !m
-            .head_dim
-            .unwrap_or(m.d_model / m.n_heads)
-            .is_multiple_of(2)
-        {
-            return Err(invalid(
-                "model.head_dim",
-                "must be even (RoPE rotates pairs)",
-            ));
-        }
-        if t.seq_len > m.max_seq_len {
-            return Err(invalid(
-                "train.seq_len",
-                format!(
-                    "{} is longer than model.max_seq_len = {}",
-                    t.seq_len, m.max_seq_len
-                ),
-            ));
-        }
+        self.validate_model()?;
         if t.max_steps.is_none() && t.max_tokens.is_none() {
             return Err(invalid(
                 "train.max_steps",
@@ -620,6 +602,104 @@ impl Recipe {
         Ok(())
     }
 
+    /// The architecture-specific keys of `model` (and the training options an architecture
+    /// does not support yet).
+    fn validate_model(&self) -> Result<(), RecipeError> {
+        let m = &self.model;
+        let t = &self.train;
+        let required = |key: &str, v: Option<usize>| match v {
+            None => Err(invalid(
+                &format!("model.{key}"),
+                format!("is required for arch {:?}", m.arch),
+            )),
+            Some(0) => Err(invalid(&format!("model.{key}"), "must be at least 1")),
+            Some(v) => Ok(v),
+        };
+        let not_for = |key: &str, set: bool| {
+            if set {
+                Err(invalid(
+                    &format!("model.{key}"),
+                    format!("does not apply to arch {:?}", m.arch),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match m.arch {
+            Arch::Llama => {
+                let n_heads = required("n_heads", m.n_heads)?;
+                required("ffn_hidden", m.ffn_hidden)?;
+                let max_seq_len = required("max_seq_len", m.max_seq_len)?;
+                not_for("state_size", m.state_size.is_some())?;
+                not_for("expand", m.expand.is_some())?;
+                not_for("conv_kernel", m.conv_kernel.is_some())?;
+                not_for("dt_rank", m.dt_rank.is_some())?;
+                let n_kv = m.n_kv_heads.unwrap_or(n_heads);
+                if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
+                    return Err(invalid(
+                        "model.n_kv_heads",
+                        format!("{n_kv} must divide model.n_heads = {n_heads}"),
+                    ));
+                }
+                if m.head_dim.is_none() && !m.d_model.is_multiple_of(n_heads) {
+                    return Err(invalid(
+                        "model.head_dim",
+                        format!(
+                            "not set, and model.d_model = {} is not divisible by model.n_heads = {n_heads}",
+                            m.d_model
+                        ),
+                    ));
+                }
+                if !m.head_dim.unwrap_or(m.d_model / n_heads).is_multiple_of(2) {
+                    return Err(invalid(
+                        "model.head_dim",
+                        "must be even (RoPE rotates pairs)",
+                    ));
+                }
+                if t.seq_len > max_seq_len {
+                    return Err(invalid(
+                        "train.seq_len",
+                        format!(
+                            "{} is longer than model.max_seq_len = {max_seq_len}",
+                            t.seq_len
+                        ),
+                    ));
+                }
+            }
+            Arch::Mamba => {
+                for (key, set) in [
+                    ("n_heads", m.n_heads.is_some()),
+                    ("n_kv_heads", m.n_kv_heads.is_some()),
+                    ("head_dim", m.head_dim.is_some()),
+                    ("ffn_hidden", m.ffn_hidden.is_some()),
+                    ("max_seq_len", m.max_seq_len.is_some()),
+                    ("rope_theta", m.rope_theta.is_some()),
+                    ("layer_sharing", m.layer_sharing),
+                ] {
+                    not_for(key, set)?;
+                }
+                if t.precision != Precision::F32 {
+                    return Err(invalid(
+                        "train.precision",
+                        "arch mamba trains in f32 only for now (bf16 is not implemented for it)",
+                    ));
+                }
+                if t.activation_checkpointing {
+                    return Err(invalid(
+                        "train.activation_checkpointing",
+                        "is not implemented for arch mamba yet",
+                    ));
+                }
+                if m.init_from.is_none() {
+                    if let Err(e) = self.model_config(m.vocab_size.unwrap_or(256))?.validate() {
+                        return Err(invalid("model", e.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Tokens consumed by one optimizer step across `world_size` data-parallel workers.
     pub fn tokens_per_step(&self, world_size: usize) -> u64 {
         (self.train.micro_batch_size
@@ -655,21 +735,38 @@ impl Recipe {
             ));
         }
         match m.arch {
-            Arch::Llama => Ok(ModelConfig::Llama(LlamaConfig {
+            Arch::Llama => {
+                let n_heads = m.n_heads.unwrap_or(1);
+                Ok(ModelConfig::Llama(LlamaConfig {
+                    vocab_size,
+                    hidden_size: m.d_model,
+                    intermediate_size: m.ffn_hidden.unwrap_or(0),
+                    num_hidden_layers: m.n_layers,
+                    num_attention_heads: n_heads,
+                    num_key_value_heads: m.n_kv_heads.unwrap_or(n_heads),
+                    head_dim: m.head_dim.unwrap_or(m.d_model / n_heads),
+                    max_position_embeddings: m.max_seq_len.unwrap_or(0),
+                    rope_theta: m.rope_theta.unwrap_or(10000.0),
+                    rms_norm_eps: m.norm_eps,
+                    tie_word_embeddings: m.tie_embeddings,
+                    initializer_range: m.init_std,
+                    layer_sharing: m.layer_sharing,
+                    scaled_residual_init: m.scaled_residual_init,
+                }))
+            }
+            Arch::Mamba => Ok(ModelConfig::Mamba(MambaConfig {
                 vocab_size,
                 hidden_size: m.d_model,
-                intermediate_size: m.ffn_hidden,
+                state_size: m.state_size.unwrap_or(16),
                 num_hidden_layers: m.n_layers,
-                num_attention_heads: m.n_heads,
-                num_key_value_heads: m.n_kv_heads.unwrap_or(m.n_heads),
-                head_dim: m.head_dim.unwrap_or(m.d_model / m.n_heads),
-                max_position_embeddings: m.max_seq_len,
-                rope_theta: m.rope_theta,
-                rms_norm_eps: m.norm_eps,
+                expand: m.expand.unwrap_or(2),
+                conv_kernel: m.conv_kernel.unwrap_or(4),
+                time_step_rank: m.dt_rank.unwrap_or(m.d_model.div_ceil(16)),
+                layer_norm_epsilon: m.norm_eps,
                 tie_word_embeddings: m.tie_embeddings,
                 initializer_range: m.init_std,
-                layer_sharing: m.layer_sharing,
-                scaled_residual_init: m.scaled_residual_init,
+                rescale_prenorm_residual: m.scaled_residual_init,
+                ..MambaConfig::mamba_130m()
             })),
         }
     }
@@ -867,7 +964,9 @@ train:
     #[test]
     fn model_config_follows_tokenizer_vocab() {
         let r = Recipe::from_yaml(TINY, "r.yaml", &[]).unwrap();
-        let ModelConfig::Llama(c) = r.model_config(300).unwrap();
+        let ModelConfig::Llama(c) = r.model_config(300).unwrap() else {
+            panic!("a llama recipe")
+        };
         assert_eq!(c.vocab_size, 300);
         assert_eq!(c.head_dim, 8);
         assert_eq!(c.num_key_value_heads, 2);

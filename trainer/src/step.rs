@@ -181,9 +181,10 @@ mod tests {
             model = next;
             out.push(step.loss.into_scalar().elem::<f32>());
         }
-        let dtype = match &model {
-            kiln_arch::Model::Llama(m) => m.layers[0].self_attn.q_proj.weight.val().dtype(),
+        let kiln_arch::Model::Llama(m) = &model else {
+            unreachable!("tiny() is a Llama")
         };
+        let dtype = m.layers[0].self_attn.q_proj.weight.val().dtype();
         (out, dtype)
     }
 

@@ -186,11 +186,10 @@ pub fn run<B: Backend>(
             config.vocab_size()
         );
     }
-    if recipe.train.seq_len > config.max_seq_len() {
+    if let Some(ctx) = config.max_seq_len().filter(|&c| recipe.train.seq_len > c) {
         bail!(
-            "train.seq_len = {} exceeds the model's context ({})",
+            "train.seq_len = {} exceeds the model's context ({ctx})",
             recipe.train.seq_len,
-            config.max_seq_len()
         );
     }
     let n_params = model.num_params();

@@ -38,18 +38,18 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimi
 use crate::simd::{exp, simd};
 
 /// The autodiff flavour of the CPU backend (the training backend).
-type Ad = Autodiff<Flex>;
+pub(super) type Ad = Autodiff<Flex>;
 
 /// Which fast path, if any, backend `B` gets.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub(super) enum Kind {
     /// `Flex`: forward only.
     Plain,
     /// `Autodiff<Flex>`: forward + custom backward.
     Autodiff,
 }
 
-fn kind<B: Backend>() -> Option<Kind> {
+pub(super) fn kind<B: Backend>() -> Option<Kind> {
     let id = TypeId::of::<B>();
     if id == TypeId::of::<Flex>() {
         Some(Kind::Plain)
@@ -83,24 +83,24 @@ pub fn recast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) ->
         .expect("fused: backend type mismatch")
 }
 
-fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+pub(super) fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor()
 }
 
-fn from_flex<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+pub(super) fn from_flex<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-fn ad_prim<const D: usize>(t: Tensor<Ad, D>) -> FloatTensor<Ad> {
+pub(super) fn ad_prim<const D: usize>(t: Tensor<Ad, D>) -> FloatTensor<Ad> {
     t.into_primitive().tensor()
 }
 
-fn from_ad_prim<const D: usize>(t: FloatTensor<Ad>) -> Tensor<Ad, D> {
+pub(super) fn from_ad_prim<const D: usize>(t: FloatTensor<Ad>) -> Tensor<Ad, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// A contiguous f32 tensor of `shape` holding `data`.
-fn new_flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+pub(super) fn new_flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, Shape::from(shape.to_vec())))
 }
 
@@ -143,7 +143,7 @@ const MIN_WORK_PER_THREAD: usize = 64 * 1024;
 const MIN_WORK_PER_THREAD: usize = 1;
 
 /// Splits `0..n` into contiguous ranges, one per thread (fewer when the work is small).
-fn ranges(n: usize, work_per_item: usize) -> Vec<Range<usize>> {
+pub(super) fn ranges(n: usize, work_per_item: usize) -> Vec<Range<usize>> {
     let by_work = (n.saturating_mul(work_per_item.max(1)) / MIN_WORK_PER_THREAD).max(1);
     let t = num_threads().min(by_work).min(n.max(1));
     let per = n.div_ceil(t.max(1));
@@ -155,7 +155,11 @@ fn ranges(n: usize, work_per_item: usize) -> Vec<Range<usize>> {
 
 /// Splits `buf` (rows of `row` elements; the last row may be short) into the pieces matching
 /// `ranges`.
-fn split<'a>(mut buf: &'a mut [f32], row: usize, ranges: &[Range<usize>]) -> Vec<&'a mut [f32]> {
+pub(super) fn split<'a>(
+    mut buf: &'a mut [f32],
+    row: usize,
+    ranges: &[Range<usize>],
+) -> Vec<&'a mut [f32]> {
     let mut out = Vec::with_capacity(ranges.len());
     for r in ranges {
         let (head, tail) = buf.split_at_mut((r.len() * row).min(buf.len()));
@@ -167,7 +171,7 @@ fn split<'a>(mut buf: &'a mut [f32], row: usize, ranges: &[Range<usize>]) -> Vec
 
 /// Runs `f` on every job, the first on this thread and the others on scoped threads, each under
 /// [`simd`] (the kernels' closures are `#[inline(always)]` so that they are compiled for it).
-fn run<J: Send, R: Send>(jobs: Vec<J>, f: impl Fn(J) -> R + Sync) -> Vec<R> {
+pub(super) fn run<J: Send, R: Send>(jobs: Vec<J>, f: impl Fn(J) -> R + Sync) -> Vec<R> {
     let mut jobs = jobs.into_iter();
     let Some(first) = jobs.next() else {
         return Vec::new();
@@ -192,7 +196,7 @@ fn run<J: Send, R: Send>(jobs: Vec<J>, f: impl Fn(J) -> R + Sync) -> Vec<R> {
 }
 
 /// `vec![0.0; n]` (calloc: fresh pages, no memset).
-fn zeros(n: usize) -> Vec<f32> {
+pub(super) fn zeros(n: usize) -> Vec<f32> {
     vec![0.0; n]
 }
 

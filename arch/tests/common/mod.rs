@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_arch::LlamaConfig;
@@ -69,4 +70,39 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Mean cross-entropy of `logits` `[b, l, vocab]` against `target` `[b, l]`, a 1-element tensor.
+pub fn cross_entropy<Bk: Backend>(
+    logits: Tensor<Bk, 3>,
+    target: Tensor<Bk, 2, Int>,
+) -> Tensor<Bk, 1> {
+    let logp = burn::tensor::activation::log_softmax(logits, 2);
+    logp.gather(2, target.unsqueeze_dim::<3>(2)).mean().neg()
+}
+
+/// Every float parameter of `module` in visit order: its module path (field names joined by
+/// `.`, e.g. `layers.0.mixer.A_log`), id and rank.
+pub fn param_paths<Bk: Backend, M: Module<Bk>>(module: &M) -> Vec<(String, ParamId, usize)> {
+    struct Paths {
+        stack: Vec<String>,
+        out: Vec<(String, ParamId, usize)>,
+    }
+    impl<Bk: Backend> ModuleVisitor<Bk> for Paths {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+            self.out.push((self.stack.join("."), param.id, D));
+        }
+    }
+    let mut paths = Paths {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut paths);
+    paths.out
 }
