@@ -908,21 +908,28 @@ fn data_command_explains_missing_web_text_and_bad_shard_arguments() {
     }
 }
 
-/// `tiny_recipe` with a 2-layer Mamba instead of the Llama.
-fn tiny_mamba_recipe(dir: &Path) -> PathBuf {
+/// `tiny_recipe` with another model section (`model_block`: the lines under `model:`).
+fn tiny_recipe_with_model(dir: &Path, model_block: &str) -> PathBuf {
     let recipe = tiny_recipe(dir, "");
     let text = std::fs::read_to_string(&recipe).unwrap();
     let llama = "  arch: llama\n  d_model: 48\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n";
-    let mamba = "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n";
     assert!(text.contains(llama));
-    std::fs::write(&recipe, text.replace(llama, mamba)).unwrap();
+    std::fs::write(&recipe, text.replace(llama, model_block)).unwrap();
     recipe
 }
 
-#[test]
-fn a_tiny_mamba_trains_exports_reloads_and_generates() {
+const TINY_MAMBA: &str =
+    "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n";
+const TINY_MAMBA2: &str = "  arch: mamba2\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  head_dim: 24\n  chunk_size: 8\n";
+const TINY_HYBRID: &str = "  arch: hybrid\n  d_model: 48\n  n_layers: 4\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n  state_size: 8\n  dt_rank: 4\n  attn_every: 2\n  attn_offset: 1\n";
+
+/// A tiny model of another architecture through the whole user path: training (loss falls),
+/// export as `hf_class` (checked: `model_type`, one tensor's name and shape), export and
+/// checkpoint evaluate identically, deterministic sampling with the recurrent/KV cache, exact
+/// resume after SIGKILL, and `init_from` the export.
+fn arch_end_to_end(model_block: &str, hf_class: &str, model_type: &str, tensor: (&str, &[usize])) {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_mamba_recipe(dir.path());
+    let recipe = tiny_recipe_with_model(dir.path(), model_block);
     let run = dir.path().join("run");
     let args = [
         "--recipe",
@@ -934,24 +941,20 @@ fn a_tiny_mamba_trains_exports_reloads_and_generates() {
     let l = losses(&run);
     assert_eq!(l.len(), 30);
     let (first, last) = (l[0].1, l[29].1);
-    assert!(last < first - 1.0, "loss falls: {first} -> {last}");
+    assert!(
+        last < first - 1.0,
+        "{model_type}: loss falls: {first} -> {last}"
+    );
 
-    // A `MambaForCausalLM` directory.
     let export = run.join("export");
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap())
             .unwrap();
-    assert_eq!(cfg["model_type"], "mamba");
-    assert_eq!(cfg["architectures"][0], "MambaForCausalLM");
-    assert_eq!(cfg["state_size"], 8);
+    assert_eq!(cfg["model_type"], model_type);
+    assert_eq!(cfg["architectures"][0], hf_class);
     let tensors = kiln_arch::read_safetensors(export.join("model.safetensors")).unwrap();
-    assert_eq!(tensors["backbone.layers.1.mixer.A_log"].shape, vec![96, 8]);
-    assert_eq!(
-        tensors["backbone.layers.0.mixer.conv1d.weight"].shape,
-        vec![96, 1, 4]
-    );
+    assert_eq!(tensors[tensor.0].shape, tensor.1.to_vec(), "{}", tensor.0);
 
-    // The export and the last checkpoint evaluate identically; generation is deterministic.
     let text = dir.path().join("eval.txt");
     std::fs::write(
         &text,
@@ -992,7 +995,6 @@ fn a_tiny_mamba_trains_exports_reloads_and_generates() {
     );
     assert_eq!(sample, gen("4"));
 
-    // Resume after SIGKILL is exact, as for Llama.
     let resumed = dir.path().join("resumed");
     let args2 = [
         "--recipe",
@@ -1004,22 +1006,20 @@ fn a_tiny_mamba_trains_exports_reloads_and_generates() {
     ok(train(&[&args2[..], &["--resume"]].concat()));
     for ((s1, a), (s2, b)) in losses(&resumed).iter().zip(&l) {
         assert_eq!(s1, s2);
-        assert!((a - b).abs() <= 1e-5, "step {s1}: resumed {a} vs {b}");
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "{model_type} step {s1}: resumed {a} vs {b}"
+        );
     }
 
-    // `init_from` the export continues from its weights.
     let cont = dir.path().join("continued");
-    let with_init = std::fs::read_to_string(&recipe).unwrap().replace(
-        "  dt_rank: 4\n",
-        &format!("  dt_rank: 4\n  init_from: {}\n", export.display()),
-    );
-    let recipe2 = dir.path().join("tiny-init.yaml");
-    std::fs::write(&recipe2, with_init).unwrap();
     ok(train(&[
         "--recipe",
-        recipe2.to_str().unwrap(),
+        recipe.to_str().unwrap(),
         "--out",
         cont.to_str().unwrap(),
+        "--set",
+        &format!("model.init_from={}", export.display()),
         "--set",
         "train.max_steps=2",
         "--set",
@@ -1027,18 +1027,49 @@ fn a_tiny_mamba_trains_exports_reloads_and_generates() {
     ]));
     assert!(
         losses(&cont)[0].1 < last + 0.5,
-        "starts near the trained loss"
+        "{model_type}: starts near the trained loss"
+    );
+}
+
+#[test]
+fn a_tiny_mamba_trains_exports_reloads_and_generates() {
+    arch_end_to_end(
+        TINY_MAMBA,
+        "MambaForCausalLM",
+        "mamba",
+        ("backbone.layers.1.mixer.A_log", &[96, 8]),
+    );
+}
+
+#[test]
+fn a_tiny_mamba2_trains_exports_reloads_and_generates() {
+    arch_end_to_end(
+        TINY_MAMBA2,
+        "Mamba2ForCausalLM",
+        "mamba2",
+        ("backbone.layers.1.mixer.A_log", &[4]),
+    );
+}
+
+#[test]
+fn a_tiny_hybrid_trains_exports_reloads_and_generates() {
+    // Layers M A M A: attention at odd layers.
+    arch_end_to_end(
+        TINY_HYBRID,
+        "JambaForCausalLM",
+        "jamba",
+        ("model.layers.1.self_attn.k_proj.weight", &[24, 48]),
     );
 }
 
 #[test]
 fn mamba_recipe_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_mamba_recipe(dir.path());
+    let recipe = tiny_recipe_with_model(dir.path(), TINY_MAMBA);
     let r = recipe.to_str().unwrap();
     fails_with(
         train(&["--recipe", r, "--set", "model.n_heads=4"]),
-        &["model.n_heads", "does not apply", "Mamba"],
+        &["model.n_heads", "does not apply", "arch mamba"],
     );
     fails_with(
         train(&["--recipe", r, "--set", "train.precision=bf16-mixed"]),
@@ -1047,5 +1078,23 @@ fn mamba_recipe_errors_name_the_key() {
     fails_with(
         train(&["--recipe", r, "--set", "model.arch=llama"]),
         &["model.n_heads", "required"],
+    );
+    fails_with(
+        train(&["--recipe", r, "--set", "model.arch=hybrid"]),
+        &["model.n_heads", "required", "arch hybrid"],
+    );
+    fails_with(
+        train(&["--recipe", r, "--set", "model.arch=mamba2"]),
+        &["model.dt_rank", "does not apply", "arch mamba2"],
+    );
+    let hybrid = tiny_recipe_with_model(dir.path(), TINY_HYBRID);
+    fails_with(
+        train(&[
+            "--recipe",
+            hybrid.to_str().unwrap(),
+            "--set",
+            "model.attn_offset=2",
+        ]),
+        &["model.attn_offset", "attn_every = 2"],
     );
 }

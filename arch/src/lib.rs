@@ -48,9 +48,11 @@
 pub mod error;
 pub mod grads;
 pub mod hf;
+pub mod hybrid;
 pub mod layers;
 pub mod llama;
 pub mod mamba;
+pub mod mamba2;
 pub mod simd;
 
 use std::collections::HashMap;
@@ -63,9 +65,11 @@ use serde_json::Value;
 
 pub use error::ArchError;
 pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
+pub use hybrid::{Hybrid, HybridCache, HybridConfig};
 pub use layers::{float_dtype, to_dtype, KvCache, RmsNorm, Rope};
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
+pub use mamba2::{Mamba2, Mamba2Cache, Mamba2Config};
 
 /// Architecture choice and hyper-parameters. One variant per architecture; match exhaustively.
 ///
@@ -77,6 +81,10 @@ pub enum ModelConfig {
     Llama(LlamaConfig),
     /// Mamba-1 selective state-space model (`MambaForCausalLM`).
     Mamba(MambaConfig),
+    /// Mamba-2 (SSD) state-space model (`Mamba2ForCausalLM`).
+    Mamba2(Mamba2Config),
+    /// Mamba-1 and attention layers, each with an MLP (`JambaForCausalLM`, one expert).
+    Hybrid(HybridConfig),
 }
 
 impl ModelConfig {
@@ -85,6 +93,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.num_params(),
             Self::Mamba(c) => c.num_params(),
+            Self::Mamba2(c) => c.num_params(),
+            Self::Hybrid(c) => c.num_params(),
         }
     }
 
@@ -95,6 +105,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.flops_per_token(seq_len),
             Self::Mamba(c) => c.flops_per_token(),
+            Self::Mamba2(c) => c.flops_per_token(),
+            Self::Hybrid(c) => c.flops_per_token(seq_len),
         }
     }
 
@@ -103,6 +115,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.vocab_size,
             Self::Mamba(c) => c.vocab_size,
+            Self::Mamba2(c) => c.vocab_size,
+            Self::Hybrid(c) => c.vocab_size,
         }
     }
 
@@ -111,7 +125,8 @@ impl ModelConfig {
     pub fn max_seq_len(&self) -> Option<usize> {
         match self {
             Self::Llama(c) => Some(c.max_position_embeddings),
-            Self::Mamba(_) => None,
+            Self::Mamba(_) | Self::Mamba2(_) => None,
+            Self::Hybrid(c) => Some(c.max_position_embeddings),
         }
     }
 
@@ -120,6 +135,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.validate(),
             Self::Mamba(c) => c.validate(),
+            Self::Mamba2(c) => c.validate(),
+            Self::Hybrid(c) => c.validate(),
         }
     }
 
@@ -129,6 +146,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
             Self::Mamba(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
+            Self::Mamba2(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
+            Self::Hybrid(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
         }
     }
 
@@ -141,10 +160,16 @@ impl ModelConfig {
             Some(Value::String(t)) if t == "mamba" => {
                 Ok(Self::Mamba(MambaConfig::from_hf_config(cfg)?))
             }
+            Some(Value::String(t)) if t == "mamba2" => {
+                Ok(Self::Mamba2(Mamba2Config::from_hf_config(cfg)?))
+            }
+            Some(Value::String(t)) if t == "jamba" => {
+                Ok(Self::Hybrid(HybridConfig::from_hf_config(cfg)?))
+            }
             Some(v) => Err(ArchError::UnsupportedConfig {
                 key: "model_type".into(),
                 value: v.to_string(),
-                reason: "kiln supports \"llama\" and \"mamba\"".into(),
+                reason: "kiln supports \"llama\", \"mamba\", \"mamba2\" and \"jamba\"".into(),
             }),
             None => Err(ArchError::MissingConfigKey {
                 key: "model_type".into(),
@@ -158,6 +183,8 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => Model::Llama(c.init(device)),
             Self::Mamba(c) => Model::Mamba(c.init(device)),
+            Self::Mamba2(c) => Model::Mamba2(c.init(device)),
+            Self::Hybrid(c) => Model::Hybrid(c.init(device)),
         }
     }
 }
@@ -169,6 +196,10 @@ pub enum Model<B: Backend> {
     Llama(Llama<B>),
     /// `MambaForCausalLM`.
     Mamba(Mamba<B>),
+    /// `Mamba2ForCausalLM`.
+    Mamba2(Mamba2<B>),
+    /// `JambaForCausalLM` with one expert.
+    Hybrid(Hybrid<B>),
 }
 
 /// Generation state of a [`Model`] (KV cache for attention models, recurrent state for Mamba).
@@ -178,6 +209,10 @@ pub enum ModelCache<B: Backend> {
     Llama(LlamaCache<B>),
     /// Per-layer convolution window and SSM state: constant size, whatever the length.
     Mamba(MambaCache<B>),
+    /// Per-layer convolution window and SSD state.
+    Mamba2(Mamba2Cache<B>),
+    /// KV cache for the attention layers, recurrent state for the Mamba layers.
+    Hybrid(HybridCache<B>),
 }
 
 impl<B: Backend> ModelCache<B> {
@@ -186,6 +221,8 @@ impl<B: Backend> ModelCache<B> {
         match self {
             Self::Llama(c) => c.seq_len(),
             Self::Mamba(c) => c.seq_len(),
+            Self::Mamba2(c) => c.seq_len(),
+            Self::Hybrid(c) => c.seq_len(),
         }
     }
 }
@@ -201,6 +238,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => ModelConfig::Llama(m.config.clone()),
             Self::Mamba(m) => ModelConfig::Mamba(m.config.clone()),
+            Self::Mamba2(m) => ModelConfig::Mamba2(m.config.clone()),
+            Self::Hybrid(m) => ModelConfig::Hybrid(m.config.clone()),
         }
     }
 
@@ -209,6 +248,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => m.forward(input_ids),
             Self::Mamba(m) => m.forward(input_ids),
+            Self::Mamba2(m) => m.forward(input_ids),
+            Self::Hybrid(m) => m.forward(input_ids),
         }
     }
 
@@ -217,6 +258,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => ModelCache::Llama(m.new_cache(batch)),
             Self::Mamba(m) => ModelCache::Mamba(m.new_cache(batch)),
+            Self::Mamba2(m) => ModelCache::Mamba2(m.new_cache(batch)),
+            Self::Hybrid(m) => ModelCache::Hybrid(m.new_cache(batch)),
         }
     }
 
@@ -231,6 +274,8 @@ impl<B: Backend> Model<B> {
         match (self, cache) {
             (Self::Llama(m), ModelCache::Llama(c)) => m.forward_cached(input_ids, c),
             (Self::Mamba(m), ModelCache::Mamba(c)) => m.forward_cached(input_ids, c),
+            (Self::Mamba2(m), ModelCache::Mamba2(c)) => m.forward_cached(input_ids, c),
+            (Self::Hybrid(m), ModelCache::Hybrid(c)) => m.forward_cached(input_ids, c),
             _ => panic!("a generation cache of another architecture than the model's"),
         }
     }
@@ -246,7 +291,7 @@ impl<B: Backend> Model<B> {
             Self::Llama(m) => m.compute_dtype = compute_dtype,
             // Mamba computes in the parameters' dtype (no mixed precision yet; the recipe
             // refuses `bf16-mixed` for it).
-            Self::Mamba(_) => {}
+            Self::Mamba(_) | Self::Mamba2(_) | Self::Hybrid(_) => {}
         }
         model
     }
@@ -256,6 +301,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => m.compute_dtype,
             Self::Mamba(m) => float_dtype(&m.norm_f.weight.val()),
+            Self::Mamba2(m) => float_dtype(&m.norm_f.weight.val()),
+            Self::Hybrid(m) => float_dtype(&m.embed_tokens.weight.val()),
         }
     }
 
@@ -265,6 +312,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => hf::llama_to_hf(m),
             Self::Mamba(m) => m.to_hf_tensors(),
+            Self::Mamba2(m) => m.to_hf_tensors(),
+            Self::Hybrid(m) => m.to_hf_tensors(),
         }
     }
 
@@ -275,6 +324,8 @@ impl<B: Backend> Model<B> {
         match self {
             Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
             Self::Mamba(m) => Ok(Self::Mamba(m.load_hf_tensors(tensors)?)),
+            Self::Mamba2(m) => Ok(Self::Mamba2(m.load_hf_tensors(tensors)?)),
+            Self::Hybrid(m) => Ok(Self::Hybrid(m.load_hf_tensors(tensors)?)),
         }
     }
 }
@@ -289,15 +340,24 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
     ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
         match self {
             Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
-            // Not checkpointed yet (the recipe refuses it for Mamba): a plain backward pass.
-            Self::Mamba(m) => {
-                let loss = loss_fn(m.forward(input_ids));
-                let grads = loss.backward();
-                let grads = burn::optim::GradientsParams::from_grads(grads, m);
-                (loss.inner(), grads)
-            }
+            // Not checkpointed yet (the recipe refuses it for these): a plain backward pass.
+            Self::Mamba(m) => plain_backward(m, m.forward(input_ids), loss_fn),
+            Self::Mamba2(m) => plain_backward(m, m.forward(input_ids), loss_fn),
+            Self::Hybrid(m) => plain_backward(m, m.forward(input_ids), loss_fn),
         }
     }
+}
+
+/// `loss_fn(logits)` differentiated in one pass: the loss, detached, and `module`'s gradients.
+fn plain_backward<B: burn::tensor::backend::AutodiffBackend, M: burn::module::AutodiffModule<B>>(
+    module: &M,
+    logits: Tensor<B, 3>,
+    loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
+    let loss = loss_fn(logits);
+    let grads = loss.backward();
+    let grads = burn::optim::GradientsParams::from_grads(grads, module);
+    (loss.inner(), grads)
 }
 
 /// Casts every parameter to one dtype, keeping its id and whether it requires a gradient.

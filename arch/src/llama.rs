@@ -525,7 +525,7 @@ impl LlamaConfig {
 }
 
 /// Forces every lazily-initialised parameter to take its value.
-struct Materialize;
+pub(crate) struct Materialize;
 
 impl<B: Backend> ModuleVisitor<B> for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

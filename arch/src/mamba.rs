@@ -487,7 +487,7 @@ impl MambaConfig {
         }
     }
 
-    fn init_mixer<B: Backend>(&self, device: &B::Device) -> MambaMixer<B> {
+    pub(crate) fn init_mixer<B: Backend>(&self, device: &B::Device) -> MambaMixer<B> {
         let (d, e, n, r, k) = (
             self.hidden_size,
             self.intermediate_size(),
@@ -576,7 +576,7 @@ fn uniform_param<B: Backend, const D: usize>(
     ))
 }
 
-fn normal_param<B: Backend, const D: usize>(
+pub(crate) fn normal_param<B: Backend, const D: usize>(
     shape: [usize; D],
     std: f64,
     device: &B::Device,
@@ -654,6 +654,19 @@ impl<B: Backend> MambaMixer<B> {
         state: Option<MambaLayerState<B>>,
         scan: ScanMode,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
+        self.forward_with_norms(u, state, scan, None)
+    }
+
+    /// [`MambaMixer::forward`], with Jamba's extra RMSNorms `[dt, B, C]` applied to the low-rank
+    /// step δ, B and C right after `x_proj` (before `dt_proj`) when `norms` is given
+    /// (HF `JambaMambaMixer`: `dt_layernorm`, `b_layernorm`, `c_layernorm`).
+    pub(crate) fn forward_with_norms(
+        &self,
+        u: Tensor<B, 3>,
+        state: Option<MambaLayerState<B>>,
+        scan: ScanMode,
+        norms: Option<[&RmsNorm<B>; 3]>,
+    ) -> (Tensor<B, 3>, MambaLayerState<B>) {
         let [b, l, d] = u.dims();
         let [e, _] = self.A_log.dims();
         let (n, r) = (self.state_size, self.time_step_rank);
@@ -668,10 +681,23 @@ impl<B: Backend> MambaMixer<B> {
         let x = silu(x);
 
         let dbc = linear_2d(&self.x_proj, x.clone().reshape([b * l, e])); // [b·l, R + 2N]
-        let dt = linear_2d(&self.dt_proj, dbc.clone().narrow(1, 0, r)); // [b·l, E]
+        let (delta, b_in, c_out) = (
+            dbc.clone().narrow(1, 0, r), // δ [b·l, R]
+            dbc.clone().narrow(1, r, n), // B [b·l, N]
+            dbc.narrow(1, r + n, n),     // C [b·l, N]
+        );
+        let (delta, b_in, c_out) = match norms {
+            Some([dt_norm, b_norm, c_norm]) => (
+                dt_norm.forward(delta),
+                b_norm.forward(b_in),
+                c_norm.forward(c_out),
+            ),
+            None => (delta, b_in, c_out),
+        };
+        let dt = linear_2d(&self.dt_proj, delta); // [b·l, E]
         let dt = softplus(dt).reshape([b, l, e]); // Δ > 0
-        let b_in = dbc.clone().narrow(1, r, n).reshape([b, l, n]); // B [b, l, N]
-        let c_out = dbc.narrow(1, r + n, n).reshape([b, l, n]); // C [b, l, N]
+        let b_in = b_in.reshape([b, l, n]); // B [b, l, N]
+        let c_out = c_out.reshape([b, l, n]); // C [b, l, N]
         let a = self.A_log.val().exp().neg(); // A [E, N], < 0
 
         // On the CPU backend (f32) a hand-written kernel with its own backward pass replaces the

@@ -11,7 +11,7 @@ use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-use kiln_arch::{LlamaConfig, MambaConfig, ModelConfig};
+use kiln_arch::{HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, ModelConfig};
 use kiln_data::{DataConfig, DataError, TokenizerSpec};
 
 /// A recipe error; always names the file and/or the key.
@@ -78,6 +78,23 @@ pub enum Arch {
     Llama,
     /// Mamba-1 selective state-space model (exports as `MambaForCausalLM`).
     Mamba,
+    /// Mamba-2 (SSD) state-space model (exports as `Mamba2ForCausalLM`).
+    Mamba2,
+    /// Mamba-1 and attention layers (no RoPE), each followed by a SwiGLU MLP, as Jamba
+    /// (exports as `JambaForCausalLM` with one expert).
+    Hybrid,
+}
+
+impl std::fmt::Display for Arch {
+    /// The recipe's spelling (`llama`, `mamba`, `mamba2`, `hybrid`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Llama => "llama",
+            Arch::Mamba => "mamba",
+            Arch::Mamba2 => "mamba2",
+            Arch::Hybrid => "hybrid",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,7 +113,8 @@ pub struct ModelSection {
     /// Key/value heads for grouped-query attention. Default: `n_heads` (plain multi-head attention).
     #[serde(default)]
     pub n_kv_heads: Option<usize>,
-    /// Default: `d_model / n_heads`.
+    /// Llama: attention head size, default `d_model / n_heads`. Mamba-2: SSM head size
+    /// (`head_dim`; heads = `expand · d_model / head_dim`), default 64.
     #[serde(default)]
     pub head_dim: Option<usize>,
     /// SwiGLU hidden size (llama; required there).
@@ -121,6 +139,19 @@ pub struct ModelSection {
     /// Rank of the step-size projection (mamba; `time_step_rank`). Default `ceil(d_model / 16)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dt_rank: Option<usize>,
+    /// Hybrid: layer `i` is attention when `i % attn_every == attn_offset` (Jamba's
+    /// `attn_layer_period`), Mamba otherwise. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_every: Option<usize>,
+    /// Hybrid: see `attn_every` (`attn_layer_offset`, < `attn_every`). Default `attn_every / 2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_offset: Option<usize>,
+    /// Mamba-2: groups sharing B and C (`n_groups`). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_groups: Option<usize>,
+    /// Mamba-2: positions per SSD chunk (`chunk_size`). Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
     #[serde(default = "default_true")]
@@ -610,7 +641,7 @@ impl Recipe {
         let required = |key: &str, v: Option<usize>| match v {
             None => Err(invalid(
                 &format!("model.{key}"),
-                format!("is required for arch {:?}", m.arch),
+                format!("is required for arch {}", m.arch),
             )),
             Some(0) => Err(invalid(&format!("model.{key}"), "must be at least 1")),
             Some(v) => Ok(v),
@@ -619,7 +650,7 @@ impl Recipe {
             if set {
                 Err(invalid(
                     &format!("model.{key}"),
-                    format!("does not apply to arch {:?}", m.arch),
+                    format!("does not apply to arch {}", m.arch),
                 ))
             } else {
                 Ok(())
@@ -634,6 +665,10 @@ impl Recipe {
                 not_for("expand", m.expand.is_some())?;
                 not_for("conv_kernel", m.conv_kernel.is_some())?;
                 not_for("dt_rank", m.dt_rank.is_some())?;
+                not_for("attn_every", m.attn_every.is_some())?;
+                not_for("attn_offset", m.attn_offset.is_some())?;
+                not_for("n_groups", m.n_groups.is_some())?;
+                not_for("chunk_size", m.chunk_size.is_some())?;
                 let n_kv = m.n_kv_heads.unwrap_or(n_heads);
                 if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
                     return Err(invalid(
@@ -666,13 +701,44 @@ impl Recipe {
                     ));
                 }
             }
-            Arch::Mamba => {
+            Arch::Mamba | Arch::Mamba2 | Arch::Hybrid => {
+                let hybrid = m.arch == Arch::Hybrid;
+                let mamba2 = m.arch == Arch::Mamba2;
+                if hybrid {
+                    let n_heads = required("n_heads", m.n_heads)?;
+                    required("ffn_hidden", m.ffn_hidden)?;
+                    let n_kv = m.n_kv_heads.unwrap_or(n_heads);
+                    if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
+                        return Err(invalid(
+                            "model.n_kv_heads",
+                            format!("{n_kv} must divide model.n_heads = {n_heads}"),
+                        ));
+                    }
+                    let every = m.attn_every.unwrap_or(4);
+                    if every == 0 || m.attn_offset.unwrap_or(every / 2) >= every {
+                        return Err(invalid(
+                            "model.attn_offset",
+                            format!("must be below model.attn_every = {every}"),
+                        ));
+                    }
+                    if let Some(ctx) = m.max_seq_len.filter(|&c| t.seq_len > c) {
+                        return Err(invalid(
+                            "train.seq_len",
+                            format!("{} is longer than model.max_seq_len = {ctx}", t.seq_len),
+                        ));
+                    }
+                }
                 for (key, set) in [
-                    ("n_heads", m.n_heads.is_some()),
-                    ("n_kv_heads", m.n_kv_heads.is_some()),
-                    ("head_dim", m.head_dim.is_some()),
-                    ("ffn_hidden", m.ffn_hidden.is_some()),
-                    ("max_seq_len", m.max_seq_len.is_some()),
+                    ("n_heads", !hybrid && m.n_heads.is_some()),
+                    ("n_kv_heads", !hybrid && m.n_kv_heads.is_some()),
+                    ("ffn_hidden", !hybrid && m.ffn_hidden.is_some()),
+                    ("max_seq_len", !hybrid && m.max_seq_len.is_some()),
+                    ("attn_every", !hybrid && m.attn_every.is_some()),
+                    ("attn_offset", !hybrid && m.attn_offset.is_some()),
+                    ("head_dim", !mamba2 && m.head_dim.is_some()),
+                    ("n_groups", !mamba2 && m.n_groups.is_some()),
+                    ("chunk_size", !mamba2 && m.chunk_size.is_some()),
+                    ("dt_rank", mamba2 && m.dt_rank.is_some()),
                     ("rope_theta", m.rope_theta.is_some()),
                     ("layer_sharing", m.layer_sharing),
                 ] {
@@ -681,13 +747,16 @@ impl Recipe {
                 if t.precision != Precision::F32 {
                     return Err(invalid(
                         "train.precision",
-                        "arch mamba trains in f32 only for now (bf16 is not implemented for it)",
+                        format!(
+                            "arch {} trains in f32 only for now (bf16 is not implemented for it)",
+                            m.arch
+                        ),
                     ));
                 }
                 if t.activation_checkpointing {
                     return Err(invalid(
                         "train.activation_checkpointing",
-                        "is not implemented for arch mamba yet",
+                        format!("is not implemented for arch {} yet", m.arch),
                     ));
                 }
                 if m.init_from.is_none() {
@@ -768,6 +837,52 @@ impl Recipe {
                 rescale_prenorm_residual: m.scaled_residual_init,
                 ..MambaConfig::mamba_130m()
             })),
+            Arch::Mamba2 => {
+                let expand = m.expand.unwrap_or(2);
+                let head_dim = m.head_dim.unwrap_or(64);
+                Ok(ModelConfig::Mamba2(Mamba2Config {
+                    state_size: m.state_size.unwrap_or(128),
+                    expand,
+                    n_groups: m.n_groups.unwrap_or(1),
+                    conv_kernel: m.conv_kernel.unwrap_or(4),
+                    chunk_size: m.chunk_size.unwrap_or(256),
+                    layer_norm_epsilon: m.norm_eps,
+                    tie_word_embeddings: m.tie_embeddings,
+                    initializer_range: m.init_std,
+                    rescale_prenorm_residual: m.scaled_residual_init,
+                    ..Mamba2Config::new(
+                        vocab_size,
+                        m.d_model,
+                        m.n_layers,
+                        (expand * m.d_model) / head_dim.max(1),
+                        head_dim,
+                    )
+                }))
+            }
+            Arch::Hybrid => {
+                let n_heads = m.n_heads.unwrap_or(1);
+                let every = m.attn_every.unwrap_or(4);
+                Ok(ModelConfig::Hybrid(HybridConfig {
+                    vocab_size,
+                    hidden_size: m.d_model,
+                    intermediate_size: m.ffn_hidden.unwrap_or(0),
+                    num_hidden_layers: m.n_layers,
+                    num_attention_heads: n_heads,
+                    num_key_value_heads: m.n_kv_heads.unwrap_or(n_heads),
+                    attn_layer_period: every,
+                    attn_layer_offset: m.attn_offset.unwrap_or(every / 2),
+                    mamba_d_state: m.state_size.unwrap_or(16),
+                    mamba_d_conv: m.conv_kernel.unwrap_or(4),
+                    mamba_expand: m.expand.unwrap_or(2),
+                    mamba_dt_rank: m.dt_rank.unwrap_or(m.d_model.div_ceil(16)),
+                    mamba_conv_bias: true,
+                    mamba_proj_bias: false,
+                    rms_norm_eps: m.norm_eps,
+                    tie_word_embeddings: m.tie_embeddings,
+                    initializer_range: m.init_std,
+                    max_position_embeddings: m.max_seq_len.unwrap_or(2048),
+                }))
+            }
         }
     }
 }

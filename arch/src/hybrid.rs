@@ -1,0 +1,975 @@
+//! A hybrid Mamba + attention decoder, checkpoint-compatible with `transformers`'
+//! `JambaForCausalLM` restricted to one expert (`num_experts: 1`: a plain SwiGLU MLP in every
+//! layer, no router).
+//!
+//! Layer `i` is attention when `i % attn_layer_period == attn_layer_offset`, Mamba-1 otherwise
+//! (HF `JambaConfig.layers_block_type`). Every layer is
+//! `h += mixer(input_layernorm(h)); h += feed_forward(pre_ff_layernorm(h))`, then
+//! `model.final_layernorm` and `lm_head` (untied by default, as in Jamba; tied supported).
+//!
+//! - Mamba layers (`model.layers.{i}.mamba.*`): HF `JambaMambaMixer` = the Mamba-1 mixer of
+//!   [`crate::mamba`] plus RMSNorms `dt_layernorm` `[R]`, `b_layernorm`, `c_layernorm` `[N]` on δ,
+//!   B and C right after `x_proj` (before `dt_proj`, whose bias is always present); `in_proj` /
+//!   `out_proj` biases per `mamba_proj_bias`, conv bias per `mamba_conv_bias`.
+//! - Attention layers (`model.layers.{i}.self_attn.{q,k,v,o}_proj`): grouped-query causal
+//!   attention, no biases and **no positional encoding** (Jamba relies on the Mamba layers for
+//!   position), `head_dim = hidden_size / num_attention_heads`.
+//!
+//! Burn module paths are the HF names without `model.`, except that a Mamba layer's mixer
+//! parameters sit one level lower (`layers.0.mamba.mixer.in_proj.weight` for HF
+//! `model.layers.0.mamba.in_proj.weight`; the norms are `layers.0.mamba.dt_layernorm.weight`).
+//!
+//! Why Jamba rather than Bamba: Jamba's hybrid reuses kiln's Mamba-1 mixer and Llama attention
+//! unchanged (plus three small norms), while Bamba needs a Mamba-2 (SSD) mixer and partial RoPE.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ParamId};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ArchError;
+use crate::hf::{
+    check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
+    load_param, HfTensor,
+};
+use crate::layers::{
+    causal_attention, linear_2d, linear_no_bias, repeat_kv, Attention, KvCache, Mlp, RmsNorm,
+};
+use crate::llama::Materialize;
+use crate::mamba::{normal_param, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
+
+/// What layer `i` mixes tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// Mamba-1 selective SSM.
+    Mamba,
+    /// Causal GQA attention without positional encoding.
+    Attention,
+}
+
+/// Hyperparameters of a [`Hybrid`], keyed by HF `JambaConfig` names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HybridConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width d.
+    pub hidden_size: usize,
+    /// SwiGLU hidden width of every layer's `feed_forward`.
+    pub intermediate_size: usize,
+    /// Number of layers (Mamba and attention together).
+    pub num_hidden_layers: usize,
+    /// Query heads of the attention layers.
+    pub num_attention_heads: usize,
+    /// Key/value heads (divides `num_attention_heads`).
+    pub num_key_value_heads: usize,
+    /// Layer i is attention when `i % attn_layer_period == attn_layer_offset`.
+    pub attn_layer_period: usize,
+    /// See `attn_layer_period` (< period).
+    pub attn_layer_offset: usize,
+    /// SSM state size N.
+    pub mamba_d_state: usize,
+    /// Convolution width K.
+    pub mamba_d_conv: usize,
+    /// Mamba expansion (E = expand · d).
+    pub mamba_expand: usize,
+    /// Rank R of the step projection.
+    pub mamba_dt_rank: usize,
+    /// Bias on the depthwise convolution (HF default true).
+    #[serde(default = "default_true")]
+    pub mamba_conv_bias: bool,
+    /// Biases on `in_proj` / `out_proj` (HF default false).
+    #[serde(default)]
+    pub mamba_proj_bias: bool,
+    /// RMSNorm epsilon (every norm, the dt/B/C norms too).
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// Head tied to the embedding (Jamba's default: false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Std of the normal init of embeddings and attention/MLP weights.
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    /// Written to `config.json` (attention has no position table: no hard limit).
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_init() -> f64 {
+    0.02
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+impl HybridConfig {
+    /// Per-layer kinds, from `attn_layer_period` / `attn_layer_offset`.
+    pub fn layout(&self) -> Vec<LayerKind> {
+        (0..self.num_hidden_layers)
+            .map(|i| {
+                if self.attn_layer_period > 0
+                    && i % self.attn_layer_period == self.attn_layer_offset
+                {
+                    LayerKind::Attention
+                } else {
+                    LayerKind::Mamba
+                }
+            })
+            .collect()
+    }
+
+    /// The layout as a recipe-friendly string, one letter a layer: `M` Mamba, `A` attention
+    /// (e.g. `"MAMA"`).
+    pub fn layout_string(&self) -> String {
+        self.layout()
+            .iter()
+            .map(|k| match k {
+                LayerKind::Mamba => 'M',
+                LayerKind::Attention => 'A',
+            })
+            .collect()
+    }
+
+    /// Per-head dimension, `hidden_size / num_attention_heads`.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Mamba inner width E.
+    pub fn mamba_intermediate(&self) -> usize {
+        self.mamba_expand * self.hidden_size
+    }
+
+    /// Checks the shapes fit together.
+    pub fn validate(&self) -> Result<(), ArchError> {
+        let bad = |key: &str, reason: String| {
+            Err(ArchError::InvalidConfig {
+                key: key.into(),
+                reason,
+            })
+        };
+        for (key, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("attn_layer_period", self.attn_layer_period),
+            ("mamba_d_state", self.mamba_d_state),
+            ("mamba_d_conv", self.mamba_d_conv),
+            ("mamba_expand", self.mamba_expand),
+            ("mamba_dt_rank", self.mamba_dt_rank),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        if self.attn_layer_offset >= self.attn_layer_period {
+            return bad(
+                "attn_layer_offset",
+                format!(
+                    "{} must be smaller than attn_layer_period {}",
+                    self.attn_layer_offset, self.attn_layer_period
+                ),
+            );
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad(
+                "num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            );
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return bad(
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The Mamba-1 config whose mixer a Mamba layer uses (init rules of [`MambaConfig::init`]).
+    fn mamba_config(&self) -> MambaConfig {
+        MambaConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            state_size: self.mamba_d_state,
+            num_hidden_layers: self.num_hidden_layers,
+            expand: self.mamba_expand,
+            conv_kernel: self.mamba_d_conv,
+            time_step_rank: self.mamba_dt_rank,
+            layer_norm_epsilon: self.rms_norm_eps,
+            use_bias: self.mamba_proj_bias,
+            use_conv_bias: self.mamba_conv_bias,
+            tie_word_embeddings: self.tie_word_embeddings,
+            initializer_range: self.initializer_range,
+            rescale_prenorm_residual: false,
+            ..MambaConfig::mamba_130m()
+        }
+    }
+
+    /// Parameters of one Mamba mixer (with its three norms).
+    fn mamba_params(&self) -> usize {
+        let (d, e, n, r, k) = (
+            self.hidden_size,
+            self.mamba_intermediate(),
+            self.mamba_d_state,
+            self.mamba_dt_rank,
+            self.mamba_d_conv,
+        );
+        let proj_bias = if self.mamba_proj_bias { 2 * e + d } else { 0 };
+        let conv_bias = if self.mamba_conv_bias { e } else { 0 };
+        d * 2 * e
+            + e * k
+            + conv_bias
+            + e * (r + 2 * n)
+            + r * e
+            + e
+            + e * n
+            + e
+            + e * d
+            + proj_bias
+            + r
+            + 2 * n
+    }
+
+    /// Parameters of one attention mixer.
+    fn attention_params(&self) -> usize {
+        let (d, hd) = (self.hidden_size, self.head_dim());
+        let (nh, nkv) = (self.num_attention_heads, self.num_key_value_heads);
+        d * nh * hd * 2 + d * nkv * hd * 2
+    }
+
+    /// Number of parameters (analytic; equals the module's count).
+    pub fn num_params(&self) -> usize {
+        let d = self.hidden_size;
+        let per_layer = 2 * d + 3 * d * self.intermediate_size;
+        let mixers: usize = self
+            .layout()
+            .iter()
+            .map(|k| match k {
+                LayerKind::Mamba => self.mamba_params(),
+                LayerKind::Attention => self.attention_params(),
+            })
+            .sum();
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d + self.num_hidden_layers * per_layer + mixers + d + head
+    }
+
+    /// Training FLOPs (forward + backward) per token at sequence length `seq_len`, counted as for
+    /// Llama and Mamba: `6 · N_matmul` (every layer's mixer and MLP weights plus the output head)
+    /// plus, per attention layer, `6 · d · seq_len` for the causal `QKᵀ` and `AV`, and per Mamba
+    /// layer `6 · E · (3N + K)` for the scan and the convolution. Norms and activations ignored.
+    pub fn flops_per_token(&self, seq_len: usize) -> u64 {
+        let (d, f) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let (e, n, r, k) = (
+            self.mamba_intermediate() as u64,
+            self.mamba_d_state as u64,
+            self.mamba_dt_rank as u64,
+            self.mamba_d_conv as u64,
+        );
+        let kv = (self.num_key_value_heads * self.head_dim()) as u64;
+        let attn_matmul = d * d + 2 * d * kv + d * d;
+        let mamba_matmul = d * 2 * e + e * (r + 2 * n) + r * e + e * d;
+        let mlp = 3 * d * f;
+        let mut flops = 6 * self.vocab_size as u64 * d;
+        for kind in self.layout() {
+            flops += 6 * mlp
+                + match kind {
+                    LayerKind::Attention => 6 * attn_matmul + 6 * d * seq_len as u64,
+                    LayerKind::Mamba => 6 * mamba_matmul + 6 * e * (3 * n + k),
+                };
+        }
+        flops
+    }
+
+    /// HF `config.json` for `JambaForCausalLM` (one expert).
+    pub fn to_hf_config(&self, bos_token_id: u32, eos_token_id: u32, torch_dtype: &str) -> Value {
+        json!({
+            "architectures": ["JambaForCausalLM"],
+            "model_type": "jamba",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "attn_layer_period": self.attn_layer_period,
+            "attn_layer_offset": self.attn_layer_offset,
+            "num_experts": 1,
+            "num_experts_per_tok": 1,
+            "expert_layer_period": 1,
+            "expert_layer_offset": 0,
+            "mamba_d_state": self.mamba_d_state,
+            "mamba_d_conv": self.mamba_d_conv,
+            "mamba_expand": self.mamba_expand,
+            "mamba_dt_rank": self.mamba_dt_rank,
+            "mamba_conv_bias": self.mamba_conv_bias,
+            "mamba_proj_bias": self.mamba_proj_bias,
+            "use_mamba_kernels": false,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": "silu",
+            "attention_dropout": 0.0,
+            "output_router_logits": false,
+            "use_cache": true,
+            "bos_token_id": bos_token_id,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": eos_token_id,
+            "dtype": torch_dtype,
+            "torch_dtype": torch_dtype,
+        })
+    }
+
+    /// Reads an HF Jamba `config.json`, with `JambaConfig`'s defaults for absent keys. Rejects a
+    /// model with more than one expert in any layer, and any activation but SiLU.
+    pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
+        let get = |key: &str| cfg.get(key).filter(|v| !v.is_null());
+        let invalid = |key: &str, what: &str, v: &Value| ArchError::InvalidConfig {
+            key: key.into(),
+            reason: format!("expected {what}, got {v}"),
+        };
+        let usize_or = |key: &str, default: usize| -> Result<usize, ArchError> {
+            get(key).map_or(Ok(default), |v| {
+                v.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| invalid(key, "a non-negative integer", v))
+            })
+        };
+        let bool_or = |key: &str, default: bool| -> Result<bool, ArchError> {
+            get(key).map_or(Ok(default), |v| {
+                v.as_bool().ok_or_else(|| invalid(key, "a boolean", v))
+            })
+        };
+        let f64_or = |key: &str, default: f64| -> Result<f64, ArchError> {
+            get(key).map_or(Ok(default), |v| {
+                v.as_f64().ok_or_else(|| invalid(key, "a number", v))
+            })
+        };
+        match get("model_type").and_then(Value::as_str) {
+            Some("jamba") => {}
+            Some(other) => {
+                return Err(ArchError::UnsupportedConfig {
+                    key: "model_type".into(),
+                    value: format!("{other:?}"),
+                    reason: "expected \"jamba\"".into(),
+                })
+            }
+            None => {
+                return Err(ArchError::MissingConfigKey {
+                    key: "model_type".into(),
+                })
+            }
+        }
+        if let Some(v) = get("hidden_act") {
+            if v.as_str() != Some("silu") {
+                return Err(ArchError::UnsupportedConfig {
+                    key: "hidden_act".into(),
+                    value: v.to_string(),
+                    reason: "kiln implements SiLU only".into(),
+                });
+            }
+        }
+        let hidden_size = usize_or("hidden_size", 4096)?;
+        let num_hidden_layers = usize_or("num_hidden_layers", 32)?;
+        let num_experts = usize_or("num_experts", 16)?;
+        let expert_period = usize_or("expert_layer_period", 2)?;
+        let expert_offset = usize_or("expert_layer_offset", 1)?;
+        if num_experts > 1
+            && (0..num_hidden_layers)
+                .any(|i| expert_period > 0 && i % expert_period == expert_offset)
+        {
+            return Err(ArchError::UnsupportedConfig {
+                key: "num_experts".into(),
+                value: num_experts.to_string(),
+                reason: "kiln's hybrid has one expert (a plain MLP) per layer".into(),
+            });
+        }
+        let num_attention_heads = usize_or("num_attention_heads", 32)?;
+        let mamba_dt_rank = match get("mamba_dt_rank") {
+            None => hidden_size.div_ceil(16),
+            Some(Value::String(s)) if s == "auto" => hidden_size.div_ceil(16),
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| invalid("mamba_dt_rank", "an integer or \"auto\"", v))?,
+        };
+        let config = HybridConfig {
+            vocab_size: usize_or("vocab_size", 65536)?,
+            hidden_size,
+            intermediate_size: usize_or("intermediate_size", 14336)?,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: usize_or("num_key_value_heads", num_attention_heads)?,
+            attn_layer_period: usize_or("attn_layer_period", 8)?,
+            attn_layer_offset: usize_or("attn_layer_offset", 4)?,
+            mamba_d_state: usize_or("mamba_d_state", 16)?,
+            mamba_d_conv: usize_or("mamba_d_conv", 4)?,
+            mamba_expand: usize_or("mamba_expand", 2)?,
+            mamba_dt_rank,
+            mamba_conv_bias: bool_or("mamba_conv_bias", true)?,
+            mamba_proj_bias: bool_or("mamba_proj_bias", false)?,
+            rms_norm_eps: f64_or("rms_norm_eps", 1e-6)?,
+            tie_word_embeddings: bool_or("tie_word_embeddings", false)?,
+            initializer_range: f64_or("initializer_range", 0.02)?,
+            max_position_embeddings: usize_or("max_position_embeddings", 262144)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fresh weights: embedding, head, attention and MLP weights `~ normal(0,
+    /// initializer_range)` (HF), norms 1, Mamba mixers by [`MambaConfig::init`]'s rules.
+    /// Panics if [`HybridConfig::validate`] fails.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Hybrid<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid hybrid config: {e}");
+        }
+        let (d, hd, ffn) = (self.hidden_size, self.head_dim(), self.intermediate_size);
+        let (nh, nkv) = (self.num_attention_heads, self.num_key_value_heads);
+        let (std, eps) = (self.initializer_range, self.rms_norm_eps);
+        let mamba_cfg = self.mamba_config();
+        let layers = self
+            .layout()
+            .into_iter()
+            .map(|kind| HybridLayer {
+                input_layernorm: RmsNorm::new(d, eps, device),
+                self_attn: (kind == LayerKind::Attention).then(|| Attention {
+                    q_proj: linear_no_bias(d, nh * hd, std, device),
+                    k_proj: linear_no_bias(d, nkv * hd, std, device),
+                    v_proj: linear_no_bias(d, nkv * hd, std, device),
+                    o_proj: linear_no_bias(nh * hd, d, std, device),
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                }),
+                mamba: (kind == LayerKind::Mamba).then(|| JambaMamba {
+                    mixer: mamba_cfg.init_mixer(device),
+                    dt_layernorm: RmsNorm::new(self.mamba_dt_rank, eps, device),
+                    b_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
+                    c_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
+                }),
+                pre_ff_layernorm: RmsNorm::new(d, eps, device),
+                feed_forward: Mlp {
+                    gate_proj: linear_no_bias(d, ffn, std, device),
+                    up_proj: linear_no_bias(d, ffn, std, device),
+                    down_proj: linear_no_bias(ffn, d, std, device),
+                },
+            })
+            .collect();
+        let model = Hybrid {
+            embed_tokens: Embedding {
+                weight: normal_param([self.vocab_size, d], std, device),
+            },
+            layers,
+            final_layernorm: RmsNorm::new(d, eps, device),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| linear_no_bias(d, self.vocab_size, std, device)),
+            config: self.clone(),
+        };
+        model.visit(&mut Materialize);
+        model
+    }
+}
+
+/// HF `JambaMambaMixer`: the Mamba-1 mixer plus RMSNorms on δ, B and C.
+#[derive(Module, Debug)]
+pub struct JambaMamba<B: Backend> {
+    /// The Mamba-1 mixer (HF names `in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`,
+    /// `out_proj`).
+    pub mixer: MambaMixer<B>,
+    /// RMSNorm over the R step features.
+    pub dt_layernorm: RmsNorm<B>,
+    /// RMSNorm over B's N features.
+    pub b_layernorm: RmsNorm<B>,
+    /// RMSNorm over C's N features.
+    pub c_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> JambaMamba<B> {
+    /// `u` `[b, l, d]` -> `[b, l, d]` and the state after the last position.
+    pub fn forward(
+        &self,
+        u: Tensor<B, 3>,
+        state: Option<MambaLayerState<B>>,
+    ) -> (Tensor<B, 3>, MambaLayerState<B>) {
+        self.mixer.forward_with_norms(
+            u,
+            state,
+            ScanMode::Sequential,
+            Some([&self.dt_layernorm, &self.b_layernorm, &self.c_layernorm]),
+        )
+    }
+}
+
+/// Causal GQA attention of `x` `[b, s, d]` over `past` and itself, without positional encoding
+/// (HF `JambaAttention`). Returns `[b, s, d]` and the extended cache.
+fn attention_no_rope<B: Backend>(
+    attn: &Attention<B>,
+    x: Tensor<B, 3>,
+    past: Option<KvCache<B>>,
+) -> (Tensor<B, 3>, KvCache<B>) {
+    let [b, s, d] = x.dims();
+    let (nh, nkv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let x = x.reshape([b * s, d]);
+    let heads = |lin: &Linear<B>, n: usize| {
+        linear_2d(lin, x.clone())
+            .reshape([b, s, n, hd])
+            .swap_dims(1, 2) // [b, n, s, hd]
+    };
+    let (q, k, v) = (
+        heads(&attn.q_proj, nh),
+        heads(&attn.k_proj, nkv),
+        heads(&attn.v_proj, nkv),
+    );
+    let (k, v) = match past {
+        Some(p) => (Tensor::cat(vec![p.k, k], 2), Tensor::cat(vec![p.v, v], 2)),
+        None => (k, v),
+    };
+    let cache = KvCache {
+        k: k.clone(),
+        v: v.clone(),
+    };
+    let y = causal_attention(q, repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv)); // [b, nh, s, hd]
+    let y = y.swap_dims(1, 2).reshape([b * s, nh * hd]);
+    (linear_2d(&attn.o_proj, y).reshape([b, s, d]), cache)
+}
+
+/// One layer: `h += mixer(input_layernorm(h)); h += feed_forward(pre_ff_layernorm(h))`. Exactly
+/// one of `self_attn` / `mamba` is present.
+#[derive(Module, Debug)]
+pub struct HybridLayer<B: Backend> {
+    /// Norm before the mixer.
+    pub input_layernorm: RmsNorm<B>,
+    /// Attention mixer (attention layers).
+    pub self_attn: Option<Attention<B>>,
+    /// Mamba mixer (Mamba layers).
+    pub mamba: Option<JambaMamba<B>>,
+    /// Norm before the MLP.
+    pub pre_ff_layernorm: RmsNorm<B>,
+    /// SwiGLU MLP (HF `JambaMLP`, the single expert).
+    pub feed_forward: Mlp<B>,
+}
+
+/// What one layer carries between calls of [`Hybrid::forward_cached`].
+#[derive(Clone, Debug)]
+pub enum HybridLayerState<B: Backend> {
+    /// Keys and values so far.
+    Attention(KvCache<B>),
+    /// Convolution and SSM state.
+    Mamba(MambaLayerState<B>),
+}
+
+impl<B: Backend> HybridLayer<B> {
+    fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        state: Option<HybridLayerState<B>>,
+    ) -> (Tensor<B, 3>, HybridLayerState<B>) {
+        let x = self.input_layernorm.forward(h.clone());
+        let (y, state) = match (&self.self_attn, &self.mamba) {
+            (Some(attn), _) => {
+                let past = match state {
+                    Some(HybridLayerState::Attention(kv)) => Some(kv),
+                    _ => None,
+                };
+                let (y, kv) = attention_no_rope(attn, x, past);
+                (y, HybridLayerState::Attention(kv))
+            }
+            (None, Some(mamba)) => {
+                let past = match state {
+                    Some(HybridLayerState::Mamba(s)) => Some(s),
+                    _ => None,
+                };
+                let (y, s) = mamba.forward(x, past);
+                (y, HybridLayerState::Mamba(s))
+            }
+            (None, None) => panic!("hybrid layer without a mixer"),
+        };
+        let h = h + y;
+        let y = self
+            .feed_forward
+            .forward(self.pre_ff_layernorm.forward(h.clone()));
+        (h + y, state)
+    }
+}
+
+/// `JambaForCausalLM` with one expert. Field names are the HF names without `model.`.
+#[derive(Module, Debug)]
+pub struct Hybrid<B: Backend> {
+    /// Token embedding `[vocab, d]`.
+    pub embed_tokens: Embedding<B>,
+    /// The layers.
+    pub layers: Vec<HybridLayer<B>>,
+    /// Final norm.
+    pub final_layernorm: RmsNorm<B>,
+    /// Output head; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    /// The config this model was built from.
+    #[module(skip)]
+    pub config: HybridConfig,
+}
+
+/// Generation state of a [`Hybrid`]: KV caches of attention layers, conv/SSM states of Mamba
+/// layers (HF `HybridMambaAttentionDynamicCache`).
+#[derive(Clone, Debug)]
+pub struct HybridCache<B: Backend> {
+    /// `layers[i]`: layer i's state, `None` before the first call.
+    pub layers: Vec<Option<HybridLayerState<B>>>,
+    /// Batch size the cache was created for.
+    pub batch: usize,
+    /// Positions processed so far.
+    pub seq_len: usize,
+}
+
+impl<B: Backend> HybridCache<B> {
+    /// Number of positions already processed.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+}
+
+impl<B: Backend> Hybrid<B> {
+    /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mut h = self.embed_tokens.forward(input_ids);
+        for layer in &self.layers {
+            h = layer.forward(h, None).0;
+        }
+        self.logits(h)
+    }
+
+    /// An empty cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> HybridCache<B> {
+        HybridCache {
+            layers: vec![None; self.layers.len()],
+            batch,
+            seq_len: 0,
+        }
+    }
+
+    /// Logits for `input_ids` `[b, l]` following what `cache` holds; updates the cache. Equal to
+    /// the matching slice of [`Hybrid::forward`] on the whole sequence. Panics on a batch size
+    /// other than the cache's.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut HybridCache<B>,
+    ) -> Tensor<B, 3> {
+        let [b, l] = input_ids.dims();
+        assert_eq!(
+            b, cache.batch,
+            "forward_cached: batch {b} but the cache was created for batch {}",
+            cache.batch
+        );
+        let mut h = self.embed_tokens.forward(input_ids);
+        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (next, new_state) = layer.forward(h, state.take());
+            h = next;
+            *state = Some(new_state);
+        }
+        cache.seq_len += l;
+        self.logits(h)
+    }
+
+    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, d] = h.dims();
+        let h = self.final_layernorm.forward(h).reshape([b * l, d]);
+        let logits = match &self.lm_head {
+            Some(head) => linear_2d(head, h),
+            None => h.matmul(self.embed_tokens.weight.val().transpose()),
+        };
+        logits.reshape([b, l, self.config.vocab_size])
+    }
+
+    /// Parameters that should get no weight decay (burn path, id): norms, biases, `A_log`, `D`.
+    pub fn no_weight_decay(&self) -> Vec<(String, ParamId)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("layers.{i}.{s}");
+            out.push((
+                name("input_layernorm.weight"),
+                layer.input_layernorm.weight.id,
+            ));
+            out.push((
+                name("pre_ff_layernorm.weight"),
+                layer.pre_ff_layernorm.weight.id,
+            ));
+            if let Some(m) = &layer.mamba {
+                let x = &m.mixer;
+                out.push((name("mamba.mixer.A_log"), x.A_log.id));
+                out.push((name("mamba.mixer.D"), x.D.id));
+                for (s, norm) in [
+                    ("dt_layernorm", &m.dt_layernorm),
+                    ("b_layernorm", &m.b_layernorm),
+                    ("c_layernorm", &m.c_layernorm),
+                ] {
+                    out.push((name(&format!("mamba.{s}.weight")), norm.weight.id));
+                }
+                for (s, bias) in [
+                    ("in_proj", &x.in_proj.bias),
+                    ("conv1d", &x.conv1d.bias),
+                    ("dt_proj", &x.dt_proj.bias),
+                    ("out_proj", &x.out_proj.bias),
+                ] {
+                    if let Some(p) = bias {
+                        out.push((name(&format!("mamba.mixer.{s}.bias")), p.id));
+                    }
+                }
+            }
+        }
+        out.push((
+            "final_layernorm.weight".to_string(),
+            self.final_layernorm.weight.id,
+        ));
+        out
+    }
+
+    /// Every parameter under its HF name, HF layout, in [`hybrid_hf_layout`] order.
+    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
+        let mut out = vec![export_param(
+            "model.embed_tokens.weight",
+            &self.embed_tokens.weight,
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("model.layers.{i}.{s}");
+            out.push(export_param(
+                name("input_layernorm.weight"),
+                &layer.input_layernorm.weight,
+            ));
+            if let Some(a) = &layer.self_attn {
+                for (s, lin) in [
+                    ("q_proj", &a.q_proj),
+                    ("k_proj", &a.k_proj),
+                    ("v_proj", &a.v_proj),
+                    ("o_proj", &a.o_proj),
+                ] {
+                    out.extend(export_linear_at(&name(&format!("self_attn.{s}")), lin));
+                }
+            }
+            if let Some(mm) = &layer.mamba {
+                let m = &mm.mixer;
+                out.extend(export_linear_at(&name("mamba.in_proj"), &m.in_proj));
+                out.push(export_param(name("mamba.conv1d.weight"), &m.conv1d.weight));
+                if let Some(bias) = &m.conv1d.bias {
+                    out.push(export_param(name("mamba.conv1d.bias"), bias));
+                }
+                out.extend(export_linear_at(&name("mamba.x_proj"), &m.x_proj));
+                out.extend(export_linear_at(&name("mamba.dt_proj"), &m.dt_proj));
+                out.push(export_param(name("mamba.A_log"), &m.A_log));
+                out.push(export_param(name("mamba.D"), &m.D));
+                out.extend(export_linear_at(&name("mamba.out_proj"), &m.out_proj));
+                for (s, norm) in [
+                    ("dt_layernorm", &mm.dt_layernorm),
+                    ("b_layernorm", &mm.b_layernorm),
+                    ("c_layernorm", &mm.c_layernorm),
+                ] {
+                    out.push(export_param(
+                        name(&format!("mamba.{s}.weight")),
+                        &norm.weight,
+                    ));
+                }
+            }
+            out.push(export_param(
+                name("pre_ff_layernorm.weight"),
+                &layer.pre_ff_layernorm.weight,
+            ));
+            let f = &layer.feed_forward;
+            for (s, lin) in [
+                ("gate_proj", &f.gate_proj),
+                ("up_proj", &f.up_proj),
+                ("down_proj", &f.down_proj),
+            ] {
+                out.extend(export_linear_at(&name(&format!("feed_forward.{s}")), lin));
+            }
+        }
+        out.push(export_param(
+            "model.final_layernorm.weight",
+            &self.final_layernorm.weight,
+        ));
+        if let Some(head) = &self.lm_head {
+            out.extend(export_linear_at("lm_head", head));
+        }
+        out
+    }
+
+    /// Replaces every parameter with the HF tensors (ids kept), after checking names and shapes
+    /// (a tied checkpoint may carry an `lm_head.weight` equal to the embedding).
+    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
+        let embed_name = "model.embed_tokens.weight";
+        check_hf_tensors(
+            tensors,
+            &hybrid_hf_layout(&self.config),
+            self.config.tie_word_embeddings.then_some(embed_name),
+            |_| false,
+        )?;
+        let Hybrid {
+            embed_tokens,
+            layers,
+            final_layernorm,
+            lm_head,
+            config,
+        } = self;
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let name = |s: &str| format!("model.layers.{i}.{s}");
+                let t = |s: &str| &tensors[&name(s)];
+                let lin = |l: Linear<B>, s: &str| load_linear_at(l, tensors, &name(s));
+                HybridLayer {
+                    input_layernorm: load_norm(layer.input_layernorm, t("input_layernorm.weight")),
+                    self_attn: layer.self_attn.map(|a| Attention {
+                        q_proj: lin(a.q_proj, "self_attn.q_proj"),
+                        k_proj: lin(a.k_proj, "self_attn.k_proj"),
+                        v_proj: lin(a.v_proj, "self_attn.v_proj"),
+                        o_proj: lin(a.o_proj, "self_attn.o_proj"),
+                        ..a
+                    }),
+                    mamba: layer.mamba.map(|mm| {
+                        let m = mm.mixer;
+                        JambaMamba {
+                            mixer: MambaMixer {
+                                in_proj: lin(m.in_proj, "mamba.in_proj"),
+                                conv1d: burn::nn::conv::Conv1d {
+                                    weight: load_param(m.conv1d.weight, t("mamba.conv1d.weight")),
+                                    bias: m
+                                        .conv1d
+                                        .bias
+                                        .map(|p| load_param(p, t("mamba.conv1d.bias"))),
+                                    ..m.conv1d
+                                },
+                                x_proj: lin(m.x_proj, "mamba.x_proj"),
+                                dt_proj: lin(m.dt_proj, "mamba.dt_proj"),
+                                A_log: load_param(m.A_log, t("mamba.A_log")),
+                                D: load_param(m.D, t("mamba.D")),
+                                out_proj: lin(m.out_proj, "mamba.out_proj"),
+                                ..m
+                            },
+                            dt_layernorm: load_norm(
+                                mm.dt_layernorm,
+                                t("mamba.dt_layernorm.weight"),
+                            ),
+                            b_layernorm: load_norm(mm.b_layernorm, t("mamba.b_layernorm.weight")),
+                            c_layernorm: load_norm(mm.c_layernorm, t("mamba.c_layernorm.weight")),
+                        }
+                    }),
+                    pre_ff_layernorm: load_norm(
+                        layer.pre_ff_layernorm,
+                        t("pre_ff_layernorm.weight"),
+                    ),
+                    feed_forward: Mlp {
+                        gate_proj: lin(layer.feed_forward.gate_proj, "feed_forward.gate_proj"),
+                        up_proj: lin(layer.feed_forward.up_proj, "feed_forward.up_proj"),
+                        down_proj: lin(layer.feed_forward.down_proj, "feed_forward.down_proj"),
+                    },
+                }
+            })
+            .collect();
+        Ok(Hybrid {
+            embed_tokens: Embedding {
+                weight: load_param(embed_tokens.weight, &tensors[embed_name]),
+            },
+            layers,
+            final_layernorm: load_norm(final_layernorm, &tensors["model.final_layernorm.weight"]),
+            lm_head: lm_head.map(|h| load_linear(h, &tensors["lm_head.weight"])),
+            config,
+        })
+    }
+}
+
+/// Every tensor an HF `JambaForCausalLM` (one expert) checkpoint of this config holds, in the
+/// order [`Hybrid::to_hf_tensors`] writes them: `(name, HF shape)`.
+pub fn hybrid_hf_layout(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, ffn, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let (e, n, r, k) = (
+        cfg.mamba_intermediate(),
+        cfg.mamba_d_state,
+        cfg.mamba_dt_rank,
+        cfg.mamba_d_conv,
+    );
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, d],
+    )];
+    for (i, kind) in cfg.layout().into_iter().enumerate() {
+        let mut block: Vec<(&str, Vec<usize>)> = vec![("input_layernorm.weight", vec![d])];
+        match kind {
+            LayerKind::Attention => block.extend([
+                ("self_attn.q_proj.weight", vec![nh * hd, d]),
+                ("self_attn.k_proj.weight", vec![nkv * hd, d]),
+                ("self_attn.v_proj.weight", vec![nkv * hd, d]),
+                ("self_attn.o_proj.weight", vec![d, nh * hd]),
+            ]),
+            LayerKind::Mamba => {
+                block.push(("mamba.in_proj.weight", vec![2 * e, d]));
+                if cfg.mamba_proj_bias {
+                    block.push(("mamba.in_proj.bias", vec![2 * e]));
+                }
+                block.push(("mamba.conv1d.weight", vec![e, 1, k]));
+                if cfg.mamba_conv_bias {
+                    block.push(("mamba.conv1d.bias", vec![e]));
+                }
+                block.extend([
+                    ("mamba.x_proj.weight", vec![r + 2 * n, e]),
+                    ("mamba.dt_proj.weight", vec![e, r]),
+                    ("mamba.dt_proj.bias", vec![e]),
+                    ("mamba.A_log", vec![e, n]),
+                    ("mamba.D", vec![e]),
+                    ("mamba.out_proj.weight", vec![d, e]),
+                ]);
+                if cfg.mamba_proj_bias {
+                    block.push(("mamba.out_proj.bias", vec![d]));
+                }
+                block.extend([
+                    ("mamba.dt_layernorm.weight", vec![r]),
+                    ("mamba.b_layernorm.weight", vec![n]),
+                    ("mamba.c_layernorm.weight", vec![n]),
+                ]);
+            }
+        }
+        block.extend([
+            ("pre_ff_layernorm.weight", vec![d]),
+            ("feed_forward.gate_proj.weight", vec![ffn, d]),
+            ("feed_forward.up_proj.weight", vec![ffn, d]),
+            ("feed_forward.down_proj.weight", vec![d, ffn]),
+        ]);
+        out.extend(
+            block
+                .into_iter()
+                .map(|(s, shape)| (format!("model.layers.{i}.{s}"), shape)),
+        );
+    }
+    out.push(("model.final_layernorm.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
+    }
+    out
+}

@@ -1,0 +1,1223 @@
+//! Mamba-2: state-space duality (SSD) blocks (Dao & Gu 2024, "Transformers are SSMs").
+//!
+//! Compatible with Hugging Face `transformers` `Mamba2ForCausalLM` (`models/mamba2/
+//! modeling_mamba2.py`; its pure-torch `mamba2_chunk_scan` / `mamba2_selective_state_update` are
+//! the reference for the maths): pre-norm residual blocks `h += mixer(rms(h))`, a final RMSNorm
+//! `norm_f`, an optionally tied head.
+//!
+//! One mixer, with `E = expand · d = H · P` (`H = num_heads`, `P = head_dim`), `G = n_groups`,
+//! `N = state_size`, `K = conv_kernel`, on `u` `[b, l, d]`:
+//!
+//! 1. `in_proj(u)` `[b, l, E + (E + 2GN) + H]` splits into the gate `z` `[E]`, `xBC`
+//!    `[E + 2GN]` and the step pre-activation `dt` `[H]`;
+//! 2. `xBC` goes through a depthwise causal convolution (kernel K, with bias) and SiLU, then
+//!    splits into `x` `[H, P]`, `B` `[G, N]`, `C` `[G, N]` (head `h` uses group `h / (H / G)`);
+//! 3. `Δ = clamp(softplus(dt + dt_bias), time_step_limit)` `[H]`, `A = −exp(A_log)` `[H]`: one
+//!    scalar decay per head and position, `a_t = Δ_t · A`;
+//! 4. the SSD recurrence per head, state `[P, N]`:
+//!    `h_t = exp(a_t) · h_{t−1} + (Δ_t x_t) ⊗ B_t`, `y_t = h_t C_t + D ⊙ x_t`;
+//! 5. gated RMSNorm (`norm`, per group of `E / G` channels): `rms(y ⊙ silu(z)) ⊙ w`;
+//! 6. `out_proj` `[E] -> [d]`.
+//!
+//! The recurrence exists twice, as plain burn tensor ops: [`ssd_sequential`] (reference, one step
+//! per position) and [`ssd_chunked`] (training: within a chunk a masked decay "attention"
+//! `(C Bᵀ ⊙ exp(segsum a)) (Δx)`, between chunks a small state recurrence; every product is a
+//! matmul). [`Mamba2::forward_cached`] carries the convolution window and the SSM state.
+//!
+//! Module paths equal the HF tensor names minus `backbone.`; burn's Linear weights are `[in, out]`
+//! (transposed on export). Left out: mixed precision, `attention_mask`, fused kernels.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::conv::Conv1d;
+use burn::nn::{Embedding, Linear, PaddingConfig1d};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ArchError;
+use crate::hf::{
+    check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
+    load_param, HfTensor,
+};
+use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+
+/// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mamba2Config {
+    /// Token vocabulary size.
+    pub vocab_size: usize,
+    /// Residual stream width d.
+    pub hidden_size: usize,
+    /// SSM state size N. Default 128.
+    #[serde(default = "default_state_size")]
+    pub state_size: usize,
+    /// Number of blocks.
+    pub num_hidden_layers: usize,
+    /// `E = expand · hidden_size` must equal `num_heads · head_dim`. Default 2.
+    #[serde(default = "default_expand")]
+    pub expand: usize,
+    /// Number of SSM heads H (one scalar decay each).
+    pub num_heads: usize,
+    /// Channels per head P.
+    pub head_dim: usize,
+    /// Groups G sharing one B and C (G divides H). Default 8.
+    #[serde(default = "default_n_groups")]
+    pub n_groups: usize,
+    /// Depthwise convolution kernel K (≥ 2). Default 4.
+    #[serde(default = "default_conv_kernel")]
+    pub conv_kernel: usize,
+    /// Chunk length of the SSD training form. Default 256.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// RMSNorm epsilon (block norms, gated norm, `norm_f`). Default 1e-5.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// Biases on `in_proj` and `out_proj`. Default false.
+    #[serde(default)]
+    pub use_bias: bool,
+    /// Bias on the convolution. Default true.
+    #[serde(default = "default_true")]
+    pub use_conv_bias: bool,
+    /// Init: initial Δ log-uniform in `[time_step_min, time_step_max]`. Default 0.001.
+    #[serde(default = "default_time_step_min")]
+    pub time_step_min: f64,
+    /// Default 0.1.
+    #[serde(default = "default_time_step_max")]
+    pub time_step_max: f64,
+    /// Init: lower clamp of the initial Δ. Default 1e-4.
+    #[serde(default = "default_time_step_floor")]
+    pub time_step_floor: f64,
+    /// Δ is clamped to `[lo, hi]`; `None` = HF's default `(0, ∞)` (no clamp beyond softplus > 0).
+    #[serde(default)]
+    pub time_step_limit: Option<(f64, f64)>,
+    /// Head shares the embedding. Default false (HF `Mamba2Config`).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Init: std of the embedding (and an untied head). Default 0.1.
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// Init: divide `out_proj.weight` by `sqrt(num_hidden_layers)`. Default false.
+    #[serde(default)]
+    pub rescale_prenorm_residual: bool,
+}
+
+fn default_state_size() -> usize {
+    128
+}
+fn default_expand() -> usize {
+    2
+}
+fn default_n_groups() -> usize {
+    8
+}
+fn default_conv_kernel() -> usize {
+    4
+}
+fn default_chunk_size() -> usize {
+    256
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_time_step_min() -> f64 {
+    0.001
+}
+fn default_time_step_max() -> f64 {
+    0.1
+}
+fn default_time_step_floor() -> f64 {
+    1e-4
+}
+fn default_initializer_range() -> f64 {
+    0.1
+}
+
+impl Mamba2Config {
+    /// A small config with transformers' defaults for everything not given.
+    pub fn new(
+        vocab_size: usize,
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        num_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            state_size: default_state_size(),
+            num_hidden_layers,
+            expand: default_expand(),
+            num_heads,
+            head_dim,
+            n_groups: default_n_groups(),
+            conv_kernel: default_conv_kernel(),
+            chunk_size: default_chunk_size(),
+            layer_norm_epsilon: default_eps(),
+            use_bias: false,
+            use_conv_bias: true,
+            time_step_min: default_time_step_min(),
+            time_step_max: default_time_step_max(),
+            time_step_floor: default_time_step_floor(),
+            time_step_limit: None,
+            tie_word_embeddings: false,
+            initializer_range: default_initializer_range(),
+            rescale_prenorm_residual: false,
+        }
+    }
+
+    /// E = `expand · hidden_size`.
+    pub fn intermediate_size(&self) -> usize {
+        self.expand * self.hidden_size
+    }
+
+    /// Channels through the convolution: `E + 2·G·N`.
+    pub fn conv_dim(&self) -> usize {
+        self.intermediate_size() + 2 * self.n_groups * self.state_size
+    }
+
+    /// Width of `in_proj`'s output: `E + conv_dim + H`.
+    pub fn in_proj_size(&self) -> usize {
+        self.intermediate_size() + self.conv_dim() + self.num_heads
+    }
+
+    /// Checks the config describes a buildable model; names the offending key.
+    pub fn validate(&self) -> Result<(), ArchError> {
+        let bad = |key: &str, reason: String| {
+            Err(ArchError::InvalidConfig {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("state_size", self.state_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("expand", self.expand),
+            ("num_heads", self.num_heads),
+            ("head_dim", self.head_dim),
+            ("n_groups", self.n_groups),
+            ("chunk_size", self.chunk_size),
+        ] {
+            if value == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        if self.intermediate_size() != self.num_heads * self.head_dim {
+            return bad(
+                "num_heads",
+                format!(
+                    "num_heads ({}) × head_dim ({}) must equal expand × hidden_size ({})",
+                    self.num_heads,
+                    self.head_dim,
+                    self.intermediate_size()
+                ),
+            );
+        }
+        if !self.num_heads.is_multiple_of(self.n_groups) {
+            return bad(
+                "n_groups",
+                format!(
+                    "{} must divide num_heads = {}",
+                    self.n_groups, self.num_heads
+                ),
+            );
+        }
+        if self.conv_kernel < 2 {
+            return bad("conv_kernel", format!("{} must be >= 2", self.conv_kernel));
+        }
+        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
+            return bad("layer_norm_epsilon", "must be > 0".into());
+        }
+        if !(self.time_step_min > 0.0 && self.time_step_max >= self.time_step_min) {
+            return bad(
+                "time_step_max",
+                "need 0 < time_step_min <= time_step_max".into(),
+            );
+        }
+        if let Some((lo, hi)) = self.time_step_limit {
+            if lo.is_nan() || hi.is_nan() || lo > hi {
+                return bad("time_step_limit", format!("[{lo}, {hi}] is not a range"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters of one block: `norm [d]`, `in_proj [E + conv_dim + H, d]` (+ bias),
+    /// `conv1d [conv_dim, 1, K]` (+ bias), `dt_bias`, `A_log`, `D` `[H]` each, gated
+    /// `norm [E]`, `out_proj [d, E]` (+ bias).
+    fn block_params(&self) -> usize {
+        let (d, e, h, k) = (
+            self.hidden_size,
+            self.intermediate_size(),
+            self.num_heads,
+            self.conv_kernel,
+        );
+        let (proj, conv) = (self.in_proj_size(), self.conv_dim());
+        let linear_bias = if self.use_bias { proj + d } else { 0 };
+        let conv_bias = if self.use_conv_bias { conv } else { 0 };
+        d + proj * d + conv * k + conv_bias + 3 * h + e + e * d + linear_bias
+    }
+
+    /// Exact parameter count (equals burn's `num_params` of the built model).
+    pub fn num_params(&self) -> usize {
+        let embed = self.vocab_size * self.hidden_size;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_hidden_layers * self.block_params() + self.hidden_size + head
+    }
+
+    /// Training FLOPs (forward + backward) per token at chunk length `chunk_size`, counted as for
+    /// Mamba-1: `6 · N_matmul` (`in_proj`, `out_proj` of every layer plus the output head) plus
+    /// per layer `6 · (E · (2N + 2·chunk) + conv_dim · K)`: the state update and read-out, the
+    /// intra-chunk decay "attention" (`C Bᵀ` and its product with `x`, halved for the causal mask)
+    /// and the convolution. Norms, gates and activations ignored.
+    pub fn flops_per_token(&self) -> u64 {
+        let d = self.hidden_size as u64;
+        let e = self.intermediate_size() as u64;
+        let n = self.state_size as u64;
+        let chunk = self.chunk_size as u64;
+        let layers = self.num_hidden_layers as u64;
+        let block_matmul = d * self.in_proj_size() as u64 + e * d;
+        let n_matmul = layers * block_matmul + self.vocab_size as u64 * d;
+        let ssd = e * (2 * n + chunk) + (self.conv_dim() * self.conv_kernel) as u64;
+        6 * n_matmul + 6 * layers * ssd
+    }
+
+    /// HF `config.json` for `Mamba2ForCausalLM`.
+    pub fn to_hf_config(&self, bos_token_id: u32, eos_token_id: u32, torch_dtype: &str) -> Value {
+        let limit = self.time_step_limit.unwrap_or((0.0, f64::INFINITY));
+        let number = |x: f64| {
+            if x.is_finite() {
+                json!(x)
+            } else if x > 0.0 {
+                json!({"__float__": "Infinity"})
+            } else {
+                json!({"__float__": "-Infinity"})
+            }
+        };
+        json!({
+            "architectures": ["Mamba2ForCausalLM"],
+            "model_type": "mamba2",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "state_size": self.state_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "expand": self.expand,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "n_groups": self.n_groups,
+            "conv_kernel": self.conv_kernel,
+            "chunk_size": self.chunk_size,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "use_bias": self.use_bias,
+            "use_conv_bias": self.use_conv_bias,
+            "hidden_act": "silu",
+            "initializer_range": self.initializer_range,
+            "residual_in_fp32": true,
+            "time_step_rank": self.hidden_size.div_ceil(16),
+            "time_step_min": self.time_step_min,
+            "time_step_max": self.time_step_max,
+            "time_step_floor": self.time_step_floor,
+            "time_step_limit": [number(limit.0), number(limit.1)],
+            "rescale_prenorm_residual": self.rescale_prenorm_residual,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": true,
+            "bos_token_id": bos_token_id,
+            "eos_token_id": eos_token_id,
+            "dtype": torch_dtype,
+            "torch_dtype": torch_dtype,
+        })
+    }
+
+    /// Reads an HF Mamba-2 `config.json`. `vocab_size`, `hidden_size`, `num_hidden_layers`,
+    /// `num_heads` and `head_dim` are required (HF's defaults for the last two describe
+    /// mamba2-2.8b only); the rest default as in transformers. `time_step_limit` entries may be
+    /// numbers, `null` or transformers' `{"__float__": "Infinity"}`. `rms_norm: false`,
+    /// `norm_before_gate: true` (older configs) and a non-SiLU `hidden_act` are unsupported.
+    pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
+        let obj = cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
+            key: "<root>".into(),
+            reason: "config.json must be a JSON object".into(),
+        })?;
+        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
+        let invalid = |key: &str, what: &str, v: &Value| ArchError::InvalidConfig {
+            key: key.into(),
+            reason: format!("expected {what}, got {v}"),
+        };
+        let usize_key = |key: &str, default: Option<usize>| -> Result<usize, ArchError> {
+            match get(key) {
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| invalid(key, "a non-negative integer", v)),
+                None => default.ok_or_else(|| ArchError::MissingConfigKey { key: key.into() }),
+            }
+        };
+        let f64_key = |key: &str, default: f64| -> Result<f64, ArchError> {
+            get(key).map_or(Ok(default), |v| {
+                v.as_f64().ok_or_else(|| invalid(key, "a number", v))
+            })
+        };
+        let bool_key = |key: &str, default: bool| -> Result<bool, ArchError> {
+            get(key).map_or(Ok(default), |v| {
+                v.as_bool().ok_or_else(|| invalid(key, "true or false", v))
+            })
+        };
+        let unsupported = |key: &str, v: &Value, reason: &str| ArchError::UnsupportedConfig {
+            key: key.into(),
+            value: v.to_string(),
+            reason: reason.into(),
+        };
+        match get("model_type") {
+            Some(Value::String(t)) if t == "mamba2" => {}
+            Some(v) => return Err(unsupported("model_type", v, "expected \"mamba2\"")),
+            None => {
+                return Err(ArchError::MissingConfigKey {
+                    key: "model_type".into(),
+                })
+            }
+        }
+        if let Some(v) = get("hidden_act").filter(|v| v.as_str() != Some("silu")) {
+            return Err(unsupported("hidden_act", v, "kiln's Mamba-2 uses SiLU"));
+        }
+        if let Some(v) = get("rms_norm").filter(|v| v.as_bool() != Some(true)) {
+            return Err(unsupported("rms_norm", v, "only the gated RMSNorm"));
+        }
+        if let Some(v) = get("norm_before_gate").filter(|v| v.as_bool() != Some(false)) {
+            return Err(unsupported(
+                "norm_before_gate",
+                v,
+                "HF gates before the norm",
+            ));
+        }
+        let expand = match get("expand") {
+            None => 2,
+            Some(v) => match v.as_f64() {
+                Some(x) if x > 0.0 && x.fract() == 0.0 => x as usize,
+                _ => return Err(invalid("expand", "a positive integer", v)),
+            },
+        };
+        let limit_value = |v: &Value| -> Option<f64> {
+            match v {
+                Value::Null => Some(f64::INFINITY),
+                Value::Number(n) => n.as_f64(),
+                Value::Object(o) => match o.get("__float__").and_then(Value::as_str) {
+                    Some("Infinity" | "inf") => Some(f64::INFINITY),
+                    Some("-Infinity" | "-inf") => Some(f64::NEG_INFINITY),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        let time_step_limit = match get("time_step_limit") {
+            None => None,
+            Some(v) => {
+                let pair = v
+                    .as_array()
+                    .filter(|a| a.len() == 2)
+                    .and_then(|a| Some((limit_value(&a[0])?, limit_value(&a[1])?)))
+                    .ok_or_else(|| invalid("time_step_limit", "[lo, hi]", v))?;
+                (pair != (0.0, f64::INFINITY)).then_some(pair)
+            }
+        };
+        let config = Self {
+            vocab_size: usize_key("vocab_size", None)?,
+            hidden_size: usize_key("hidden_size", None)?,
+            state_size: usize_key("state_size", Some(default_state_size()))?,
+            num_hidden_layers: usize_key("num_hidden_layers", None)?,
+            expand,
+            num_heads: usize_key("num_heads", None)?,
+            head_dim: usize_key("head_dim", None)?,
+            n_groups: usize_key("n_groups", Some(default_n_groups()))?,
+            conv_kernel: usize_key("conv_kernel", Some(default_conv_kernel()))?,
+            chunk_size: usize_key("chunk_size", Some(default_chunk_size()))?,
+            layer_norm_epsilon: f64_key("layer_norm_epsilon", default_eps())?,
+            use_bias: bool_key("use_bias", false)?,
+            use_conv_bias: bool_key("use_conv_bias", true)?,
+            time_step_min: f64_key("time_step_min", default_time_step_min())?,
+            time_step_max: f64_key("time_step_max", default_time_step_max())?,
+            time_step_floor: f64_key("time_step_floor", default_time_step_floor())?,
+            time_step_limit,
+            tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
+            initializer_range: f64_key("initializer_range", default_initializer_range())?,
+            rescale_prenorm_residual: bool_key("rescale_prenorm_residual", false)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fresh weights, the `mamba_ssm` (`modules/mamba2_simple.py`) rules:
+    /// - `A_log[h] = ln(U[1, 16])` (HF's `_init_weights` uses `ln(1..H)` instead), `D = 1`,
+    ///   norms 1;
+    /// - `dt_bias = softplus⁻¹(Δ₀)`, `Δ₀ = max(exp(U[ln time_step_min, ln time_step_max]),
+    ///   time_step_floor)` per head;
+    /// - `in_proj`, `out_proj` weights `~ U(±1/sqrt(fan_in))`, conv weight and bias
+    ///   `~ U(±1/sqrt(K))` (PyTorch defaults); `out_proj / sqrt(L)` with
+    ///   `rescale_prenorm_residual`; Linear biases 0;
+    /// - embedding (and an untied head) `~ normal(0, initializer_range)` (HF).
+    ///
+    /// Panics if [`Mamba2Config::validate`] fails.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Mamba2<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid Mamba-2 config: {e}");
+        }
+        let (d, v) = (self.hidden_size, self.vocab_size);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Mamba2Block {
+                norm: RmsNorm::new(d, self.layer_norm_epsilon, device),
+                mixer: self.init_mixer(device),
+            })
+            .collect();
+        Mamba2 {
+            embeddings: Embedding {
+                weight: normal_param([v, d], self.initializer_range, device),
+            },
+            layers,
+            norm_f: RmsNorm::new(d, self.layer_norm_epsilon, device),
+            lm_head: (!self.tie_word_embeddings).then(|| Linear {
+                weight: normal_param([d, v], self.initializer_range, device),
+                bias: None,
+            }),
+            config: self.clone(),
+            scan: SsdMode::Chunked {
+                chunk: self.chunk_size,
+            },
+        }
+    }
+
+    fn init_mixer<B: Backend>(&self, device: &B::Device) -> Mamba2Mixer<B> {
+        let (d, e, h, k) = (
+            self.hidden_size,
+            self.intermediate_size(),
+            self.num_heads,
+            self.conv_kernel,
+        );
+        let (proj, conv) = (self.in_proj_size(), self.conv_dim());
+        let torch_default = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+        let zeros = |len: usize| Param::<Tensor<B, 1>>::from_tensor(Tensor::zeros([len], device));
+        let out_scale = if self.rescale_prenorm_residual {
+            (self.num_hidden_layers as f64).sqrt()
+        } else {
+            1.0
+        };
+        let host_uniform = |n: usize| -> Vec<f64> {
+            Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, 1.0), device)
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .expect("converted tensor data is f64")
+        };
+        let (lo, hi) = (self.time_step_min.ln(), self.time_step_max.ln());
+        let dt_bias: Vec<f32> = host_uniform(h)
+            .iter()
+            .map(|u| {
+                let dt = (lo + u * (hi - lo)).exp().max(self.time_step_floor);
+                (dt + (-(-dt).exp_m1()).ln()) as f32
+            })
+            .collect();
+        let a_log: Vec<f32> = host_uniform(h)
+            .iter()
+            .map(|u| (1.0 + 15.0 * u).ln() as f32)
+            .collect();
+        let vec_param = |values: Vec<f32>| {
+            Param::from_tensor(Tensor::from_data(TensorData::new(values, [h]), device))
+        };
+        Mamba2Mixer {
+            in_proj: Linear {
+                weight: uniform_param([d, proj], torch_default(d), device),
+                bias: self.use_bias.then(|| zeros(proj)),
+            },
+            conv1d: Conv1d {
+                weight: uniform_param([conv, 1, k], torch_default(k), device),
+                bias: self
+                    .use_conv_bias
+                    .then(|| uniform_param([conv], torch_default(k), device)),
+                stride: 1,
+                kernel_size: k,
+                dilation: 1,
+                groups: conv,
+                // Unused: the forward computes the taps itself.
+                padding: PaddingConfig1d::Valid,
+            },
+            dt_bias: vec_param(dt_bias),
+            A_log: vec_param(a_log),
+            D: Param::from_tensor(Tensor::ones([h], device)),
+            norm: RmsNorm::new(e, self.layer_norm_epsilon, device),
+            out_proj: Linear {
+                weight: uniform_param([e, d], torch_default(e) / out_scale, device),
+                bias: self.use_bias.then(|| zeros(d)),
+            },
+            num_heads: h,
+            head_dim: self.head_dim,
+            n_groups: self.n_groups,
+            state_size: self.state_size,
+            conv_kernel: k,
+            time_step_limit: self.time_step_limit,
+        }
+    }
+}
+
+fn uniform_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    bound: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Uniform(-bound, bound),
+        device,
+    ))
+}
+
+fn normal_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, std),
+        device,
+    ))
+}
+
+/// How the SSD recurrence is computed (same values either way, up to rounding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SsdMode {
+    /// [`ssd_sequential`]: one step per position.
+    Sequential,
+    /// [`ssd_chunked`] with chunks of `chunk` positions.
+    Chunked {
+        /// Positions per chunk (≥ 1).
+        chunk: usize,
+    },
+}
+
+pub use mixer_def::Mamba2Mixer;
+
+/// The mixer, alone in a module so the HF field names `A_log`, `D` only silence the lint here.
+#[allow(non_snake_case)]
+mod mixer_def {
+    use super::*;
+
+    /// The Mamba-2 mixer (HF `Mamba2Mixer`); field names are the HF names.
+    #[derive(Module, Debug)]
+    pub struct Mamba2Mixer<B: Backend> {
+        /// `[d] -> [E + conv_dim + H]` (z, xBC, dt). burn layout `[d, E + conv_dim + H]`.
+        pub in_proj: Linear<B>,
+        /// Depthwise causal convolution over xBC: weight `[conv_dim, 1, K]`, bias `[conv_dim]`.
+        pub conv1d: Conv1d<B>,
+        /// `[H]`, added to dt before softplus.
+        pub dt_bias: Param<Tensor<B, 1>>,
+        /// `[H]`, `A = −exp(A_log)`.
+        pub A_log: Param<Tensor<B, 1>>,
+        /// `[H]`, skip `y += D_h · x`.
+        pub D: Param<Tensor<B, 1>>,
+        /// Gated RMSNorm weight `[E]` (normalised per group of `E / G` channels).
+        pub norm: RmsNorm<B>,
+        /// `[E] -> [d]`. burn layout `[E, d]`.
+        pub out_proj: Linear<B>,
+        /// H.
+        pub num_heads: usize,
+        /// P.
+        pub head_dim: usize,
+        /// G.
+        pub n_groups: usize,
+        /// N.
+        pub state_size: usize,
+        /// K.
+        pub conv_kernel: usize,
+        /// Δ clamp, `None` = none.
+        pub time_step_limit: Option<(f64, f64)>,
+    }
+}
+
+/// What one mixer carries between calls of [`Mamba2::forward_cached`].
+#[derive(Clone, Debug)]
+pub struct Mamba2LayerState<B: Backend> {
+    /// The last `K − 1` convolution inputs, `[b, conv_dim, K − 1]` (oldest first).
+    pub conv: Tensor<B, 3>,
+    /// The SSM state, `[b, H, P, N]` (HF's layout).
+    pub ssm: Tensor<B, 4>,
+}
+
+impl<B: Backend> Mamba2Mixer<B> {
+    /// `u` `[b, l, d]` -> `([b, l, d]`, state after the last position), continuing from `state`.
+    pub fn forward(
+        &self,
+        u: Tensor<B, 3>,
+        state: Option<Mamba2LayerState<B>>,
+        mode: SsdMode,
+    ) -> (Tensor<B, 3>, Mamba2LayerState<B>) {
+        let [b, l, d] = u.dims();
+        let (h, p, g, n) = (
+            self.num_heads,
+            self.head_dim,
+            self.n_groups,
+            self.state_size,
+        );
+        let e = h * p;
+        let conv_dim = e + 2 * g * n;
+        let (conv_past, ssm_past) = match state {
+            Some(s) => (Some(s.conv), Some(s.ssm)),
+            None => (None, None),
+        };
+        let proj =
+            linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, e + conv_dim + h]);
+        let z = proj.clone().narrow(2, 0, e);
+        let (xbc, conv_state) = self.conv(proj.clone().narrow(2, e, conv_dim), conv_past);
+        let xbc = silu(xbc); // [b, l, conv_dim]
+        let x = xbc.clone().narrow(2, 0, e).reshape([b, l, h, p]);
+        let b_in = xbc.clone().narrow(2, e, g * n).reshape([b, l, g, n]);
+        let c_out = xbc.narrow(2, e + g * n, g * n).reshape([b, l, g, n]);
+        let dt = proj.narrow(2, e + conv_dim, h) + self.dt_bias.val().reshape([1, 1, h]);
+        let mut dt = softplus(dt); // [b, l, H]
+        if let Some((lo, hi)) = self.time_step_limit {
+            dt = dt.clamp(lo, hi);
+        }
+        let a = self.A_log.val().exp().neg(); // [H]
+        let (y, ssm_state) = match mode {
+            SsdMode::Sequential => ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past),
+            SsdMode::Chunked { chunk } => {
+                ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
+            }
+        }; // [b, l, H, P]
+        let y = y + x * self.D.val().reshape([1, 1, h, 1]);
+        let y = self.gated_norm(y.reshape([b, l, e]), z);
+        let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
+        (
+            out,
+            Mamba2LayerState {
+                conv: conv_state,
+                ssm: ssm_state,
+            },
+        )
+    }
+
+    /// HF `MambaRMSNormGated` (gate first): `w ⊙ rms_G(y ⊙ silu(z))`, the RMS over each group of
+    /// `E / G` channels.
+    fn gated_norm(&self, y: Tensor<B, 3>, z: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, e] = y.dims();
+        let g = self.n_groups;
+        let x = (y * silu(z)).reshape([b, l, g, e / g]);
+        let inv_rms = x
+            .clone()
+            .square()
+            .mean_dim(3)
+            .add_scalar(self.norm.eps)
+            .sqrt()
+            .recip();
+        (x * inv_rms).reshape([b, l, e]) * self.norm.weight.val().reshape([1, 1, e])
+    }
+
+    /// Depthwise causal convolution on `x` `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when
+    /// `None`): PyTorch's `conv1d(padding = K − 1)[..., :l]`. Returns `[b, l, C]` and the new past.
+    fn conv(&self, x: Tensor<B, 3>, past: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [b, l, c] = x.dims();
+        let k = self.conv_kernel;
+        let past = match past {
+            Some(p) => p.swap_dims(1, 2),
+            None => Tensor::zeros([b, k - 1, c], (&x.device(), x.dtype())),
+        };
+        let padded = Tensor::cat(vec![past, x], 1); // [b, K − 1 + l, C]
+        let w = to_dtype(self.conv1d.weight.val(), float_dtype(&padded))
+            .reshape([c, k])
+            .transpose(); // [K, C]
+        let tap = |j: usize| {
+            padded.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c])
+        };
+        let mut y = tap(0);
+        for j in 1..k {
+            y = y + tap(j);
+        }
+        if let Some(bias) = &self.conv1d.bias {
+            y = y + bias.val().reshape([1, 1, c]);
+        }
+        let past = padded.narrow(1, l, k - 1).swap_dims(1, 2);
+        (y, past)
+    }
+}
+
+/// PyTorch's `softplus` (threshold 20).
+fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let linear = x.clone().greater_elem(20.0);
+    x.clone()
+        .clamp_max(20.0)
+        .exp()
+        .log1p()
+        .mask_where(linear, x)
+}
+
+/// B or C `[b, l, G, N]` -> per head, head-major `[b, H, l, N]` (head `h` uses group
+/// `h / (H / G)`, as `repeat_interleave`).
+fn per_head<B: Backend>(t: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    let [b, l, g, n] = t.dims();
+    t.reshape([b, l, g, 1, n])
+        .expand([b, l, g, heads / g, n])
+        .reshape([b, l, heads, n])
+        .swap_dims(1, 2)
+}
+
+/// The SSD recurrence, one position at a time (the reference; HF's single-token
+/// `selective_state_update` repeated).
+///
+/// Inputs: `x` `[b, l, H, P]`; `dt` (Δ, after softplus) `[b, l, H]`; `a` (A < 0) `[H]`; `b_in`,
+/// `c_out` `[b, l, G, N]`; `h0` `[b, H, P, N]` (zeros when `None`). Returns `y` `[b, l, H, P]`
+/// (without the `D` skip) and the last state `[b, H, P, N]`:
+/// `h_t = exp(Δ_t A) h_{t−1} + (Δ_t x_t) ⊗ B_t`, `y_t = h_t C_t`.
+pub fn ssd_sequential<B: Backend>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    b_in: Tensor<B, 4>,
+    c_out: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [bs, l, h, p] = x.dims();
+    let n = b_in.dims()[3];
+    let decay = (dt.clone() * a.reshape([1, 1, h])).exp().swap_dims(1, 2); // [b, H, l]
+    let xdt = (x * dt.reshape([bs, l, h, 1])).swap_dims(1, 2); // [b, H, l, P]
+    let bh = per_head(b_in, h); // [b, H, l, N]
+    let ch = per_head(c_out, h);
+    let mut state =
+        h0.unwrap_or_else(|| Tensor::zeros([bs, h, p, n], (&xdt.device(), xdt.dtype())));
+    let mut ys = Vec::with_capacity(l);
+    let steps = split_steps(decay.reshape([bs, h, l, 1]), 2)
+        .into_iter()
+        .zip(split_steps(xdt, 2))
+        .zip(split_steps(bh, 2))
+        .zip(split_steps(ch, 2));
+    for (((decay_t, x_t), b_t), c_t) in steps {
+        // decay_t [b, H, 1, 1], x_t [b, H, 1, P], b_t / c_t [b, H, 1, N]
+        state = state * decay_t + x_t.swap_dims(2, 3).matmul(b_t); // [b, H, P, N]
+        ys.push(state.clone().matmul(c_t.swap_dims(2, 3))); // [b, H, P, 1]
+    }
+    let y = Tensor::cat(ys, 3).permute([0, 3, 1, 2]); // [b, l, H, P]
+    (y, state)
+}
+
+/// `t` cut into its size-1 slices along `dim`, by recursive halving (`O(len log len)` backward
+/// instead of `O(len²)` for direct slices under burn's autodiff).
+fn split_steps<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize) -> Vec<Tensor<B, D>> {
+    let len = t.dims()[dim];
+    if len <= 1 {
+        return vec![t];
+    }
+    let half = len / 2;
+    let mut out = split_steps(t.clone().narrow(dim, 0, half), dim);
+    out.extend(split_steps(t.narrow(dim, half, len - half), dim));
+    out
+}
+
+/// The SSD recurrence by chunks of `T = min(chunk, l)` positions; same inputs, outputs and values
+/// as [`ssd_sequential`] (up to rounding). With `S` the within-chunk cumulative sum of `a = Δ A`:
+///
+/// 1. intra-chunk: `Y_diag = (C Bᵀ ⊙ L) (Δx)`, `L[t, s] = exp(S_t − S_s)` for `s ≤ t`, else 0
+///    (a `[T, T]` masked decay "attention" per head and chunk);
+/// 2. each chunk's own end state `(Δx)ᵀ (B ⊙ exp(S_last − S))` `[P, N]`;
+/// 3. the states entering chunks, from `h0` and those, by one `[c + 1, c + 1]` decay matrix
+///    `exp(segsum)` over chunk totals (a matmul; `c` = number of chunks);
+/// 4. `Y_off = (C · state_inᵀ) ⊙ exp(S)`.
+///
+/// A length that is not a multiple of `T` is padded with `a = 0`, `Δx = 0`: the final state is
+/// unchanged. Every exponent is ≤ 0 where it is used.
+pub fn ssd_chunked<B: Backend>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    b_in: Tensor<B, 4>,
+    c_out: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+    chunk: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    assert!(chunk > 0, "ssd_chunked: chunk must be positive");
+    let [bs, l, h, p] = x.dims();
+    let n = b_in.dims()[3];
+    let device = x.device();
+    let dtype = x.dtype();
+    let t = chunk.min(l);
+    let nc = l.div_ceil(t);
+    let pad = nc * t - l;
+    // Pad dim 2 (positions, head-major layout) with zeros and cut into chunks.
+    let chunks = |v: Tensor<B, 4>| {
+        let [_, _, _, w] = v.dims();
+        let v = if pad == 0 {
+            v
+        } else {
+            Tensor::cat(vec![v, Tensor::zeros([bs, h, pad, w], (&device, dtype))], 2)
+        };
+        v.reshape([bs, h, nc, t, w])
+    };
+    let log_decay = (dt.clone() * a.reshape([1, 1, h])).swap_dims(1, 2); // [b, H, l]
+    let xdt = chunks((x * dt.reshape([bs, l, h, 1])).swap_dims(1, 2)); // [b, H, c, T, P]
+    let bh = chunks(per_head(b_in, h)); // [b, H, c, T, N]
+    let ch = chunks(per_head(c_out, h));
+    let cum = chunks(log_decay.reshape([bs, h, l, 1]))
+        .reshape([bs, h, nc, t])
+        .cumsum(3); // S [b, H, c, T]
+
+    // 1. Intra-chunk.
+    let causal: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t <= i / t {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let causal = to_dtype(
+        Tensor::<B, 2>::from_data(TensorData::new(causal, [t, t]), &device),
+        float_dtype(&cum),
+    )
+    .reshape([1, 1, 1, t, t]);
+    let seg = cum.clone().reshape([bs, h, nc, t, 1]) - cum.clone().reshape([bs, h, nc, 1, t]);
+    let decay = (seg + causal).exp(); // [b, H, c, T(t), T(s)]
+    let scores = ch.clone().matmul(bh.clone().swap_dims(3, 4)) * decay; // [b, H, c, T, T]
+    let y_diag = scores.matmul(xdt.clone()); // [b, H, c, T, P]
+
+    // 2. Each chunk's end state from a zero start.
+    let last = cum.clone().narrow(3, t - 1, 1); // [b, H, c, 1]
+    let to_end = (last.clone() - cum.clone())
+        .exp()
+        .reshape([bs, h, nc, t, 1]);
+    let states = xdt.swap_dims(3, 4).matmul(bh * to_end); // [b, H, c, P, N]
+
+    // 3. States entering each chunk (and the final one): new_i = Σ_{j ≤ i} exp(cc_i − cc_j) s_j
+    //    over [h0, states], cc = exclusive cumsum of the chunk totals.
+    let h0 = h0.unwrap_or_else(|| Tensor::zeros([bs, h, p, n], (&device, dtype)));
+    let all = Tensor::cat(
+        vec![
+            h0.reshape([bs, h, 1, p * n]),
+            states.reshape([bs, h, nc, p * n]),
+        ],
+        2,
+    ); // [b, H, c + 1, P·N]
+    let cc = Tensor::cat(
+        vec![
+            Tensor::zeros([bs, h, 1], (&device, dtype)),
+            last.reshape([bs, h, nc]).cumsum(2),
+        ],
+        2,
+    ); // [b, H, c + 1]
+    let m = nc + 1;
+    let mask: Vec<f32> = (0..m * m)
+        .map(|i| {
+            if i % m <= i / m {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let mask = to_dtype(
+        Tensor::<B, 2>::from_data(TensorData::new(mask, [m, m]), &device),
+        float_dtype(&cc),
+    )
+    .reshape([1, 1, m, m]);
+    let chunk_decay = (cc.clone().reshape([bs, h, m, 1]) - cc.reshape([bs, h, 1, m]) + mask).exp();
+    let new = chunk_decay.matmul(all); // [b, H, c + 1, P·N]
+    let final_state = new.clone().narrow(2, nc, 1).reshape([bs, h, p, n]);
+    let starts = new.narrow(2, 0, nc).reshape([bs, h, nc, p, n]);
+
+    // 4. The carried state, read out and decayed to each position.
+    let y_off = ch.matmul(starts.swap_dims(3, 4)) * cum.exp().reshape([bs, h, nc, t, 1]);
+    let y = (y_diag + y_off)
+        .reshape([bs, h, nc * t, p])
+        .narrow(2, 0, l)
+        .swap_dims(1, 2); // [b, l, H, P]
+    (y, final_state)
+}
+
+/// One pre-norm block (HF `Mamba2Block`): `h += mixer(norm(h))`.
+#[derive(Module, Debug)]
+pub struct Mamba2Block<B: Backend> {
+    /// RMSNorm before the mixer.
+    pub norm: RmsNorm<B>,
+    /// The SSD mixer.
+    pub mixer: Mamba2Mixer<B>,
+}
+
+impl<B: Backend> Mamba2Block<B> {
+    /// `h` `[b, l, d]` -> `[b, l, d]` and the mixer's state after the last position.
+    pub fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        state: Option<Mamba2LayerState<B>>,
+        mode: SsdMode,
+    ) -> (Tensor<B, 3>, Mamba2LayerState<B>) {
+        let (y, state) = self
+            .mixer
+            .forward(self.norm.forward(h.clone()), state, mode);
+        (h + y, state)
+    }
+}
+
+/// `Mamba2ForCausalLM`. Field names are the HF names without `backbone.`.
+#[derive(Module, Debug)]
+pub struct Mamba2<B: Backend> {
+    /// Token embedding `[vocab, d]`.
+    pub embeddings: Embedding<B>,
+    /// The blocks.
+    pub layers: Vec<Mamba2Block<B>>,
+    /// Final norm.
+    pub norm_f: RmsNorm<B>,
+    /// Output head; `None` when tied to `embeddings`.
+    pub lm_head: Option<Linear<B>>,
+    /// The config this model was built from.
+    #[module(skip)]
+    pub config: Mamba2Config,
+    /// How [`Mamba2::forward`] computes the recurrence (default: chunks of `chunk_size`).
+    #[module(skip)]
+    pub scan: SsdMode,
+}
+
+/// Generation state of a [`Mamba2`]: per layer, conv window and SSM state (constant size).
+#[derive(Clone, Debug)]
+pub struct Mamba2Cache<B: Backend> {
+    /// `layers[i]`: layer i's state, `None` before the first call.
+    pub layers: Vec<Option<Mamba2LayerState<B>>>,
+    /// Batch size the cache was created for.
+    pub batch: usize,
+    /// Number of positions processed so far.
+    pub seq_len: usize,
+}
+
+impl<B: Backend> Mamba2Cache<B> {
+    /// Number of positions already processed.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+}
+
+impl<B: Backend> Mamba2<B> {
+    /// The same model with another SSD implementation.
+    pub fn with_scan(mut self, scan: SsdMode) -> Self {
+        self.scan = scan;
+        self
+    }
+
+    /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mut h = self.embeddings.forward(input_ids);
+        for layer in &self.layers {
+            h = layer.forward(h, None, self.scan).0;
+        }
+        self.logits(h)
+    }
+
+    /// An empty cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> Mamba2Cache<B> {
+        Mamba2Cache {
+            layers: vec![None; self.layers.len()],
+            batch,
+            seq_len: 0,
+        }
+    }
+
+    /// Logits for `input_ids` `[b, l]` following what `cache` holds; updates the cache. A single
+    /// token is one recurrent step; a longer input runs the model's scan from the cached state.
+    /// Panics if the batch size differs from the cache's.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut Mamba2Cache<B>,
+    ) -> Tensor<B, 3> {
+        let [b, l] = input_ids.dims();
+        assert_eq!(
+            b, cache.batch,
+            "forward_cached: batch {b} but the cache was created for batch {}",
+            cache.batch
+        );
+        let mode = if l == 1 {
+            SsdMode::Sequential
+        } else {
+            self.scan
+        };
+        let mut h = self.embeddings.forward(input_ids);
+        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (next, new_state) = layer.forward(h, state.take(), mode);
+            h = next;
+            *state = Some(new_state);
+        }
+        cache.seq_len += l;
+        self.logits(h)
+    }
+
+    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, d] = h.dims();
+        let h = self.norm_f.forward(h).reshape([b * l, d]);
+        let logits = match &self.lm_head {
+            Some(head) => linear_2d(head, h),
+            None => h.matmul(self.embeddings.weight.val().transpose()),
+        };
+        logits.reshape([b, l, self.config.vocab_size])
+    }
+
+    /// Parameters that should get no weight decay (module path, id): `A_log`, `D`, `dt_bias`
+    /// (as `mamba_ssm` marks them), every norm gain, every bias.
+    pub fn no_weight_decay(&self) -> Vec<(String, ParamId)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("layers.{i}.{s}");
+            let m = &layer.mixer;
+            out.push((name("norm.weight"), layer.norm.weight.id));
+            out.push((name("mixer.dt_bias"), m.dt_bias.id));
+            out.push((name("mixer.A_log"), m.A_log.id));
+            out.push((name("mixer.D"), m.D.id));
+            out.push((name("mixer.norm.weight"), m.norm.weight.id));
+            for (suffix, bias) in [
+                ("mixer.in_proj.bias", &m.in_proj.bias),
+                ("mixer.conv1d.bias", &m.conv1d.bias),
+                ("mixer.out_proj.bias", &m.out_proj.bias),
+            ] {
+                if let Some(p) = bias {
+                    out.push((name(suffix), p.id));
+                }
+            }
+        }
+        out.push(("norm_f.weight".to_string(), self.norm_f.weight.id));
+        out
+    }
+
+    /// Every parameter under its HF name, HF layout, in [`mamba2_hf_layout`] order.
+    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
+        let mut out = vec![export_param(
+            "backbone.embeddings.weight",
+            &self.embeddings.weight,
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("backbone.layers.{i}.{s}");
+            let m = &layer.mixer;
+            out.push(export_param(name("norm.weight"), &layer.norm.weight));
+            out.push(export_param(name("mixer.dt_bias"), &m.dt_bias));
+            out.push(export_param(name("mixer.A_log"), &m.A_log));
+            out.push(export_param(name("mixer.D"), &m.D));
+            out.push(export_param(name("mixer.conv1d.weight"), &m.conv1d.weight));
+            if let Some(bias) = &m.conv1d.bias {
+                out.push(export_param(name("mixer.conv1d.bias"), bias));
+            }
+            out.extend(export_linear_at(&name("mixer.in_proj"), &m.in_proj));
+            out.push(export_param(name("mixer.norm.weight"), &m.norm.weight));
+            out.extend(export_linear_at(&name("mixer.out_proj"), &m.out_proj));
+        }
+        out.push(export_param("backbone.norm_f.weight", &self.norm_f.weight));
+        if let Some(head) = &self.lm_head {
+            out.extend(export_linear_at("lm_head", head));
+        }
+        out
+    }
+
+    /// Replaces every parameter with the HF tensors (ids, device, `require_grad` kept), after
+    /// checking names, shapes, a tied checkpoint's optional `lm_head.weight`, and extra names.
+    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
+        let embed_name = "backbone.embeddings.weight";
+        check_hf_tensors(
+            tensors,
+            &mamba2_hf_layout(&self.config),
+            self.config.tie_word_embeddings.then_some(embed_name),
+            |_| false,
+        )?;
+        let Mamba2 {
+            embeddings,
+            layers,
+            norm_f,
+            lm_head,
+            config,
+            scan,
+        } = self;
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let name = |s: &str| format!("backbone.layers.{i}.{s}");
+                let t = |s: &str| &tensors[&name(s)];
+                let m = layer.mixer;
+                Mamba2Block {
+                    norm: load_norm(layer.norm, t("norm.weight")),
+                    mixer: Mamba2Mixer {
+                        in_proj: load_linear_at(m.in_proj, tensors, &name("mixer.in_proj")),
+                        conv1d: Conv1d {
+                            weight: load_param(m.conv1d.weight, t("mixer.conv1d.weight")),
+                            bias: m.conv1d.bias.map(|p| load_param(p, t("mixer.conv1d.bias"))),
+                            ..m.conv1d
+                        },
+                        dt_bias: load_param(m.dt_bias, t("mixer.dt_bias")),
+                        A_log: load_param(m.A_log, t("mixer.A_log")),
+                        D: load_param(m.D, t("mixer.D")),
+                        norm: load_norm(m.norm, t("mixer.norm.weight")),
+                        out_proj: load_linear_at(m.out_proj, tensors, &name("mixer.out_proj")),
+                        ..m
+                    },
+                }
+            })
+            .collect();
+        Ok(Mamba2 {
+            embeddings: Embedding {
+                weight: load_param(embeddings.weight, &tensors[embed_name]),
+            },
+            layers,
+            norm_f: load_norm(norm_f, &tensors["backbone.norm_f.weight"]),
+            lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
+            config,
+            scan,
+        })
+    }
+}
+
+/// Every tensor of an HF `Mamba2ForCausalLM` checkpoint of this config, in
+/// [`Mamba2::to_hf_tensors`] order (HF's `named_parameters()` order): `(name, HF shape)`.
+pub fn mamba2_hf_layout(cfg: &Mamba2Config) -> Vec<(String, Vec<usize>)> {
+    let (d, e, h, k) = (
+        cfg.hidden_size,
+        cfg.intermediate_size(),
+        cfg.num_heads,
+        cfg.conv_kernel,
+    );
+    let (proj, conv) = (cfg.in_proj_size(), cfg.conv_dim());
+    let mut out = vec![(
+        "backbone.embeddings.weight".to_string(),
+        vec![cfg.vocab_size, d],
+    )];
+    for i in 0..cfg.num_hidden_layers {
+        let mut block: Vec<(&str, Vec<usize>)> = vec![
+            ("norm.weight", vec![d]),
+            ("mixer.dt_bias", vec![h]),
+            ("mixer.A_log", vec![h]),
+            ("mixer.D", vec![h]),
+            ("mixer.conv1d.weight", vec![conv, 1, k]),
+        ];
+        if cfg.use_conv_bias {
+            block.push(("mixer.conv1d.bias", vec![conv]));
+        }
+        block.push(("mixer.in_proj.weight", vec![proj, d]));
+        if cfg.use_bias {
+            block.push(("mixer.in_proj.bias", vec![proj]));
+        }
+        block.extend([
+            ("mixer.norm.weight", vec![e]),
+            ("mixer.out_proj.weight", vec![d, e]),
+        ]);
+        if cfg.use_bias {
+            block.push(("mixer.out_proj.bias", vec![d]));
+        }
+        out.extend(
+            block
+                .into_iter()
+                .map(|(s, shape)| (format!("backbone.layers.{i}.{s}"), shape)),
+        );
+    }
+    out.push(("backbone.norm_f.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
+    }
+    out
+}
