@@ -34,7 +34,6 @@ Reverse direction (a kiln export loads in transformers with kiln's logits and gr
     python scripts/make_jamba_fixtures.py --check-export /tmp/kiln-jamba-export
 """
 
-import argparse
 import os
 import sys
 
@@ -43,12 +42,11 @@ import torch
 torch.set_num_threads(1)
 
 import safetensors.torch
-from transformers import AutoModelForCausalLM, JambaConfig, JambaForCausalLM
+from transformers import JambaConfig, JambaForCausalLM
 
 from make_fixtures import BATCH, SEED, SEQ, ce_loss, versions, write_json
-from make_mamba_fixtures import greedy, greedy_by_hand
-
-PROMPT, NEW_TOKENS = 5, 8
+from ssm_fixtures import checked_generation, compare_export, grad_norms, perturb, reference_batch
+from ssm_fixtures import main as fixture_main
 
 MODEL_KW = dict(
     vocab_size=96,
@@ -92,22 +90,14 @@ def build_model(seed):
     config = JambaConfig(**MODEL_KW)
     torch.manual_seed(seed)
     model = JambaForCausalLM(config).to(torch.float32)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            for suffix, rule, base, scale in PERTURB:
-                if name.endswith(suffix):
-                    noise = scale * torch.randn(p.shape, generator=g)
-                    p.copy_(base + noise if rule == "set" else p + noise)
-                    break
+    perturb(model, PERTURB, seed + 1)
     model.eval()
     return model
 
 
 def make_fixture(out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    g = torch.Generator().manual_seed(SEED)
-    input_ids = torch.randint(0, MODEL_KW["vocab_size"], (BATCH, SEQ + 1), generator=g, dtype=torch.int64)
+    input_ids = reference_batch(MODEL_KW["vocab_size"])
     model = build_model(SEED)
     assert model.config.layers_block_type == ["mamba", "attention", "mamba", "attention"]
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -124,23 +114,8 @@ def make_fixture(out_dir):
     assert torch.equal(logits, logits2), "reload changed the logits"
     del reloaded
 
-    model.zero_grad(set_to_none=True)
-    _, loss_g = ce_loss(model, input_ids, use_cache=False)
-    loss_g.backward()
-    grad_norms = {n: p.grad.norm().item() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-
-    prompt = input_ids[:, :PROMPT].contiguous()
-    with torch.no_grad():
-        generated, gen_logits = greedy(model, prompt, NEW_TOKENS)
-        by_hand = greedy_by_hand(model, prompt, NEW_TOKENS)
-        full = model(torch.cat([prompt, generated], 1), use_cache=False).logits
-    assert torch.equal(generated, by_hand), (generated, by_hand)
-    cached_vs_full = (full[:, PROMPT - 1 : PROMPT - 1 + NEW_TOKENS] - gen_logits).abs().max().item()
-    assert cached_vs_full < 1e-4, cached_vs_full
-    top2 = gen_logits.topk(2, dim=-1).values
-    margin = (top2[..., 0] - top2[..., 1]).min().item()
-    assert margin > 1e-2, f"greedy choice too close to a tie: {margin}"
+    grad_norms_ = grad_norms(model, input_ids)
+    prompt, generated, gen_logits, cached_vs_full, margin = checked_generation(model, input_ids)
 
     safetensors.torch.save_file(
         {"input_ids": input_ids.contiguous(), "logits": logits.contiguous(),
@@ -152,7 +127,7 @@ def make_fixture(out_dir):
         "description": "HF JambaForCausalLM reference numbers for kiln; made by scripts/make_jamba_fixtures.py",
         "input_ids": input_ids.tolist(),
         "loss": loss.item(),
-        "grad_norms": grad_norms,
+        "grad_norms": grad_norms_,
         "generation": {
             "prompt": prompt.tolist(),
             "generated": generated.tolist(),
@@ -170,19 +145,9 @@ def make_fixture(out_dir):
 
 def check_export(export_dir, tol):
     """Loads a kiln hybrid export with transformers; compares logits and greedy tokens."""
-    model, info = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32, output_loading_info=True)
-    model.eval()
-    problems = {k: v for k, v in info.items() if v}
-    assert isinstance(model, JambaForCausalLM), type(model).__name__
-    kiln = safetensors.torch.load_file(os.path.join(export_dir, "kiln_outputs.safetensors"))
-    input_ids = kiln["input_ids"].round().long()
-    with torch.no_grad():
-        logits = model(input_ids, use_cache=False).logits
+    model, problems, logits, kiln, generated, kiln_generated = compare_export(export_dir, JambaForCausalLM)
     max_diff = (logits - kiln["logits"]).abs().max().item()
-    prompt = kiln["prompt"].round().long()
-    with torch.no_grad():
-        generated, _ = greedy(model, prompt, kiln["generated"].shape[1])
-    equal = bool(torch.equal(generated, kiln["generated"].round().long()))
+    equal = bool(torch.equal(generated, kiln_generated))
     ok = not problems and max_diff < tol and equal
     print(f"{export_dir}: layers {model.config.layers_block_type}, max |logits(HF) - logits(kiln)| = "
           f"{max_diff:.3e} (tol {tol:g}), greedy tokens equal: {equal}, loading problems: {problems}, ok: {ok}")
@@ -190,23 +155,8 @@ def check_export(export_dir, tol):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
-    ap.add_argument("--check-export", metavar="DIR",
-                    help="check a kiln hybrid export (arch/tests/hybrid.rs write_export_for_hf_check)")
-    ap.add_argument("--tol", type=float, default=1e-4)
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    if args.check_export:
-        return check_export(args.check_export, args.tol)
-    d = os.path.normpath(os.path.join(args.out, "jamba-tiny"))
-    ref = make_fixture(d)
-    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    print(f"{d}: {size} bytes, loss {ref['loss']:.6f}, generated {ref['generation']['generated']}, "
-          f"cached vs full {ref['generation']['cached_vs_full_forward_max_abs_diff']:.2e}")
-    assert size < 300_000, size
-    return 0
+    return fixture_main(__doc__, "jamba-tiny", make_fixture, check_export,
+                        "check a kiln hybrid export (arch/tests/hybrid.rs write_export_for_hf_check)")
 
 
 if __name__ == "__main__":

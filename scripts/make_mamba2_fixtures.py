@@ -31,7 +31,6 @@ gated ``mixer.norm``, ``norm_f``) ``1 + 0.1 randn``; ``conv1d.bias`` ``0.1 randn
 Run: ``/work/venv-hf/bin/python scripts/make_mamba2_fixtures.py`` (CPU, seconds).
 """
 
-import argparse
 import os
 import sys
 
@@ -42,8 +41,9 @@ torch.set_num_threads(1)
 import safetensors.torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
-from make_fixtures import BATCH, SEED, SEQ, ce_loss, versions, write_json
-from make_mamba_fixtures import NEW_TOKENS, PROMPT, greedy, greedy_by_hand
+from make_fixtures import SEED, ce_loss, versions, write_json
+from ssm_fixtures import checked_generation, grad_norms, perturb, perturbation_doc, reference_batch
+from ssm_fixtures import main as fixture_main
 
 SHORT = 13  # not a multiple of chunk_size
 
@@ -82,14 +82,7 @@ PERTURB = [
 def build_model(seed: int) -> Mamba2ForCausalLM:
     torch.manual_seed(seed)
     model = Mamba2ForCausalLM(Mamba2Config(**MODEL_KW)).to(torch.float32)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            for suffix, rule, base, scale in PERTURB:
-                if name.endswith(suffix):
-                    noise = scale * torch.randn(p.shape, generator=g)
-                    p.copy_(base + noise if rule == "set" else p + noise)
-                    break
+    perturb(model, PERTURB, seed + 1)
     assert model.lm_head.weight is model.backbone.embeddings.weight
     model.eval()
     return model
@@ -97,8 +90,7 @@ def build_model(seed: int) -> Mamba2ForCausalLM:
 
 def make_fixture(out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
-    g = torch.Generator().manual_seed(SEED)
-    input_ids = torch.randint(0, MODEL_KW["vocab_size"], (BATCH, SEQ + 1), generator=g, dtype=torch.int64)
+    input_ids = reference_batch(MODEL_KW["vocab_size"])
     model = build_model(SEED)
     model.save_pretrained(out_dir, safe_serialization=True)
     saved = safetensors.torch.load_file(os.path.join(out_dir, "model.safetensors"))
@@ -113,23 +105,8 @@ def make_fixture(out_dir: str) -> dict:
         assert torch.equal(logits, ce_loss(reloaded, input_ids, use_cache=False)[0])
     del reloaded
 
-    model.zero_grad(set_to_none=True)
-    _, loss_g = ce_loss(model, input_ids, use_cache=False)
-    loss_g.backward()
-    grad_norms = {n: p.grad.norm().item() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-
-    prompt = input_ids[:, :PROMPT].contiguous()
-    with torch.no_grad():
-        generated, gen_logits = greedy(model, prompt, NEW_TOKENS)
-        by_hand = greedy_by_hand(model, prompt, NEW_TOKENS)
-        full = model(torch.cat([prompt, generated], 1), use_cache=False).logits
-    assert torch.equal(generated, by_hand), (generated, by_hand)
-    cached_vs_full = (full[:, PROMPT - 1 : PROMPT - 1 + NEW_TOKENS] - gen_logits).abs().max().item()
-    assert cached_vs_full < 1e-4, cached_vs_full
-    top2 = gen_logits.topk(2, dim=-1).values
-    margin = (top2[..., 0] - top2[..., 1]).min().item()
-    assert margin > 1e-2, margin
+    grad_norms_ = grad_norms(model, input_ids)
+    prompt, generated, gen_logits, cached_vs_full, margin = checked_generation(model, input_ids)
 
     safetensors.torch.save_file(
         {
@@ -145,7 +122,7 @@ def make_fixture(out_dir: str) -> dict:
         "description": "HF Mamba2ForCausalLM reference numbers for kiln; made by scripts/make_mamba2_fixtures.py",
         "input_ids": input_ids.tolist(),
         "loss": loss.item(),
-        "grad_norms": grad_norms,
+        "grad_norms": grad_norms_,
         "generation": {
             "prompt": prompt.tolist(),
             "generated": generated.tolist(),
@@ -156,10 +133,7 @@ def make_fixture(out_dir: str) -> dict:
             "seed": SEED,
             "model": MODEL_KW,
             "short_len": SHORT,
-            "perturbations": [
-                {"suffix": s, "rule": (f"{b} + {sc} * randn" if r == "set" else f"+= {sc} * randn")}
-                for s, r, b, sc in PERTURB
-            ],
+            "perturbations": perturbation_doc(PERTURB),
         },
         "versions": versions(),
     }
@@ -168,17 +142,7 @@ def make_fixture(out_dir: str) -> dict:
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    d = os.path.normpath(os.path.join(args.out, "mamba2-tiny"))
-    ref = make_fixture(d)
-    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    print(f"{d}: {size} bytes, loss {ref['loss']:.6f}, generated {ref['generation']['generated']}")
-    assert size < 300_000, size
-    return 0
+    return fixture_main(__doc__, "mamba2-tiny", make_fixture)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,6 @@ transformers 5.24.0, safetensors 0.8.0, numpy 2.4.6.  Other torch versions can c
 (and so every number); compare with tolerances.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -88,12 +87,13 @@ import torch
 torch.set_num_threads(1)
 
 import safetensors.torch
-from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import MambaConfig, MambaForCausalLM
 
 # The Llama fixtures' script, next to this one: shared batch shape, loss, JSON and versions.
 from make_fixtures import BATCH, SEED, SEQ, ce_loss, versions, write_json
-
-PROMPT, NEW_TOKENS = 5, 8
+from ssm_fixtures import (checked_generation, compare_export, grad_norms, perturb, perturbation_doc,
+                          reference_batch)
+from ssm_fixtures import main as fixture_main
 
 MODEL_KW = dict(
     vocab_size=96,
@@ -130,54 +130,15 @@ def build_model(seed: int) -> MambaForCausalLM:
     config = MambaConfig(**MODEL_KW)
     torch.manual_seed(seed)
     model = MambaForCausalLM(config).to(torch.float32)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            for suffix, rule, base, scale in PERTURB:
-                if name.endswith(suffix):
-                    noise = scale * torch.randn(p.shape, generator=g)
-                    p.copy_(base + noise if rule == "set" else p + noise)
-                    break
+    perturb(model, PERTURB, seed + 1)
     assert model.lm_head.weight is model.backbone.embeddings.weight
     model.eval()
     return model
 
 
-def greedy(model, prompt, new_tokens):
-    """HF generate, greedy, no EOS: exactly `new_tokens` tokens. Returns (tokens, step logits)."""
-    out = model.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        use_cache=True,
-        eos_token_id=None,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    tokens = out.sequences[:, prompt.shape[1] :]
-    assert tokens.shape[1] == new_tokens, tokens.shape
-    return tokens, torch.stack(out.logits, dim=1)
-
-
-def greedy_by_hand(model, prompt, new_tokens):
-    """The same through the cache by hand: prompt once, then one token per call."""
-    out = model(prompt, use_cache=True)
-    cache, tokens = out.cache, []
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    for _ in range(new_tokens):
-        tokens.append(nxt)
-        out = model(nxt, cache=cache, use_cache=True)
-        cache = out.cache
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    return torch.cat(tokens, dim=1)
-
-
 def make_fixture(out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
-    g = torch.Generator().manual_seed(SEED)
-    input_ids = torch.randint(0, MODEL_KW["vocab_size"], (BATCH, SEQ + 1), generator=g, dtype=torch.int64)
+    input_ids = reference_batch(MODEL_KW["vocab_size"])
 
     model = build_model(SEED)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -195,24 +156,8 @@ def make_fixture(out_dir: str) -> dict:
     assert torch.equal(logits, logits2), "reload changed the logits"
     del reloaded
 
-    model.zero_grad(set_to_none=True)
-    _, loss_g = ce_loss(model, input_ids, use_cache=False)
-    loss_g.backward()
-    grad_norms = {n: p.grad.norm().item() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-
-    prompt = input_ids[:, :PROMPT].contiguous()
-    with torch.no_grad():
-        generated, gen_logits = greedy(model, prompt, NEW_TOKENS)
-        by_hand = greedy_by_hand(model, prompt, NEW_TOKENS)
-        # The cached steps agree with a full forward on prompt + generated tokens.
-        full = model(torch.cat([prompt, generated], 1), use_cache=False).logits
-    assert torch.equal(generated, by_hand), (generated, by_hand)
-    cached_vs_full = (full[:, PROMPT - 1 : PROMPT - 1 + NEW_TOKENS] - gen_logits).abs().max().item()
-    assert cached_vs_full < 1e-4, cached_vs_full
-    top2 = gen_logits.topk(2, dim=-1).values
-    margin = (top2[..., 0] - top2[..., 1]).min().item()
-    assert margin > 1e-2, f"greedy choice too close to a tie: {margin}"
+    grad_norms_ = grad_norms(model, input_ids)
+    prompt, generated, gen_logits, cached_vs_full, margin = checked_generation(model, input_ids)
 
     safetensors.torch.save_file(
         {
@@ -229,7 +174,7 @@ def make_fixture(out_dir: str) -> dict:
         "input_ids_shape": list(input_ids.shape),
         "logits": "reference.safetensors:logits, f32 [2, 16, 96], model(input_ids[:, :16], use_cache=False).logits",
         "loss": loss.item(),
-        "grad_norms": grad_norms,
+        "grad_norms": grad_norms_,
         "generation": {
             "prompt": prompt.tolist(),
             "generated": generated.tolist(),
@@ -242,10 +187,7 @@ def make_fixture(out_dir: str) -> dict:
             "seed": SEED,
             "model": MODEL_KW,
             "dtype": "float32",
-            "perturbations": [
-                {"suffix": s, "rule": (f"{b} + {sc} * randn" if r == "set" else f"+= {sc} * randn")}
-                for s, r, b, sc in PERTURB
-            ],
+            "perturbations": perturbation_doc(PERTURB),
             "perturbation_generator_seed": SEED + 1,
             "batch": BATCH,
             "seq_len": SEQ,
@@ -261,27 +203,12 @@ def make_fixture(out_dir: str) -> dict:
 def check_export(export_dir: str, tol: float) -> int:
     """Loads a kiln export with transformers and compares logits and greedy tokens with kiln's."""
     summary = {"ok": False, "dir": export_dir}
-    model, info = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32, output_loading_info=True)
-    model.eval()
-    problems = {k: v for k, v in info.items() if v}
-    assert isinstance(model, MambaForCausalLM), type(model).__name__
+    _, problems, logits, kiln, generated, kiln_generated = compare_export(export_dir, MambaForCausalLM)
     summary["loading_info_problems"] = {k: [str(x) for x in v] for k, v in problems.items()}
-
-    kiln = safetensors.torch.load_file(os.path.join(export_dir, "kiln_outputs.safetensors"))
-    input_ids = kiln["input_ids"].round().long()
-    assert torch.equal(input_ids.float(), kiln["input_ids"]), "input_ids are not integers"
-    with torch.no_grad():
-        logits = model(input_ids, use_cache=False).logits
-    assert logits.shape == kiln["logits"].shape, (logits.shape, kiln["logits"].shape)
     max_diff = (logits - kiln["logits"]).abs().max().item()
     summary["logits_shape"] = list(logits.shape)
     summary["logits_max_abs_diff"] = max_diff
     summary["logits_max_abs"] = logits.abs().max().item()
-
-    prompt = kiln["prompt"].round().long()
-    with torch.no_grad():
-        generated, _ = greedy(model, prompt, kiln["generated"].shape[1])
-    kiln_generated = kiln["generated"].round().long()
     summary["generated_equal"] = bool(torch.equal(generated, kiln_generated))
     summary["hf_generated"] = generated.tolist()
     summary["kiln_generated"] = kiln_generated.tolist()
@@ -295,26 +222,8 @@ def check_export(export_dir: str, tol: float) -> int:
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"),
-                    help="fixtures root; the fixture goes to OUT/mamba-tiny/")
-    ap.add_argument("--check-export", metavar="DIR",
-                    help="check a kiln Mamba export (see the docstring) instead of writing fixtures")
-    ap.add_argument("--tol", type=float, default=1e-4, help="--check-export logits tolerance (abs)")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-
-    if args.check_export:
-        return check_export(args.check_export, args.tol)
-
-    d = os.path.normpath(os.path.join(args.out, "mamba-tiny"))
-    ref = make_fixture(d)
-    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    print(f"{d}: {size} bytes, loss {ref['loss']:.6f}, generated {ref['generation']['generated']}, "
-          f"cached vs full {ref['generation']['cached_vs_full_forward_max_abs_diff']:.2e}")
-    assert size < 300_000, f"{d} is {size} bytes"
-    return 0
+    return fixture_main(__doc__, "mamba-tiny", make_fixture, check_export,
+                        "check a kiln Mamba export (see the docstring) instead of writing fixtures")
 
 
 if __name__ == "__main__":

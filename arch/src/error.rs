@@ -113,3 +113,15 @@ pub enum ArchError {
         dtype: String,
     },
 }
+
+/// `Ok` when every `(key, value)` is positive, else [`ArchError::InvalidConfig`] naming the
+/// first zero one: the common first check of the configs' `validate`.
+pub(crate) fn check_positive(fields: &[(&str, usize)]) -> Result<(), ArchError> {
+    match fields.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(ArchError::InvalidConfig {
+            key: key.to_string(),
+            reason: "must be positive".into(),
+        }),
+        None => Ok(()),
+    }
+}

@@ -31,7 +31,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::ArchError;
+use crate::error::{check_positive, ArchError};
 use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
@@ -40,7 +40,8 @@ use crate::layers::{
     causal_attention, linear_2d, linear_no_bias, repeat_kv, Attention, KvCache, Mlp, RmsNorm,
 };
 use crate::llama::Materialize;
-use crate::mamba::{normal_param, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
+use crate::mamba::{mamba_mixer_hf_layout, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
+use crate::ssm::{assert_cache_batch, norm_head_logits, normal_param, HfKeys};
 
 /// What layer `i` mixes tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +159,7 @@ impl HybridConfig {
                 reason,
             })
         };
-        for (key, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -170,11 +171,7 @@ impl HybridConfig {
             ("mamba_d_conv", self.mamba_d_conv),
             ("mamba_expand", self.mamba_expand),
             ("mamba_dt_rank", self.mamba_dt_rank),
-        ] {
-            if v == 0 {
-                return bad(key, "must be positive".into());
-            }
-        }
+        ])?;
         if self.attn_layer_offset >= self.attn_layer_period {
             return bad(
                 "attn_layer_offset",
@@ -350,28 +347,11 @@ impl HybridConfig {
     /// Reads an HF Jamba `config.json`, with `JambaConfig`'s defaults for absent keys. Rejects a
     /// model with more than one expert in any layer, and any activation but SiLU.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let get = |key: &str| cfg.get(key).filter(|v| !v.is_null());
-        let invalid = |key: &str, what: &str, v: &Value| ArchError::InvalidConfig {
-            key: key.into(),
-            reason: format!("expected {what}, got {v}"),
-        };
-        let usize_or = |key: &str, default: usize| -> Result<usize, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| invalid(key, "a non-negative integer", v))
-            })
-        };
-        let bool_or = |key: &str, default: bool| -> Result<bool, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_bool().ok_or_else(|| invalid(key, "a boolean", v))
-            })
-        };
-        let f64_or = |key: &str, default: f64| -> Result<f64, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_f64().ok_or_else(|| invalid(key, "a number", v))
-            })
-        };
+        let keys = HfKeys(cfg);
+        let get = |key: &str| keys.get(key);
+        let usize_or = |key: &str, default: usize| keys.usize_or(key, Some(default));
+        let bool_or = |key: &str, default: bool| keys.bool_or(key, default, "a boolean");
+        let f64_or = |key: &str, default: f64| keys.f64_or(key, default);
         match get("model_type").and_then(Value::as_str) {
             Some("jamba") => {}
             Some(other) => {
@@ -387,15 +367,7 @@ impl HybridConfig {
                 })
             }
         }
-        if let Some(v) = get("hidden_act") {
-            if v.as_str() != Some("silu") {
-                return Err(ArchError::UnsupportedConfig {
-                    key: "hidden_act".into(),
-                    value: v.to_string(),
-                    reason: "kiln implements SiLU only".into(),
-                });
-            }
-        }
+        keys.expect_silu("kiln implements SiLU only")?;
         let hidden_size = usize_or("hidden_size", 4096)?;
         let num_hidden_layers = usize_or("num_hidden_layers", 32)?;
         let num_experts = usize_or("num_experts", 16)?;
@@ -418,7 +390,7 @@ impl HybridConfig {
             Some(v) => v
                 .as_u64()
                 .map(|x| x as usize)
-                .ok_or_else(|| invalid("mamba_dt_rank", "an integer or \"auto\"", v))?,
+                .ok_or_else(|| HfKeys::invalid("mamba_dt_rank", "an integer or \"auto\"", v))?,
         };
         let config = HybridConfig {
             vocab_size: usize_or("vocab_size", 65536)?,
@@ -683,11 +655,7 @@ impl<B: Backend> Hybrid<B> {
         cache: &mut HybridCache<B>,
     ) -> Tensor<B, 3> {
         let [b, l] = input_ids.dims();
-        assert_eq!(
-            b, cache.batch,
-            "forward_cached: batch {b} but the cache was created for batch {}",
-            cache.batch
-        );
+        assert_cache_batch(b, cache.batch);
         let mut h = self.embed_tokens.forward(input_ids);
         for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let (next, new_state) = layer.forward(h, state.take());
@@ -699,13 +667,13 @@ impl<B: Backend> Hybrid<B> {
     }
 
     fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, d] = h.dims();
-        let h = self.final_layernorm.forward(h).reshape([b * l, d]);
-        let logits = match &self.lm_head {
-            Some(head) => linear_2d(head, h),
-            None => h.matmul(self.embed_tokens.weight.val().transpose()),
-        };
-        logits.reshape([b, l, self.config.vocab_size])
+        norm_head_logits(
+            &self.final_layernorm,
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            self.config.vocab_size,
+            h,
+        )
     }
 
     /// Parameters that should get no weight decay (burn path, id): norms, biases, `A_log`, `D`.
@@ -722,25 +690,13 @@ impl<B: Backend> Hybrid<B> {
                 layer.pre_ff_layernorm.weight.id,
             ));
             if let Some(m) = &layer.mamba {
-                let x = &m.mixer;
-                out.push((name("mamba.mixer.A_log"), x.A_log.id));
-                out.push((name("mamba.mixer.D"), x.D.id));
+                out.extend(m.mixer.no_weight_decay(&name("mamba.mixer.")));
                 for (s, norm) in [
                     ("dt_layernorm", &m.dt_layernorm),
                     ("b_layernorm", &m.b_layernorm),
                     ("c_layernorm", &m.c_layernorm),
                 ] {
                     out.push((name(&format!("mamba.{s}.weight")), norm.weight.id));
-                }
-                for (s, bias) in [
-                    ("in_proj", &x.in_proj.bias),
-                    ("conv1d", &x.conv1d.bias),
-                    ("dt_proj", &x.dt_proj.bias),
-                    ("out_proj", &x.out_proj.bias),
-                ] {
-                    if let Some(p) = bias {
-                        out.push((name(&format!("mamba.mixer.{s}.bias")), p.id));
-                    }
                 }
             }
         }
@@ -774,17 +730,7 @@ impl<B: Backend> Hybrid<B> {
                 }
             }
             if let Some(mm) = &layer.mamba {
-                let m = &mm.mixer;
-                out.extend(export_linear_at(&name("mamba.in_proj"), &m.in_proj));
-                out.push(export_param(name("mamba.conv1d.weight"), &m.conv1d.weight));
-                if let Some(bias) = &m.conv1d.bias {
-                    out.push(export_param(name("mamba.conv1d.bias"), bias));
-                }
-                out.extend(export_linear_at(&name("mamba.x_proj"), &m.x_proj));
-                out.extend(export_linear_at(&name("mamba.dt_proj"), &m.dt_proj));
-                out.push(export_param(name("mamba.A_log"), &m.A_log));
-                out.push(export_param(name("mamba.D"), &m.D));
-                out.extend(export_linear_at(&name("mamba.out_proj"), &m.out_proj));
+                out.extend(mm.mixer.to_hf_tensors(&name("mamba")));
                 for (s, norm) in [
                     ("dt_layernorm", &mm.dt_layernorm),
                     ("b_layernorm", &mm.b_layernorm),
@@ -852,33 +798,11 @@ impl<B: Backend> Hybrid<B> {
                         o_proj: lin(a.o_proj, "self_attn.o_proj"),
                         ..a
                     }),
-                    mamba: layer.mamba.map(|mm| {
-                        let m = mm.mixer;
-                        JambaMamba {
-                            mixer: MambaMixer {
-                                in_proj: lin(m.in_proj, "mamba.in_proj"),
-                                conv1d: burn::nn::conv::Conv1d {
-                                    weight: load_param(m.conv1d.weight, t("mamba.conv1d.weight")),
-                                    bias: m
-                                        .conv1d
-                                        .bias
-                                        .map(|p| load_param(p, t("mamba.conv1d.bias"))),
-                                    ..m.conv1d
-                                },
-                                x_proj: lin(m.x_proj, "mamba.x_proj"),
-                                dt_proj: lin(m.dt_proj, "mamba.dt_proj"),
-                                A_log: load_param(m.A_log, t("mamba.A_log")),
-                                D: load_param(m.D, t("mamba.D")),
-                                out_proj: lin(m.out_proj, "mamba.out_proj"),
-                                ..m
-                            },
-                            dt_layernorm: load_norm(
-                                mm.dt_layernorm,
-                                t("mamba.dt_layernorm.weight"),
-                            ),
-                            b_layernorm: load_norm(mm.b_layernorm, t("mamba.b_layernorm.weight")),
-                            c_layernorm: load_norm(mm.c_layernorm, t("mamba.c_layernorm.weight")),
-                        }
+                    mamba: layer.mamba.map(|mm| JambaMamba {
+                        mixer: mm.mixer.load_hf_tensors(tensors, &name("mamba")),
+                        dt_layernorm: load_norm(mm.dt_layernorm, t("mamba.dt_layernorm.weight")),
+                        b_layernorm: load_norm(mm.b_layernorm, t("mamba.b_layernorm.weight")),
+                        c_layernorm: load_norm(mm.c_layernorm, t("mamba.c_layernorm.weight")),
                     }),
                     pre_ff_layernorm: load_norm(
                         layer.pre_ff_layernorm,
@@ -909,62 +833,40 @@ impl<B: Backend> Hybrid<B> {
 pub fn hybrid_hf_layout(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
     let (d, ffn, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let (e, n, r, k) = (
-        cfg.mamba_intermediate(),
-        cfg.mamba_d_state,
-        cfg.mamba_dt_rank,
-        cfg.mamba_d_conv,
-    );
+    let (n, r) = (cfg.mamba_d_state, cfg.mamba_dt_rank);
+    let mamba = cfg.mamba_config();
     let mut out = vec![(
         "model.embed_tokens.weight".to_string(),
         vec![cfg.vocab_size, d],
     )];
     for (i, kind) in cfg.layout().into_iter().enumerate() {
-        let mut block: Vec<(&str, Vec<usize>)> = vec![("input_layernorm.weight", vec![d])];
-        match kind {
-            LayerKind::Attention => block.extend([
+        let name = |s: &str| format!("model.layers.{i}.{s}");
+        out.push((name("input_layernorm.weight"), vec![d]));
+        let block: Vec<(&str, Vec<usize>)> = match kind {
+            LayerKind::Attention => vec![
                 ("self_attn.q_proj.weight", vec![nh * hd, d]),
                 ("self_attn.k_proj.weight", vec![nkv * hd, d]),
                 ("self_attn.v_proj.weight", vec![nkv * hd, d]),
                 ("self_attn.o_proj.weight", vec![d, nh * hd]),
-            ]),
+            ],
             LayerKind::Mamba => {
-                block.push(("mamba.in_proj.weight", vec![2 * e, d]));
-                if cfg.mamba_proj_bias {
-                    block.push(("mamba.in_proj.bias", vec![2 * e]));
-                }
-                block.push(("mamba.conv1d.weight", vec![e, 1, k]));
-                if cfg.mamba_conv_bias {
-                    block.push(("mamba.conv1d.bias", vec![e]));
-                }
-                block.extend([
-                    ("mamba.x_proj.weight", vec![r + 2 * n, e]),
-                    ("mamba.dt_proj.weight", vec![e, r]),
-                    ("mamba.dt_proj.bias", vec![e]),
-                    ("mamba.A_log", vec![e, n]),
-                    ("mamba.D", vec![e]),
-                    ("mamba.out_proj.weight", vec![d, e]),
-                ]);
-                if cfg.mamba_proj_bias {
-                    block.push(("mamba.out_proj.bias", vec![d]));
-                }
-                block.extend([
+                out.extend(mamba_mixer_hf_layout(&name("mamba"), &mamba));
+                vec![
                     ("mamba.dt_layernorm.weight", vec![r]),
                     ("mamba.b_layernorm.weight", vec![n]),
                     ("mamba.c_layernorm.weight", vec![n]),
-                ]);
+                ]
             }
-        }
-        block.extend([
-            ("pre_ff_layernorm.weight", vec![d]),
-            ("feed_forward.gate_proj.weight", vec![ffn, d]),
-            ("feed_forward.up_proj.weight", vec![ffn, d]),
-            ("feed_forward.down_proj.weight", vec![d, ffn]),
-        ]);
+        };
+        out.extend(block.into_iter().map(|(s, shape)| (name(s), shape)));
         out.extend(
-            block
-                .into_iter()
-                .map(|(s, shape)| (format!("model.layers.{i}.{s}"), shape)),
+            [
+                ("pre_ff_layernorm.weight", vec![d]),
+                ("feed_forward.gate_proj.weight", vec![ffn, d]),
+                ("feed_forward.up_proj.weight", vec![ffn, d]),
+                ("feed_forward.down_proj.weight", vec![d, ffn]),
+            ]
+            .map(|(s, shape)| (name(s), shape)),
         );
     }
     out.push(("model.final_layernorm.weight".to_string(), vec![d]));

@@ -54,6 +54,7 @@ pub mod llama;
 pub mod mamba;
 pub mod mamba2;
 pub mod simd;
+mod ssm;
 
 use std::collections::HashMap;
 

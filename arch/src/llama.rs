@@ -22,7 +22,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::ArchError;
+use crate::error::{check_positive, ArchError};
 use crate::grads::accumulate_grads;
 use crate::layers::{
     float_dtype, linear_2d, linear_no_bias, to_dtype, Attention, KvCache, Mlp, RmsNorm, Rope,
@@ -157,7 +157,7 @@ impl LlamaConfig {
                 reason,
             })
         };
-        for (key, value) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -166,11 +166,7 @@ impl LlamaConfig {
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value == 0 {
-                return bad(key, "must be positive".into());
-            }
-        }
+        ])?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)

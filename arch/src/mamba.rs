@@ -42,12 +42,16 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::ArchError;
+use crate::error::{check_positive, ArchError};
 use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
 };
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+use crate::ssm::{
+    assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
+    push_bias_ids, softplus, split_steps, uniform_param, HfKeys,
+};
 
 /// Chunk length of [`selective_scan_chunked`] used by [`Mamba::forward`] unless changed with
 /// [`Mamba::with_scan`]. The chunked scan keeps `chunk ×` the sequential scan's memory and does
@@ -183,18 +187,14 @@ impl MambaConfig {
                 reason,
             })
         };
-        for (key, value) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("state_size", self.state_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("expand", self.expand),
             ("time_step_rank", self.time_step_rank),
-        ] {
-            if value == 0 {
-                return bad(key, "must be positive".into());
-            }
-        }
+        ])?;
         if self.conv_kernel < 2 {
             return bad(
                 "conv_kernel",
@@ -338,71 +338,17 @@ impl MambaConfig {
     /// concern PyTorch (`residual_in_fp32`, `use_mambapy`, `time_step_init_scheme`, ...) are
     /// ignored.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let obj = cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
-            key: "<root>".into(),
-            reason: "config.json must be a JSON object".into(),
-        })?;
-        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
-        let invalid = |key: &str, what: &str, v: &Value| ArchError::InvalidConfig {
-            key: key.into(),
-            reason: format!("expected {what}, got {v}"),
-        };
-        let usize_key = |key: &str| -> Result<Option<usize>, ArchError> {
-            get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n as usize)
-                        .ok_or_else(|| invalid(key, "a non-negative integer", v))
-                })
-                .transpose()
-        };
-        let required = |key: &str| -> Result<usize, ArchError> {
-            usize_key(key)?.ok_or_else(|| ArchError::MissingConfigKey { key: key.into() })
-        };
-        let f64_key = |key: &str, default: f64| -> Result<f64, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_f64().ok_or_else(|| invalid(key, "a number", v))
-            })
-        };
-        let bool_key = |key: &str, default: bool| -> Result<bool, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_bool().ok_or_else(|| invalid(key, "true or false", v))
-            })
-        };
-
-        match get("model_type") {
-            Some(Value::String(t)) if t == "mamba" => {}
-            Some(v) => {
-                return Err(ArchError::UnsupportedConfig {
-                    key: "model_type".into(),
-                    value: v.to_string(),
-                    reason: "expected \"mamba\"".into(),
-                })
-            }
-            None => {
-                return Err(ArchError::MissingConfigKey {
-                    key: "model_type".into(),
-                })
-            }
-        }
-        if let Some(v) = get("hidden_act") {
-            if v.as_str() != Some("silu") {
-                return Err(ArchError::UnsupportedConfig {
-                    key: "hidden_act".into(),
-                    value: v.to_string(),
-                    reason: "kiln's Mamba uses SiLU".into(),
-                });
-            }
-        }
+        let keys = HfKeys::object(cfg)?;
+        let get = |key: &str| keys.get(key);
+        let usize_key = |key: &str| keys.usize(key);
+        let required = |key: &str| keys.usize_or(key, None);
+        let f64_key = |key: &str, default: f64| keys.f64_or(key, default);
+        let bool_key = |key: &str, default: bool| keys.bool_or(key, default, "true or false");
+        keys.expect_model_type("mamba")?;
+        keys.expect_silu("kiln's Mamba uses SiLU")?;
         let hidden_size = required("hidden_size")?;
         // HF: `intermediate_size = int(expand * hidden_size)`; `expand` may be written as a float.
-        let expand = match get("expand") {
-            None => 2,
-            Some(v) => match v.as_f64() {
-                Some(x) if x > 0.0 && x.fract() == 0.0 => x as usize,
-                _ => return Err(invalid("expand", "a positive integer", v)),
-            },
-        };
+        let expand = keys.expand()?;
         if let Some(inner) = usize_key("intermediate_size")? {
             if inner != expand * hidden_size {
                 return Err(ArchError::InvalidConfig {
@@ -564,30 +510,6 @@ impl MambaConfig {
     }
 }
 
-fn uniform_param<B: Backend, const D: usize>(
-    shape: [usize; D],
-    bound: f64,
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::random(
-        shape,
-        Distribution::Uniform(-bound, bound),
-        device,
-    ))
-}
-
-pub(crate) fn normal_param<B: Backend, const D: usize>(
-    shape: [usize; D],
-    std: f64,
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::random(
-        shape,
-        Distribution::Normal(0.0, std),
-        device,
-    ))
-}
-
 /// How [`Mamba::forward`] runs the selective scan (same values either way, up to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanMode {
@@ -601,6 +523,90 @@ pub enum ScanMode {
 }
 
 pub use mixer_def::MambaMixer;
+
+impl<B: Backend> MambaMixer<B> {
+    /// `(module path, id)` of the parameters that get no weight decay, under `prefix` (the
+    /// mixer's path and a dot): `A_log`, `D` and every bias.
+    pub(crate) fn no_weight_decay(&self, prefix: &str) -> Vec<(String, ParamId)> {
+        let name = |s: &str| format!("{prefix}{s}");
+        let mut out = vec![(name("A_log"), self.A_log.id), (name("D"), self.D.id)];
+        push_bias_ids(
+            &mut out,
+            name,
+            &[
+                ("in_proj.bias", &self.in_proj.bias),
+                ("conv1d.bias", &self.conv1d.bias),
+                ("dt_proj.bias", &self.dt_proj.bias),
+                ("out_proj.bias", &self.out_proj.bias),
+            ],
+        );
+        out
+    }
+
+    /// The mixer's tensors under `{prefix}.`, HF layout, in [`mamba_mixer_hf_layout`] order.
+    pub(crate) fn to_hf_tensors(&self, prefix: &str) -> Vec<HfTensor> {
+        let name = |s: &str| format!("{prefix}.{s}");
+        let mut out = export_linear_at(&name("in_proj"), &self.in_proj);
+        out.extend(export_conv(&name("conv1d"), &self.conv1d));
+        out.extend(export_linear_at(&name("x_proj"), &self.x_proj));
+        out.extend(export_linear_at(&name("dt_proj"), &self.dt_proj));
+        out.push(export_param(name("A_log"), &self.A_log));
+        out.push(export_param(name("D"), &self.D));
+        out.extend(export_linear_at(&name("out_proj"), &self.out_proj));
+        out
+    }
+
+    /// The mixer with every parameter replaced by the HF tensor `{prefix}.…` (names and shapes
+    /// already checked).
+    pub(crate) fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>, prefix: &str) -> Self {
+        let name = |s: &str| format!("{prefix}.{s}");
+        MambaMixer {
+            in_proj: load_linear_at(self.in_proj, tensors, &name("in_proj")),
+            conv1d: load_conv(self.conv1d, tensors, &name("conv1d")),
+            x_proj: load_linear_at(self.x_proj, tensors, &name("x_proj")),
+            dt_proj: load_linear_at(self.dt_proj, tensors, &name("dt_proj")),
+            A_log: load_param(self.A_log, &tensors[&name("A_log")]),
+            D: load_param(self.D, &tensors[&name("D")]),
+            out_proj: load_linear_at(self.out_proj, tensors, &name("out_proj")),
+            ..self
+        }
+    }
+}
+
+/// The tensors of one HF Mamba mixer of this config under `{prefix}.`, in
+/// [`MambaMixer::to_hf_tensors`] order: `(name, HF shape)`.
+pub(crate) fn mamba_mixer_hf_layout(prefix: &str, cfg: &MambaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, e, n, r, k) = (
+        cfg.hidden_size,
+        cfg.intermediate_size(),
+        cfg.state_size,
+        cfg.time_step_rank,
+        cfg.conv_kernel,
+    );
+    let mut block: Vec<(&str, Vec<usize>)> = vec![("in_proj.weight", vec![2 * e, d])];
+    if cfg.use_bias {
+        block.push(("in_proj.bias", vec![2 * e]));
+    }
+    block.push(("conv1d.weight", vec![e, 1, k]));
+    if cfg.use_conv_bias {
+        block.push(("conv1d.bias", vec![e]));
+    }
+    block.extend([
+        ("x_proj.weight", vec![r + 2 * n, e]),
+        ("dt_proj.weight", vec![e, r]),
+        ("dt_proj.bias", vec![e]),
+        ("A_log", vec![e, n]),
+        ("D", vec![e]),
+        ("out_proj.weight", vec![d, e]),
+    ]);
+    if cfg.use_bias {
+        block.push(("out_proj.bias", vec![d]));
+    }
+    block
+        .into_iter()
+        .map(|(s, shape)| (format!("{prefix}.{s}"), shape))
+        .collect()
+}
 
 /// The mixer's definition, alone in a module: its field names `A_log` and `D` are the HF names,
 /// and burn's `Module` derive repeats field names as local variables, so the snake-case lint is
@@ -742,40 +748,8 @@ impl<B: Backend> MambaMixer<B> {
     /// K shifted multiply-adds instead of burn's grouped `conv1d`: no `[b, E, l]` transposes, and
     /// the same code serves a single generation step.
     fn conv(&self, x: Tensor<B, 3>, past: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let [b, l, e] = x.dims();
-        let k = self.conv_kernel;
-        let past = match past {
-            Some(p) => p.swap_dims(1, 2), // [b, K − 1, E]
-            None => Tensor::zeros([b, k - 1, e], (&x.device(), x.dtype())),
-        };
-        let padded = Tensor::cat(vec![past, x], 1); // [b, K − 1 + l, E]
-        let w = to_dtype(self.conv1d.weight.val(), float_dtype(&padded))
-            .reshape([e, k])
-            .transpose(); // [K, E]: tap j of every channel
-        let tap = |j: usize| {
-            padded.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, e])
-        };
-        let mut y = tap(0);
-        for j in 1..k {
-            y = y + tap(j);
-        }
-        if let Some(bias) = &self.conv1d.bias {
-            y = y + bias.val().reshape([1, 1, e]);
-        }
-        let past = padded.narrow(1, l, k - 1).swap_dims(1, 2); // [b, E, K − 1]
-        (y, past)
+        causal_conv(&self.conv1d, self.conv_kernel, x, past)
     }
-}
-
-/// PyTorch's `softplus` (β = 1, threshold 20): `ln(1 + eˣ)`, and `x` itself above 20. burn's
-/// `activation::softplus` has no threshold and overflows to ∞ past x ≈ 88.
-fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let linear = x.clone().greater_elem(20.0);
-    x.clone()
-        .clamp_max(20.0)
-        .exp()
-        .log1p()
-        .mask_where(linear, x)
 }
 
 /// The selective scan, one position at a time (the reference; HF's `slow_forward` loop).
@@ -813,22 +787,6 @@ pub fn selective_scan_sequential<B: Backend>(
     }
     let y = Tensor::cat(ys, 2).swap_dims(1, 2); // [b, l, E]
     (y, h)
-}
-
-/// `t` cut into its `len` slices of size 1 along `dim`, by recursive halving.
-///
-/// burn's autodiff differentiates a slice by writing its gradient into a zero tensor of the
-/// whole input's shape, so `len` direct slices cost `O(len²)` in the backward pass; halving costs
-/// `O(len)` per level, `O(len log len)` in all.
-fn split_steps<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize) -> Vec<Tensor<B, D>> {
-    let len = t.dims()[dim];
-    if len <= 1 {
-        return vec![t];
-    }
-    let half = len / 2;
-    let mut out = split_steps(t.clone().narrow(dim, 0, half), dim);
-    out.extend(split_steps(t.narrow(dim, half, len - half), dim));
-    out
 }
 
 /// The selective scan by chunks of `chunk` positions: same inputs, outputs and values as
@@ -1050,11 +1008,7 @@ impl<B: Backend> Mamba<B> {
         cache: &mut MambaCache<B>,
     ) -> Tensor<B, 3> {
         let [b, l] = input_ids.dims();
-        assert_eq!(
-            b, cache.batch,
-            "forward_cached: batch {b} but the cache was created for batch {}",
-            cache.batch
-        );
+        assert_cache_batch(b, cache.batch);
         let scan = if l == 1 {
             ScanMode::Sequential
         } else {
@@ -1072,14 +1026,13 @@ impl<B: Backend> Mamba<B> {
 
     /// Final norm and head: `[b, l, d]` -> logits `[b, l, vocab]`.
     fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, d] = h.dims();
-        let h = self.norm_f.forward(h).reshape([b * l, d]); // [b·l, d]
-        let logits = match &self.lm_head {
-            Some(head) => linear_2d(head, h),
-            // Tied: h · Eᵀ with E = embeddings.weight [vocab, d].
-            None => h.matmul(self.embeddings.weight.val().transpose()),
-        }; // [b·l, vocab]
-        logits.reshape([b, l, self.config.vocab_size])
+        norm_head_logits(
+            &self.norm_f,
+            self.lm_head.as_ref(),
+            &self.embeddings,
+            self.config.vocab_size,
+            h,
+        )
     }
 
     /// The parameters that should get no weight decay, by module path (HF name minus
@@ -1091,18 +1044,7 @@ impl<B: Backend> Mamba<B> {
             let name = |s: &str| format!("layers.{i}.{s}");
             let m = &layer.mixer;
             out.push((name("norm.weight"), layer.norm.weight.id));
-            out.push((name("mixer.A_log"), m.A_log.id));
-            out.push((name("mixer.D"), m.D.id));
-            for (suffix, bias) in [
-                ("mixer.in_proj.bias", &m.in_proj.bias),
-                ("mixer.conv1d.bias", &m.conv1d.bias),
-                ("mixer.dt_proj.bias", &m.dt_proj.bias),
-                ("mixer.out_proj.bias", &m.out_proj.bias),
-            ] {
-                if let Some(p) = bias {
-                    out.push((name(suffix), p.id));
-                }
-            }
+            out.extend(m.no_weight_decay(&name("mixer.")));
         }
         out.push(("norm_f.weight".to_string(), self.norm_f.weight.id));
         out
@@ -1119,16 +1061,7 @@ impl<B: Backend> Mamba<B> {
             let name = |s: &str| format!("backbone.layers.{i}.{s}");
             let m = &layer.mixer;
             out.push(export_param(name("norm.weight"), &layer.norm.weight));
-            out.extend(export_linear_at(&name("mixer.in_proj"), &m.in_proj));
-            out.push(export_param(name("mixer.conv1d.weight"), &m.conv1d.weight));
-            if let Some(bias) = &m.conv1d.bias {
-                out.push(export_param(name("mixer.conv1d.bias"), bias));
-            }
-            out.extend(export_linear_at(&name("mixer.x_proj"), &m.x_proj));
-            out.extend(export_linear_at(&name("mixer.dt_proj"), &m.dt_proj));
-            out.push(export_param(name("mixer.A_log"), &m.A_log));
-            out.push(export_param(name("mixer.D"), &m.D));
-            out.extend(export_linear_at(&name("mixer.out_proj"), &m.out_proj));
+            out.extend(m.to_hf_tensors(&name("mixer")));
         }
         out.push(export_param("backbone.norm_f.weight", &self.norm_f.weight));
         if let Some(head) = &self.lm_head {
@@ -1168,20 +1101,7 @@ impl<B: Backend> Mamba<B> {
                 let m = layer.mixer;
                 MambaBlock {
                     norm: load_norm(layer.norm, t("norm.weight")),
-                    mixer: MambaMixer {
-                        in_proj: load_linear_at(m.in_proj, tensors, &name("mixer.in_proj")),
-                        conv1d: Conv1d {
-                            weight: load_param(m.conv1d.weight, t("mixer.conv1d.weight")),
-                            bias: m.conv1d.bias.map(|p| load_param(p, t("mixer.conv1d.bias"))),
-                            ..m.conv1d
-                        },
-                        x_proj: load_linear_at(m.x_proj, tensors, &name("mixer.x_proj")),
-                        dt_proj: load_linear_at(m.dt_proj, tensors, &name("mixer.dt_proj")),
-                        A_log: load_param(m.A_log, t("mixer.A_log")),
-                        D: load_param(m.D, t("mixer.D")),
-                        out_proj: load_linear_at(m.out_proj, tensors, &name("mixer.out_proj")),
-                        ..m
-                    },
+                    mixer: m.load_hf_tensors(tensors, &name("mixer")),
                 }
             })
             .collect();
@@ -1201,45 +1121,17 @@ impl<B: Backend> Mamba<B> {
 /// Every tensor an HF `MambaForCausalLM` checkpoint of this config holds, in the order
 /// [`Mamba::to_hf_tensors`] writes them: `(name, HF shape)`.
 pub fn mamba_hf_layout(cfg: &MambaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, e, n, r, k) = (
-        cfg.hidden_size,
-        cfg.intermediate_size(),
-        cfg.state_size,
-        cfg.time_step_rank,
-        cfg.conv_kernel,
-    );
+    let d = cfg.hidden_size;
     let mut out = vec![(
         "backbone.embeddings.weight".to_string(),
         vec![cfg.vocab_size, d],
     )];
     for i in 0..cfg.num_hidden_layers {
-        let mut block: Vec<(&str, Vec<usize>)> = vec![
-            ("norm.weight", vec![d]),
-            ("mixer.in_proj.weight", vec![2 * e, d]),
-        ];
-        if cfg.use_bias {
-            block.push(("mixer.in_proj.bias", vec![2 * e]));
-        }
-        block.push(("mixer.conv1d.weight", vec![e, 1, k]));
-        if cfg.use_conv_bias {
-            block.push(("mixer.conv1d.bias", vec![e]));
-        }
-        block.extend([
-            ("mixer.x_proj.weight", vec![r + 2 * n, e]),
-            ("mixer.dt_proj.weight", vec![e, r]),
-            ("mixer.dt_proj.bias", vec![e]),
-            ("mixer.A_log", vec![e, n]),
-            ("mixer.D", vec![e]),
-            ("mixer.out_proj.weight", vec![d, e]),
-        ]);
-        if cfg.use_bias {
-            block.push(("mixer.out_proj.bias", vec![d]));
-        }
-        out.extend(
-            block
-                .into_iter()
-                .map(|(s, shape)| (format!("backbone.layers.{i}.{s}"), shape)),
-        );
+        out.push((format!("backbone.layers.{i}.norm.weight"), vec![d]));
+        out.extend(mamba_mixer_hf_layout(
+            &format!("backbone.layers.{i}.mixer"),
+            cfg,
+        ));
     }
     out.push(("backbone.norm_f.weight".to_string(), vec![d]));
     if !cfg.tie_word_embeddings {

@@ -38,12 +38,16 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::ArchError;
+use crate::error::{check_positive, ArchError};
 use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
 };
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+use crate::ssm::{
+    assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
+    push_bias_ids, softplus, split_steps, uniform_param, HfKeys,
+};
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -196,7 +200,7 @@ impl Mamba2Config {
                 reason,
             })
         };
-        for (key, value) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("state_size", self.state_size),
@@ -206,11 +210,7 @@ impl Mamba2Config {
             ("head_dim", self.head_dim),
             ("n_groups", self.n_groups),
             ("chunk_size", self.chunk_size),
-        ] {
-            if value == 0 {
-                return bad(key, "must be positive".into());
-            }
-        }
+        ])?;
         if self.intermediate_size() != self.num_heads * self.head_dim {
             return bad(
                 "num_heads",
@@ -343,51 +343,19 @@ impl Mamba2Config {
     /// numbers, `null` or transformers' `{"__float__": "Infinity"}`. `rms_norm: false`,
     /// `norm_before_gate: true` (older configs) and a non-SiLU `hidden_act` are unsupported.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let obj = cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
-            key: "<root>".into(),
-            reason: "config.json must be a JSON object".into(),
-        })?;
-        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
-        let invalid = |key: &str, what: &str, v: &Value| ArchError::InvalidConfig {
-            key: key.into(),
-            reason: format!("expected {what}, got {v}"),
-        };
-        let usize_key = |key: &str, default: Option<usize>| -> Result<usize, ArchError> {
-            match get(key) {
-                Some(v) => v
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| invalid(key, "a non-negative integer", v)),
-                None => default.ok_or_else(|| ArchError::MissingConfigKey { key: key.into() }),
-            }
-        };
-        let f64_key = |key: &str, default: f64| -> Result<f64, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_f64().ok_or_else(|| invalid(key, "a number", v))
-            })
-        };
-        let bool_key = |key: &str, default: bool| -> Result<bool, ArchError> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_bool().ok_or_else(|| invalid(key, "true or false", v))
-            })
-        };
+        let keys = HfKeys::object(cfg)?;
+        let get = |key: &str| keys.get(key);
+        let invalid = HfKeys::invalid;
+        let usize_key = |key: &str, default: Option<usize>| keys.usize_or(key, default);
+        let f64_key = |key: &str, default: f64| keys.f64_or(key, default);
+        let bool_key = |key: &str, default: bool| keys.bool_or(key, default, "true or false");
         let unsupported = |key: &str, v: &Value, reason: &str| ArchError::UnsupportedConfig {
             key: key.into(),
             value: v.to_string(),
             reason: reason.into(),
         };
-        match get("model_type") {
-            Some(Value::String(t)) if t == "mamba2" => {}
-            Some(v) => return Err(unsupported("model_type", v, "expected \"mamba2\"")),
-            None => {
-                return Err(ArchError::MissingConfigKey {
-                    key: "model_type".into(),
-                })
-            }
-        }
-        if let Some(v) = get("hidden_act").filter(|v| v.as_str() != Some("silu")) {
-            return Err(unsupported("hidden_act", v, "kiln's Mamba-2 uses SiLU"));
-        }
+        keys.expect_model_type("mamba2")?;
+        keys.expect_silu("kiln's Mamba-2 uses SiLU")?;
         if let Some(v) = get("rms_norm").filter(|v| v.as_bool() != Some(true)) {
             return Err(unsupported("rms_norm", v, "only the gated RMSNorm"));
         }
@@ -398,13 +366,7 @@ impl Mamba2Config {
                 "HF gates before the norm",
             ));
         }
-        let expand = match get("expand") {
-            None => 2,
-            Some(v) => match v.as_f64() {
-                Some(x) if x > 0.0 && x.fract() == 0.0 => x as usize,
-                _ => return Err(invalid("expand", "a positive integer", v)),
-            },
-        };
+        let expand = keys.expand()?;
         let limit_value = |v: &Value| -> Option<f64> {
             match v {
                 Value::Null => Some(f64::INFINITY),
@@ -565,30 +527,6 @@ impl Mamba2Config {
     }
 }
 
-fn uniform_param<B: Backend, const D: usize>(
-    shape: [usize; D],
-    bound: f64,
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::random(
-        shape,
-        Distribution::Uniform(-bound, bound),
-        device,
-    ))
-}
-
-fn normal_param<B: Backend, const D: usize>(
-    shape: [usize; D],
-    std: f64,
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::random(
-        shape,
-        Distribution::Normal(0.0, std),
-        device,
-    ))
-}
-
 /// How the SSD recurrence is computed (same values either way, up to rounding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SsdMode {
@@ -721,39 +659,8 @@ impl<B: Backend> Mamba2Mixer<B> {
     /// Depthwise causal convolution on `x` `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when
     /// `None`): PyTorch's `conv1d(padding = K − 1)[..., :l]`. Returns `[b, l, C]` and the new past.
     fn conv(&self, x: Tensor<B, 3>, past: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let [b, l, c] = x.dims();
-        let k = self.conv_kernel;
-        let past = match past {
-            Some(p) => p.swap_dims(1, 2),
-            None => Tensor::zeros([b, k - 1, c], (&x.device(), x.dtype())),
-        };
-        let padded = Tensor::cat(vec![past, x], 1); // [b, K − 1 + l, C]
-        let w = to_dtype(self.conv1d.weight.val(), float_dtype(&padded))
-            .reshape([c, k])
-            .transpose(); // [K, C]
-        let tap = |j: usize| {
-            padded.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c])
-        };
-        let mut y = tap(0);
-        for j in 1..k {
-            y = y + tap(j);
-        }
-        if let Some(bias) = &self.conv1d.bias {
-            y = y + bias.val().reshape([1, 1, c]);
-        }
-        let past = padded.narrow(1, l, k - 1).swap_dims(1, 2);
-        (y, past)
+        causal_conv(&self.conv1d, self.conv_kernel, x, past)
     }
-}
-
-/// PyTorch's `softplus` (threshold 20).
-fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let linear = x.clone().greater_elem(20.0);
-    x.clone()
-        .clamp_max(20.0)
-        .exp()
-        .log1p()
-        .mask_where(linear, x)
 }
 
 /// B or C `[b, l, G, N]` -> per head, head-major `[b, H, l, N]` (head `h` uses group
@@ -802,19 +709,6 @@ pub fn ssd_sequential<B: Backend>(
     }
     let y = Tensor::cat(ys, 3).permute([0, 3, 1, 2]); // [b, l, H, P]
     (y, state)
-}
-
-/// `t` cut into its size-1 slices along `dim`, by recursive halving (`O(len log len)` backward
-/// instead of `O(len²)` for direct slices under burn's autodiff).
-fn split_steps<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize) -> Vec<Tensor<B, D>> {
-    let len = t.dims()[dim];
-    if len <= 1 {
-        return vec![t];
-    }
-    let half = len / 2;
-    let mut out = split_steps(t.clone().narrow(dim, 0, half), dim);
-    out.extend(split_steps(t.narrow(dim, half, len - half), dim));
-    out
 }
 
 /// The SSD recurrence by chunks of `T = min(chunk, l)` positions; same inputs, outputs and values
@@ -1032,11 +926,7 @@ impl<B: Backend> Mamba2<B> {
         cache: &mut Mamba2Cache<B>,
     ) -> Tensor<B, 3> {
         let [b, l] = input_ids.dims();
-        assert_eq!(
-            b, cache.batch,
-            "forward_cached: batch {b} but the cache was created for batch {}",
-            cache.batch
-        );
+        assert_cache_batch(b, cache.batch);
         let mode = if l == 1 {
             SsdMode::Sequential
         } else {
@@ -1053,13 +943,13 @@ impl<B: Backend> Mamba2<B> {
     }
 
     fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, d] = h.dims();
-        let h = self.norm_f.forward(h).reshape([b * l, d]);
-        let logits = match &self.lm_head {
-            Some(head) => linear_2d(head, h),
-            None => h.matmul(self.embeddings.weight.val().transpose()),
-        };
-        logits.reshape([b, l, self.config.vocab_size])
+        norm_head_logits(
+            &self.norm_f,
+            self.lm_head.as_ref(),
+            &self.embeddings,
+            self.config.vocab_size,
+            h,
+        )
     }
 
     /// Parameters that should get no weight decay (module path, id): `A_log`, `D`, `dt_bias`
@@ -1074,15 +964,15 @@ impl<B: Backend> Mamba2<B> {
             out.push((name("mixer.A_log"), m.A_log.id));
             out.push((name("mixer.D"), m.D.id));
             out.push((name("mixer.norm.weight"), m.norm.weight.id));
-            for (suffix, bias) in [
-                ("mixer.in_proj.bias", &m.in_proj.bias),
-                ("mixer.conv1d.bias", &m.conv1d.bias),
-                ("mixer.out_proj.bias", &m.out_proj.bias),
-            ] {
-                if let Some(p) = bias {
-                    out.push((name(suffix), p.id));
-                }
-            }
+            push_bias_ids(
+                &mut out,
+                name,
+                &[
+                    ("mixer.in_proj.bias", &m.in_proj.bias),
+                    ("mixer.conv1d.bias", &m.conv1d.bias),
+                    ("mixer.out_proj.bias", &m.out_proj.bias),
+                ],
+            );
         }
         out.push(("norm_f.weight".to_string(), self.norm_f.weight.id));
         out
@@ -1101,10 +991,7 @@ impl<B: Backend> Mamba2<B> {
             out.push(export_param(name("mixer.dt_bias"), &m.dt_bias));
             out.push(export_param(name("mixer.A_log"), &m.A_log));
             out.push(export_param(name("mixer.D"), &m.D));
-            out.push(export_param(name("mixer.conv1d.weight"), &m.conv1d.weight));
-            if let Some(bias) = &m.conv1d.bias {
-                out.push(export_param(name("mixer.conv1d.bias"), bias));
-            }
+            out.extend(export_conv(&name("mixer.conv1d"), &m.conv1d));
             out.extend(export_linear_at(&name("mixer.in_proj"), &m.in_proj));
             out.push(export_param(name("mixer.norm.weight"), &m.norm.weight));
             out.extend(export_linear_at(&name("mixer.out_proj"), &m.out_proj));
@@ -1145,11 +1032,7 @@ impl<B: Backend> Mamba2<B> {
                     norm: load_norm(layer.norm, t("norm.weight")),
                     mixer: Mamba2Mixer {
                         in_proj: load_linear_at(m.in_proj, tensors, &name("mixer.in_proj")),
-                        conv1d: Conv1d {
-                            weight: load_param(m.conv1d.weight, t("mixer.conv1d.weight")),
-                            bias: m.conv1d.bias.map(|p| load_param(p, t("mixer.conv1d.bias"))),
-                            ..m.conv1d
-                        },
+                        conv1d: load_conv(m.conv1d, tensors, &name("mixer.conv1d")),
                         dt_bias: load_param(m.dt_bias, t("mixer.dt_bias")),
                         A_log: load_param(m.A_log, t("mixer.A_log")),
                         D: load_param(m.D, t("mixer.D")),

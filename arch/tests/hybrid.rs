@@ -5,71 +5,24 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
+use common::parity::*;
 use common::*;
 use kiln_arch::hybrid::{hybrid_hf_layout, LayerKind};
 use kiln_arch::{
     read_safetensors, write_safetensors, HfTensor, Hybrid, HybridConfig, SafetensorsDtype,
 };
-use serde_json::Value;
-
-type AB = Autodiff<B>;
 
 const VOCAB: usize = 96;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jamba-tiny")
-}
-
-fn read_json(path: PathBuf) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-struct Reference {
-    json: Value,
-    input_ids: Vec<i64>,
-    logits: Vec<f32>,
-    gen_logits: Vec<f32>,
-}
-
-fn int_rows(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
-        .collect()
-}
-
-fn reference() -> Reference {
-    let json = read_json(fixture().join("reference.json"));
-    let bytes = std::fs::read(fixture().join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
-    Reference {
-        input_ids: int_rows(&json["input_ids"]),
-        logits: f32s("logits"),
-        gen_logits: f32s("gen_logits"),
-        json,
-    }
-}
-
-fn hf_tensors() -> HashMap<String, HfTensor> {
-    read_safetensors(fixture().join("model.safetensors")).unwrap()
+    fixture_dir("jamba-tiny")
 }
 
 fn hf_config() -> HybridConfig {
@@ -79,37 +32,8 @@ fn hf_config() -> HybridConfig {
 fn load<Bk: Backend>() -> Hybrid<Bk> {
     hf_config()
         .init::<Bk>(&Default::default())
-        .load_hf_tensors(&hf_tensors())
+        .load_hf_tensors(&read_hf_tensors(&fixture()))
         .unwrap()
-}
-
-fn int_tensor<Bk: Backend>(data: Vec<i64>, shape: [usize; 2]) -> Tensor<Bk, 2, Int> {
-    Tensor::from_data(TensorData::new(data, shape), &Default::default())
-}
-
-fn batch<Bk: Backend>(r: &Reference) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
-    let all = int_tensor::<Bk>(r.input_ids.clone(), [2, 17]);
-    (all.clone().narrow(1, 0, 16), all.narrow(1, 1, 16))
-}
-
-fn argmax_rows(values: &[f32], n: usize) -> Vec<i64> {
-    values
-        .chunks_exact(n)
-        .map(|row| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, &x)| if x > row[best] { i } else { best });
-            best as i64
-        })
-        .collect()
-}
-
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 /// A tiny hybrid with a tied head and projection biases (the variants the fixture lacks).
@@ -177,28 +101,12 @@ fn config_matches_hf() {
 
 #[test]
 fn export_reproduces_checkpoint() {
-    let tensors = hf_tensors();
     let model = load::<B>();
-    let exported = model.to_hf_tensors();
-    let names: Vec<&str> = exported.iter().map(|t| t.name.as_str()).collect();
-    let layout = hybrid_hf_layout(&model.config);
-    assert_eq!(
-        names,
-        layout.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+    assert_export_is_checkpoint(
+        &model.to_hf_tensors(),
+        &hybrid_hf_layout(&model.config),
+        &read_hf_tensors(&fixture()),
     );
-    assert_eq!(exported.len(), tensors.len());
-    for t in &exported {
-        let hf = &tensors[&t.name];
-        assert_eq!(t.shape, hf.shape, "{}", t.name);
-        assert!(
-            t.data
-                .iter()
-                .zip(&hf.data)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{} differs",
-            t.name
-        );
-    }
 }
 
 #[test]
@@ -242,7 +150,7 @@ fn tied_and_biased_variant_round_trips() {
 
 #[test]
 fn logits_and_loss_match_hf() {
-    let r = reference();
+    let r = read_reference(&fixture());
     let (inputs, targets) = batch::<B>(&r);
     let model = load::<B>();
     let logits = model.forward(inputs);
@@ -263,86 +171,31 @@ fn logits_and_loss_match_hf() {
 
 #[test]
 fn gradient_norms_match_hf() {
-    let r = reference();
+    let r = read_reference(&fixture());
     let hf_norms = r.json["grad_norms"].as_object().unwrap();
     let (inputs, targets) = batch::<AB>(&r);
     let model = load::<AB>();
     let loss = cross_entropy(model.forward(inputs), targets);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let mut seen = BTreeSet::new();
-    let mut worst = (0.0f64, String::new());
-    for (path, id, rank) in param_paths(&model) {
-        let name = if path.starts_with("lm_head") {
+    let hf_name = |path: String| {
+        if path.starts_with("lm_head") {
             path
         } else {
             format!("model.{}", path.replace(".mamba.mixer.", ".mamba."))
-        };
-        let grad = match rank {
-            1 => grads.get::<B, 1>(id).map(to_vec),
-            2 => grads.get::<B, 2>(id).map(to_vec),
-            3 => grads.get::<B, 3>(id).map(to_vec),
-            _ => unreachable!("rank {rank}"),
         }
-        .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let norm = grad
-            .iter()
-            .map(|&g| g as f64 * g as f64)
-            .sum::<f64>()
-            .sqrt();
-        let hf = hf_norms
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name}: not in the HF reference"))
-            .as_f64()
-            .unwrap();
-        let rel = (norm - hf).abs() / hf;
-        assert!(
-            rel < 1e-3,
-            "{name}: |grad| {norm} vs HF {hf} ({rel:e} relative)"
-        );
-        if rel >= worst.0 {
-            worst = (rel, name.clone());
-        }
-        seen.insert(name);
-    }
-    let expected: BTreeSet<String> = hf_norms.keys().cloned().collect();
-    assert_eq!(seen, expected);
-    eprintln!(
-        "worst gradient-norm relative diff {:e} ({})",
-        worst.0, worst.1
-    );
+    };
+    assert_grad_norms(&model, &grads, hf_norms, hf_name, "hybrid");
 }
 
 #[test]
 fn greedy_generation_matches_hf() {
-    let r = reference();
-    let gen = &r.json["generation"];
-    let prompt = int_rows(&gen["prompt"]);
-    let expected = int_rows(&gen["generated"]);
-    let (plen, steps) = (prompt.len() / 2, expected.len() / 2);
+    let r = read_reference(&fixture());
     let model = load::<B>();
     let mut cache = model.new_cache(2);
-    let logits = model.forward_cached(int_tensor(prompt, [2, plen]), &mut cache);
-    let mut last = to_vec(logits.narrow(1, plen - 1, 1));
-    let mut generated = vec![Vec::new(); 2];
-    let mut worst = 0.0f32;
-    for step in 0..steps {
-        let hf_step: Vec<f32> = (0..2)
-            .flat_map(|b| {
-                let at = (b * steps + step) * VOCAB;
-                r.gen_logits[at..at + VOCAB].to_vec()
-            })
-            .collect();
-        worst = worst.max(max_abs_diff(&last, &hf_step));
-        let next = argmax_rows(&last, VOCAB);
-        for (row, &t) in generated.iter_mut().zip(&next) {
-            row.push(t);
-        }
-        last = to_vec(model.forward_cached(int_tensor(next, [2, 1]), &mut cache));
-    }
-    eprintln!("generated {generated:?}, max |step logits − HF| = {worst:e}");
-    assert_eq!(generated.concat(), expected);
-    assert!(worst < 1e-4, "max |step logits − HF| = {worst}");
-    assert_eq!(cache.seq_len(), plen + steps);
+    let fed = assert_greedy_matches_hf(&r, VOCAB, "hybrid", |ids| {
+        model.forward_cached(ids, &mut cache)
+    });
+    assert_eq!(cache.seq_len(), fed);
 }
 
 /// Prompt in one call, then a chunk of 3, then single tokens: the same logits as one full
@@ -404,30 +257,10 @@ fn tiny_hybrid_trains() {
 /// a temporary directory).
 #[test]
 fn write_export_for_hf_check() {
-    let dir = std::env::var_os("KILN_WRITE_EXPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("kiln-jamba-export-{}", std::process::id()))
-        });
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = export_dir("jamba");
     let cfg = tiny(true);
     let fresh: Hybrid<B> = cfg.init(&Default::default());
-    let tensors: HashMap<String, HfTensor> = fresh
-        .to_hf_tensors()
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut t)| {
-            if t.name.ends_with("bias") || t.name.ends_with("norm.weight") || t.name.ends_with(".D")
-            {
-                let noise = pseudo_random(t.data.len(), 100 + i as u64);
-                t.data
-                    .iter_mut()
-                    .zip(noise)
-                    .for_each(|(x, n)| *x += 0.2 * n);
-            }
-            (t.name.clone(), t)
-        })
-        .collect();
+    let tensors = perturbed(fresh.to_hf_tensors());
     let model = fresh.load_hf_tensors(&tensors).unwrap();
     let exported = model.to_hf_tensors();
     write_safetensors(
@@ -449,51 +282,13 @@ fn write_export_for_hf_check() {
         .unwrap();
 
     let (n, v) = (12, cfg.vocab_size);
-    let ids: Vec<i64> = pseudo_random(2 * n, 7)
-        .iter()
-        .map(|x| ((x + 1.0) / 2.0 * v as f32) as i64 % v as i64)
-        .collect();
+    let ids = export_ids(n, v);
     let logits = to_vec(model.forward(int_tensor(ids.clone(), [2, n])));
     let again = to_vec(reloaded.forward(int_tensor(ids.clone(), [2, n])));
     assert_eq!(max_abs_diff(&logits, &again), 0.0);
-    let (plen, steps) = (4, 6);
-    let prompt: Vec<i64> = (0..2)
-        .flat_map(|b| ids[b * n..b * n + plen].to_vec())
-        .collect();
     let mut cache = model.new_cache(2);
-    let first = model
-        .forward_cached(int_tensor(prompt.clone(), [2, plen]), &mut cache)
-        .narrow(1, plen - 1, 1);
-    let mut next = argmax_rows(&to_vec(first), v);
-    let mut generated = vec![Vec::new(); 2];
-    for _ in 0..steps {
-        for (row, &t) in generated.iter_mut().zip(&next) {
-            row.push(t);
-        }
-        let step = model.forward_cached(int_tensor(next, [2, 1]), &mut cache);
-        next = argmax_rows(&to_vec(step), v);
-    }
-    let as_f32 = |name: &str, shape: Vec<usize>, xs: &[i64]| HfTensor {
-        name: name.to_string(),
-        shape,
-        data: xs.iter().map(|&x| x as f32).collect(),
-    };
-    write_safetensors(
-        dir.join("kiln_outputs.safetensors"),
-        &[
-            as_f32("input_ids", vec![2, n], &ids),
-            HfTensor {
-                name: "logits".to_string(),
-                shape: vec![2, n, v],
-                data: logits,
-            },
-            as_f32("prompt", vec![2, plen], &prompt),
-            as_f32("generated", vec![2, steps], &generated.concat()),
-        ],
-        SafetensorsDtype::F32,
-    )
-    .unwrap();
-    if std::env::var_os("KILN_WRITE_EXPORT").is_none() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    let (prompt, generated) =
+        greedy_tokens(&ids, n, v, (4, 6), |t| model.forward_cached(t, &mut cache));
+    write_kiln_outputs(&dir, &ids, logits, v, &prompt, &generated);
+    remove_export_dir(&dir);
 }

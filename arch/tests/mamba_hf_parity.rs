@@ -10,21 +10,15 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use common::parity::*;
 use common::*;
 use kiln_arch::mamba::{mamba_hf_layout, ScanMode};
-use kiln_arch::{
-    read_safetensors, write_safetensors, HfTensor, Mamba, MambaConfig, SafetensorsDtype,
-};
-use serde_json::Value;
-
-type AB = Autodiff<B>;
+use kiln_arch::{read_safetensors, write_safetensors, Mamba, MambaConfig, SafetensorsDtype};
 
 /// The scan forms checked: the reference, the default chunk, and a chunk that does not divide 16
 /// (the padded last chunk).
@@ -37,96 +31,15 @@ const SCANS: [ScanMode; 3] = [
 const VOCAB: usize = 96;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mamba-tiny")
-}
-
-fn read_json(path: PathBuf) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-struct Reference {
-    json: Value,
-    /// `[2, 17]`.
-    input_ids: Vec<i64>,
-    /// `[2, 16, 96]`, HF's logits of `input_ids[:, :16]`.
-    logits: Vec<f32>,
-    /// `[2, 8, 96]`, the logits each greedy token was chosen from.
-    gen_logits: Vec<f32>,
-}
-
-fn int_rows(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
-        .collect()
-}
-
-/// `reference.json` and the f32 tensors of `reference.safetensors` (its int64 `input_ids` are
-/// read from the JSON; `read_safetensors` only reads float tensors).
-fn reference() -> Reference {
-    let json = read_json(fixture().join("reference.json"));
-    let bytes = std::fs::read(fixture().join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
-    Reference {
-        input_ids: int_rows(&json["input_ids"]),
-        logits: f32s("logits"),
-        gen_logits: f32s("gen_logits"),
-        json,
-    }
-}
-
-fn hf_tensors() -> HashMap<String, HfTensor> {
-    read_safetensors(fixture().join("model.safetensors")).unwrap()
+    fixture_dir("mamba-tiny")
 }
 
 /// The fixture's model, as kiln loads an HF directory: config.json, then the tensors.
 fn load<Bk: Backend>() -> Mamba<Bk> {
     let cfg = MambaConfig::from_hf_config(&read_json(fixture().join("config.json"))).unwrap();
     cfg.init::<Bk>(&Default::default())
-        .load_hf_tensors(&hf_tensors())
+        .load_hf_tensors(&read_hf_tensors(&fixture()))
         .unwrap()
-}
-
-fn int_tensor<Bk: Backend>(data: Vec<i64>, shape: [usize; 2]) -> Tensor<Bk, 2, Int> {
-    Tensor::from_data(TensorData::new(data, shape), &Default::default())
-}
-
-/// `(input_ids[:, :16], input_ids[:, 1:17])`.
-fn batch<Bk: Backend>(r: &Reference) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
-    let all = int_tensor::<Bk>(r.input_ids.clone(), [2, 17]);
-    (all.clone().narrow(1, 0, 16), all.narrow(1, 1, 16))
-}
-
-/// Index of the largest value in each row of `[rows, n]` values.
-fn argmax_rows(values: &[f32], n: usize) -> Vec<i64> {
-    values
-        .chunks_exact(n)
-        .map(|row| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, &x)| if x > row[best] { i } else { best });
-            best as i64
-        })
-        .collect()
-}
-
-/// Two JSON config values agree (numbers compared as f64: `2` and `2.0` are one value).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 #[test]
@@ -200,33 +113,17 @@ fn config_matches_hf() {
 /// shapes and bits.
 #[test]
 fn export_reproduces_checkpoint() {
-    let tensors = hf_tensors();
     let model = load::<B>();
-    let exported = model.to_hf_tensors();
-    let names: Vec<&str> = exported.iter().map(|t| t.name.as_str()).collect();
-    let layout = mamba_hf_layout(&model.config);
-    assert_eq!(
-        names,
-        layout.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+    assert_export_is_checkpoint(
+        &model.to_hf_tensors(),
+        &mamba_hf_layout(&model.config),
+        &read_hf_tensors(&fixture()),
     );
-    assert_eq!(exported.len(), tensors.len());
-    for t in &exported {
-        let hf = &tensors[&t.name];
-        assert_eq!(t.shape, hf.shape, "{}", t.name);
-        assert!(
-            t.data
-                .iter()
-                .zip(&hf.data)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{} differs",
-            t.name
-        );
-    }
 }
 
 #[test]
 fn logits_match_hf() {
-    let r = reference();
+    let r = read_reference(&fixture());
     let (inputs, _) = batch::<B>(&r);
     let model = load::<B>();
     for scan in SCANS {
@@ -240,7 +137,7 @@ fn logits_match_hf() {
 
 #[test]
 fn loss_matches_hf() {
-    let r = reference();
+    let r = read_reference(&fixture());
     let (inputs, targets) = batch::<B>(&r);
     let expected = r.json["loss"].as_f64().unwrap() as f32;
     let model = load::<B>();
@@ -262,54 +159,21 @@ fn loss_matches_hf() {
 /// path is its HF name minus `backbone.`; the tied embedding's gradient includes the head's.
 #[test]
 fn gradient_norms_match_hf() {
-    let r = reference();
+    let r = read_reference(&fixture());
     let hf_norms = r.json["grad_norms"].as_object().unwrap();
     let (inputs, targets) = batch::<AB>(&r);
     for scan in [ScanMode::Sequential, ScanMode::Chunked { chunk: 4 }] {
         let model = load::<AB>().with_scan(scan);
         let loss = cross_entropy(model.forward(inputs.clone()), targets.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut seen = BTreeSet::new();
-        let mut worst = (0.0f64, String::new());
-        for (path, id, rank) in param_paths(&model) {
-            let name = if path.starts_with("lm_head") {
+        let hf_name = |path: String| {
+            if path.starts_with("lm_head") {
                 path
             } else {
                 format!("backbone.{path}")
-            };
-            let grad = match rank {
-                1 => grads.get::<B, 1>(id).map(to_vec),
-                2 => grads.get::<B, 2>(id).map(to_vec),
-                3 => grads.get::<B, 3>(id).map(to_vec),
-                _ => unreachable!("rank {rank}"),
             }
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-            let norm = grad
-                .iter()
-                .map(|&g| g as f64 * g as f64)
-                .sum::<f64>()
-                .sqrt();
-            let hf = hf_norms
-                .get(&name)
-                .unwrap_or_else(|| panic!("{name}: not in the HF reference"))
-                .as_f64()
-                .unwrap();
-            let rel = (norm - hf).abs() / hf;
-            assert!(
-                rel < 1e-3,
-                "{scan:?} {name}: |grad| {norm} vs HF {hf} ({rel:e} relative)"
-            );
-            if rel >= worst.0 {
-                worst = (rel, name.clone());
-            }
-            seen.insert(name);
-        }
-        let expected: BTreeSet<String> = hf_norms.keys().cloned().collect();
-        assert_eq!(seen, expected);
-        eprintln!(
-            "{scan:?}: worst gradient-norm relative diff {:e} ({})",
-            worst.0, worst.1
-        );
+        };
+        assert_grad_norms(&model, &grads, hf_norms, hf_name, &format!("{scan:?}"));
     }
 }
 
@@ -317,37 +181,15 @@ fn gradient_norms_match_hf() {
 /// call) picks HF's tokens, from the same logits.
 #[test]
 fn greedy_generation_matches_hf() {
-    let r = reference();
-    let gen = &r.json["generation"];
-    let prompt = int_rows(&gen["prompt"]);
-    let expected = int_rows(&gen["generated"]); // [2, 8]
-    let (plen, steps) = (prompt.len() / 2, expected.len() / 2);
+    let r = read_reference(&fixture());
     let model = load::<B>();
     for scan in [ScanMode::Sequential, ScanMode::Chunked { chunk: 4 }] {
         let model = model.clone().with_scan(scan);
         let mut cache = model.new_cache(2);
-        let logits = model.forward_cached(int_tensor(prompt.clone(), [2, plen]), &mut cache);
-        let mut last = to_vec(logits.narrow(1, plen - 1, 1)); // [2, 1, V]
-        let mut generated = vec![Vec::new(); 2];
-        let mut worst = 0.0f32;
-        for step in 0..steps {
-            let hf_step: Vec<f32> = (0..2)
-                .flat_map(|b| {
-                    let at = (b * steps + step) * VOCAB;
-                    r.gen_logits[at..at + VOCAB].to_vec()
-                })
-                .collect();
-            worst = worst.max(max_abs_diff(&last, &hf_step));
-            let next = argmax_rows(&last, VOCAB);
-            for (row, &t) in generated.iter_mut().zip(&next) {
-                row.push(t);
-            }
-            last = to_vec(model.forward_cached(int_tensor(next, [2, 1]), &mut cache));
-        }
-        eprintln!("{scan:?}: generated {generated:?}, max |step logits − HF| = {worst:e}");
-        assert_eq!(generated.concat(), expected, "{scan:?}");
-        assert!(worst < 1e-4, "{scan:?}: max |step logits − HF| = {worst}");
-        assert_eq!(cache.seq_len(), plen + steps);
+        let fed = assert_greedy_matches_hf(&r, VOCAB, &format!("{scan:?}"), |ids| {
+            model.forward_cached(ids, &mut cache)
+        });
+        assert_eq!(cache.seq_len(), fed);
     }
 }
 
@@ -358,12 +200,7 @@ fn greedy_generation_matches_hf() {
 /// Checks here that kiln reads the directory back to the same model.
 #[test]
 fn write_export_for_hf_check() {
-    let dir = std::env::var_os("KILN_WRITE_EXPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("kiln-mamba-export-{}", std::process::id()))
-        });
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = export_dir("mamba");
     let cfg = MambaConfig {
         vocab_size: 80,
         hidden_size: 24,
@@ -378,72 +215,16 @@ fn write_export_for_hf_check() {
         ..MambaConfig::mamba_130m()
     };
     let fresh: Mamba<B> = cfg.init(&Default::default());
-    let tensors: HashMap<String, HfTensor> = fresh
-        .to_hf_tensors()
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut t)| {
-            if t.name.ends_with("bias") || t.name.ends_with("norm.weight") || t.name.ends_with(".D")
-            {
-                let noise = pseudo_random(t.data.len(), 100 + i as u64);
-                t.data
-                    .iter_mut()
-                    .zip(noise)
-                    .for_each(|(x, n)| *x += 0.2 * n);
-            }
-            (t.name.clone(), t)
-        })
-        .collect();
+    let tensors = perturbed(fresh.to_hf_tensors());
     let model = fresh.load_hf_tensors(&tensors).unwrap();
 
     let (n, v) = (12, cfg.vocab_size);
-    let ids: Vec<i64> = pseudo_random(2 * n, 7)
-        .iter()
-        .map(|x| ((x + 1.0) / 2.0 * v as f32) as i64 % v as i64)
-        .collect();
+    let ids = export_ids(n, v);
     let logits = to_vec(model.forward(int_tensor(ids.clone(), [2, n])));
-    let (plen, steps) = (4, 6);
-    let prompt: Vec<i64> = (0..2)
-        .flat_map(|b| ids[b * n..b * n + plen].to_vec())
-        .collect();
     let mut cache = model.new_cache(2);
-    let mut next = argmax_rows(
-        &to_vec(
-            model
-                .forward_cached(int_tensor(prompt.clone(), [2, plen]), &mut cache)
-                .narrow(1, plen - 1, 1),
-        ),
-        v,
-    );
-    let mut generated = vec![Vec::new(); 2];
-    for _ in 0..steps {
-        for (row, &t) in generated.iter_mut().zip(&next) {
-            row.push(t);
-        }
-        let step = model.forward_cached(int_tensor(next, [2, 1]), &mut cache);
-        next = argmax_rows(&to_vec(step), v);
-    }
-
-    let as_f32 = |name: &str, shape: Vec<usize>, xs: &[i64]| HfTensor {
-        name: name.to_string(),
-        shape,
-        data: xs.iter().map(|&x| x as f32).collect(),
-    };
-    write_safetensors(
-        dir.join("kiln_outputs.safetensors"),
-        &[
-            as_f32("input_ids", vec![2, n], &ids),
-            HfTensor {
-                name: "logits".to_string(),
-                shape: vec![2, n, v],
-                data: logits.clone(),
-            },
-            as_f32("prompt", vec![2, plen], &prompt),
-            as_f32("generated", vec![2, steps], &generated.concat()),
-        ],
-        SafetensorsDtype::F32,
-    )
-    .unwrap();
+    let (prompt, generated) =
+        greedy_tokens(&ids, n, v, (4, 6), |t| model.forward_cached(t, &mut cache));
+    write_kiln_outputs(&dir, &ids, logits.clone(), v, &prompt, &generated);
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&cfg.to_hf_config(0, 0, "float32")).unwrap(),
@@ -465,7 +246,5 @@ fn write_export_for_hf_check() {
         .unwrap();
     assert_eq!(to_vec(reread.forward(int_tensor(ids, [2, n]))), logits);
     eprintln!("kiln Mamba export written to {}", dir.display());
-    if std::env::var_os("KILN_WRITE_EXPORT").is_none() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    remove_export_dir(&dir);
 }

@@ -7,6 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_arch::LlamaConfig;
 
+pub mod parity;
+
 pub type B = Flex;
 
 /// 2 unique blocks, d = 32, 4 query / 2 kv heads of 8, FFN 48, vocab 61.

@@ -1,0 +1,269 @@
+//! Pieces the state-space models ([`crate::mamba`], [`crate::mamba2`], [`crate::hybrid`]) share:
+//! the depthwise causal convolution, PyTorch's `softplus`, the halving slicer of the scans,
+//! parameter init, the final norm + head, HF `config.json` key readers and the conv / bias
+//! helpers of the HF tensor export, import and no-weight-decay listing.
+
+use std::collections::HashMap;
+
+use burn::module::{Param, ParamId};
+use burn::nn::conv::Conv1d;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use serde_json::Value;
+
+use crate::error::ArchError;
+use crate::hf::{export_param, load_param, HfTensor};
+use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+
+/// Depthwise causal convolution (kernel `k`, weight `[C, 1, K]`, optional bias `[C]`) on `x`
+/// `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when `None`): PyTorch's
+/// `conv1d(padding = K − 1)[..., :l]`. Returns `[b, l, C]` and the new past (the last K − 1
+/// inputs).
+///
+/// K shifted multiply-adds instead of burn's grouped `conv1d`: no `[b, C, l]` transposes, and
+/// the same code serves a single generation step.
+pub(crate) fn causal_conv<B: Backend>(
+    conv1d: &Conv1d<B>,
+    k: usize,
+    x: Tensor<B, 3>,
+    past: Option<Tensor<B, 3>>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let [b, l, c] = x.dims();
+    let past = match past {
+        Some(p) => p.swap_dims(1, 2), // [b, K − 1, C]
+        None => Tensor::zeros([b, k - 1, c], (&x.device(), x.dtype())),
+    };
+    let padded = Tensor::cat(vec![past, x], 1); // [b, K − 1 + l, C]
+    let w = to_dtype(conv1d.weight.val(), float_dtype(&padded))
+        .reshape([c, k])
+        .transpose(); // [K, C]: tap j of every channel
+    let tap =
+        |j: usize| padded.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c]);
+    let mut y = tap(0);
+    for j in 1..k {
+        y = y + tap(j);
+    }
+    if let Some(bias) = &conv1d.bias {
+        y = y + bias.val().reshape([1, 1, c]);
+    }
+    let past = padded.narrow(1, l, k - 1).swap_dims(1, 2); // [b, C, K − 1]
+    (y, past)
+}
+
+/// PyTorch's `softplus` (β = 1, threshold 20): `ln(1 + eˣ)`, and `x` itself above 20. burn's
+/// `activation::softplus` has no threshold and overflows to ∞ past x ≈ 88.
+pub(crate) fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let linear = x.clone().greater_elem(20.0);
+    x.clone()
+        .clamp_max(20.0)
+        .exp()
+        .log1p()
+        .mask_where(linear, x)
+}
+
+/// `t` cut into its `len` slices of size 1 along `dim`, by recursive halving.
+///
+/// burn's autodiff differentiates a slice by writing its gradient into a zero tensor of the
+/// whole input's shape, so `len` direct slices cost `O(len²)` in the backward pass; halving costs
+/// `O(len)` per level, `O(len log len)` in all.
+pub(crate) fn split_steps<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    dim: usize,
+) -> Vec<Tensor<B, D>> {
+    let len = t.dims()[dim];
+    if len <= 1 {
+        return vec![t];
+    }
+    let half = len / 2;
+    let mut out = split_steps(t.clone().narrow(dim, 0, half), dim);
+    out.extend(split_steps(t.narrow(dim, half, len - half), dim));
+    out
+}
+
+/// A parameter `~ U(±bound)`.
+pub(crate) fn uniform_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    bound: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Uniform(-bound, bound),
+        device,
+    ))
+}
+
+/// A parameter `~ normal(0, std)`.
+pub(crate) fn normal_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, std),
+        device,
+    ))
+}
+
+/// Final norm and head: `h` `[b, l, d]` -> logits `[b, l, vocab]`; without a head, tied:
+/// `h · Eᵀ` with `E = embedding.weight` `[vocab, d]`.
+pub(crate) fn norm_head_logits<B: Backend>(
+    norm: &RmsNorm<B>,
+    lm_head: Option<&Linear<B>>,
+    embedding: &Embedding<B>,
+    vocab_size: usize,
+    h: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, l, d] = h.dims();
+    let h = norm.forward(h).reshape([b * l, d]); // [b·l, d]
+    let logits = match lm_head {
+        Some(head) => linear_2d(head, h),
+        None => h.matmul(embedding.weight.val().transpose()),
+    }; // [b·l, vocab]
+    logits.reshape([b, l, vocab_size])
+}
+
+/// Panics unless a `forward_cached` input's batch `b` is the one the cache was created for.
+pub(crate) fn assert_cache_batch(b: usize, cache_batch: usize) {
+    assert_eq!(
+        b, cache_batch,
+        "forward_cached: batch {b} but the cache was created for batch {cache_batch}"
+    );
+}
+
+/// Appends `(name(suffix), id)` for every bias that is present.
+pub(crate) fn push_bias_ids<B: Backend>(
+    out: &mut Vec<(String, ParamId)>,
+    name: impl Fn(&str) -> String,
+    biases: &[(&str, &Option<Param<Tensor<B, 1>>>)],
+) {
+    for (suffix, bias) in biases {
+        if let Some(p) = bias {
+            out.push((name(suffix), p.id));
+        }
+    }
+}
+
+/// `{prefix}.weight` and, when present, `{prefix}.bias` of a depthwise conv (HF layout).
+pub(crate) fn export_conv<B: Backend>(prefix: &str, conv: &Conv1d<B>) -> Vec<HfTensor> {
+    let mut out = vec![export_param(format!("{prefix}.weight"), &conv.weight)];
+    if let Some(bias) = &conv.bias {
+        out.push(export_param(format!("{prefix}.bias"), bias));
+    }
+    out
+}
+
+/// `conv` with its weight (and bias, when it has one) replaced by `{prefix}.weight` /
+/// `{prefix}.bias` from `tensors` (names and shapes already checked).
+pub(crate) fn load_conv<B: Backend>(
+    conv: Conv1d<B>,
+    tensors: &HashMap<String, HfTensor>,
+    prefix: &str,
+) -> Conv1d<B> {
+    Conv1d {
+        weight: load_param(conv.weight, &tensors[&format!("{prefix}.weight")]),
+        bias: conv
+            .bias
+            .map(|p| load_param(p, &tensors[&format!("{prefix}.bias")])),
+        ..conv
+    }
+}
+
+/// Typed reads of an HF `config.json` (absent and `null` keys alike count as missing).
+pub(crate) struct HfKeys<'a>(pub(crate) &'a Value);
+
+impl<'a> HfKeys<'a> {
+    /// The root as an object, or the `<root>` error.
+    pub(crate) fn object(cfg: &'a Value) -> Result<Self, ArchError> {
+        cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
+            key: "<root>".into(),
+            reason: "config.json must be a JSON object".into(),
+        })?;
+        Ok(Self(cfg))
+    }
+
+    /// The value of `key`, unless absent or `null`.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    /// "expected {what}, got {v}" for `key`.
+    pub(crate) fn invalid(key: &str, what: &str, v: &Value) -> ArchError {
+        ArchError::InvalidConfig {
+            key: key.into(),
+            reason: format!("expected {what}, got {v}"),
+        }
+    }
+
+    /// A non-negative integer, `None` when absent.
+    pub(crate) fn usize(&self, key: &str) -> Result<Option<usize>, ArchError> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| Self::invalid(key, "a non-negative integer", v))
+            })
+            .transpose()
+    }
+
+    /// A non-negative integer, `default` when absent, else a missing-key error.
+    pub(crate) fn usize_or(&self, key: &str, default: Option<usize>) -> Result<usize, ArchError> {
+        self.usize(key)?
+            .or(default)
+            .ok_or_else(|| ArchError::MissingConfigKey { key: key.into() })
+    }
+
+    /// A number, `default` when absent.
+    pub(crate) fn f64_or(&self, key: &str, default: f64) -> Result<f64, ArchError> {
+        self.get(key).map_or(Ok(default), |v| {
+            v.as_f64().ok_or_else(|| Self::invalid(key, "a number", v))
+        })
+    }
+
+    /// A boolean, `default` when absent; `what` names the expectation in the error.
+    pub(crate) fn bool_or(&self, key: &str, default: bool, what: &str) -> Result<bool, ArchError> {
+        self.get(key).map_or(Ok(default), |v| {
+            v.as_bool().ok_or_else(|| Self::invalid(key, what, v))
+        })
+    }
+
+    /// Unsupported unless `model_type` is the string `expected`; missing when absent.
+    pub(crate) fn expect_model_type(&self, expected: &str) -> Result<(), ArchError> {
+        match self.get("model_type") {
+            Some(Value::String(t)) if t == expected => Ok(()),
+            Some(v) => Err(ArchError::UnsupportedConfig {
+                key: "model_type".into(),
+                value: v.to_string(),
+                reason: format!("expected \"{expected}\""),
+            }),
+            None => Err(ArchError::MissingConfigKey {
+                key: "model_type".into(),
+            }),
+        }
+    }
+
+    /// Unsupported (with `reason`) when `hidden_act` is present and not `"silu"`.
+    pub(crate) fn expect_silu(&self, reason: &str) -> Result<(), ArchError> {
+        match self.get("hidden_act") {
+            Some(v) if v.as_str() != Some("silu") => Err(ArchError::UnsupportedConfig {
+                key: "hidden_act".into(),
+                value: v.to_string(),
+                reason: reason.into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// HF's `expand` (2 when absent), which may be written as a float: a positive integer.
+    pub(crate) fn expand(&self) -> Result<usize, ArchError> {
+        match self.get("expand") {
+            None => Ok(2),
+            Some(v) => match v.as_f64() {
+                Some(x) if x > 0.0 && x.fract() == 0.0 => Ok(x as usize),
+                _ => Err(Self::invalid("expand", "a positive integer", v)),
+            },
+        }
+    }
+}
