@@ -1072,8 +1072,13 @@ fn mamba_recipe_errors_name_the_key() {
         &["model.n_heads", "does not apply", "arch mamba"],
     );
     fails_with(
-        train(&["--recipe", r, "--set", "train.precision=bf16-mixed"]),
-        &["train.precision", "mamba"],
+        train(&[
+            "--recipe",
+            r,
+            "--set",
+            "train.activation_checkpointing=true",
+        ]),
+        &["train.activation_checkpointing", "arch mamba"],
     );
     fails_with(
         train(&["--recipe", r, "--set", "model.arch=llama"]),
@@ -1097,4 +1102,38 @@ fn mamba_recipe_errors_name_the_key() {
         ]),
         &["model.attn_offset", "attn_every = 2"],
     );
+}
+
+#[test]
+fn state_space_models_train_in_bf16_mixed_close_to_f32() {
+    for model in [TINY_MAMBA, TINY_MAMBA2, TINY_HYBRID] {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = tiny_recipe_with_model(dir.path(), model);
+        let run = |precision: &str| {
+            let out = dir.path().join(precision);
+            ok(train(&[
+                "--recipe",
+                recipe.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--set",
+                &format!("train.precision={precision}"),
+                "--set",
+                "export.enabled=false",
+            ]));
+            losses(&out)
+        };
+        let (f32_losses, mixed) = (run("f32"), run("bf16-mixed"));
+        assert_eq!(mixed.len(), 30);
+        let mut max_rel = 0f64;
+        for ((s, a), (_, b)) in mixed.iter().zip(&f32_losses) {
+            let rel = (a - b).abs() / b;
+            assert!(rel < 0.05, "{model}: step {s}: bf16-mixed {a} vs f32 {b}");
+            max_rel = max_rel.max(rel);
+        }
+        assert!(
+            max_rel > 0.0,
+            "{model}: bf16-mixed losses equal f32's bit for bit"
+        );
+    }
 }

@@ -19,6 +19,10 @@
 //! parameters sit one level lower (`layers.0.mamba.mixer.in_proj.weight` for HF
 //! `model.layers.0.mamba.in_proj.weight`; the norms are `layers.0.mamba.dt_layernorm.weight`).
 //!
+//! Mixed precision (see [`crate::Model::with_precision`]): as in [`crate::llama`] and
+//! [`crate::mamba`], norms, matmuls, attention and activations run in `compute_dtype`, the Mamba
+//! layers' selective scan in f32; the residual stream and the logits stay f32.
+//!
 //! Why Jamba rather than Bamba: Jamba's hybrid reuses kiln's Mamba-1 mixer and Llama attention
 //! unchanged (plus three small norms), while Bamba needs a Mamba-2 (SSD) mixer and partial RoPE.
 
@@ -27,7 +31,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -41,7 +45,7 @@ use crate::layers::{
 };
 use crate::llama::Materialize;
 use crate::mamba::{mamba_mixer_hf_layout, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
-use crate::ssm::{assert_cache_batch, norm_head_logits, normal_param, HfKeys};
+use crate::ssm::{assert_cache_batch, norm_head_logits, normal_param, residual_add, HfKeys};
 
 /// What layer `i` mixes tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +468,7 @@ impl HybridConfig {
             lm_head: (!self.tie_word_embeddings)
                 .then(|| linear_no_bias(d, self.vocab_size, std, device)),
             config: self.clone(),
+            compute_dtype: FloatDType::F32,
         };
         model.visit(&mut Materialize);
         model
@@ -559,12 +564,15 @@ pub enum HybridLayerState<B: Backend> {
 }
 
 impl<B: Backend> HybridLayer<B> {
+    /// The mixer and the MLP compute in `compute` (the norms hand them that dtype); their
+    /// outputs are added to the residual stream in its own dtype.
     fn forward(
         &self,
         h: Tensor<B, 3>,
         state: Option<HybridLayerState<B>>,
+        compute: FloatDType,
     ) -> (Tensor<B, 3>, HybridLayerState<B>) {
-        let x = self.input_layernorm.forward(h.clone());
+        let x = self.input_layernorm.forward_as(h.clone(), compute);
         let (y, state) = match (&self.self_attn, &self.mamba) {
             (Some(attn), _) => {
                 let past = match state {
@@ -584,11 +592,11 @@ impl<B: Backend> HybridLayer<B> {
             }
             (None, None) => panic!("hybrid layer without a mixer"),
         };
-        let h = h + y;
+        let h = residual_add(h, y);
         let y = self
             .feed_forward
-            .forward(self.pre_ff_layernorm.forward(h.clone()));
-        (h + y, state)
+            .forward(self.pre_ff_layernorm.forward_as(h.clone(), compute));
+        (residual_add(h, y), state)
     }
 }
 
@@ -606,10 +614,16 @@ pub struct Hybrid<B: Backend> {
     /// The config this model was built from.
     #[module(skip)]
     pub config: HybridConfig,
+    /// Dtype of the matmuls and activations inside the layers (f32, or bf16 for mixed
+    /// precision); the residual stream keeps the parameters' dtype, the Mamba layers' selective
+    /// scan runs in f32. Set by [`crate::Model::with_precision`].
+    #[module(skip)]
+    pub compute_dtype: FloatDType,
 }
 
 /// Generation state of a [`Hybrid`]: KV caches of attention layers, conv/SSM states of Mamba
-/// layers (HF `HybridMambaAttentionDynamicCache`).
+/// layers (HF `HybridMambaAttentionDynamicCache`). Under mixed precision keys, values and conv
+/// windows are kept in the compute dtype, SSM states in f32.
 #[derive(Clone, Debug)]
 pub struct HybridCache<B: Backend> {
     /// `layers[i]`: layer i's state, `None` before the first call.
@@ -632,7 +646,7 @@ impl<B: Backend> Hybrid<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embed_tokens.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None).0;
+            h = layer.forward(h, None, self.compute_dtype).0;
         }
         self.logits(h)
     }
@@ -658,7 +672,7 @@ impl<B: Backend> Hybrid<B> {
         assert_cache_batch(b, cache.batch);
         let mut h = self.embed_tokens.forward(input_ids);
         for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take());
+            let (next, new_state) = layer.forward(h, state.take(), self.compute_dtype);
             h = next;
             *state = Some(new_state);
         }
@@ -673,6 +687,7 @@ impl<B: Backend> Hybrid<B> {
             &self.embed_tokens,
             self.config.vocab_size,
             h,
+            self.compute_dtype,
         )
     }
 
@@ -781,6 +796,7 @@ impl<B: Backend> Hybrid<B> {
             final_layernorm,
             lm_head,
             config,
+            compute_dtype,
         } = self;
         let layers = layers
             .into_iter()
@@ -824,6 +840,7 @@ impl<B: Backend> Hybrid<B> {
             final_layernorm: load_norm(final_layernorm, &tensors["model.final_layernorm.weight"]),
             lm_head: lm_head.map(|h| load_linear(h, &tensors["lm_head.weight"])),
             config,
+            compute_dtype,
         })
     }
 }

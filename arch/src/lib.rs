@@ -290,9 +290,9 @@ impl<B: Backend> Model<B> {
         let mut model = self.map(&mut CastParams(param_dtype));
         match &mut model {
             Self::Llama(m) => m.compute_dtype = compute_dtype,
-            // Mamba computes in the parameters' dtype (no mixed precision yet; the recipe
-            // refuses `bf16-mixed` for it).
-            Self::Mamba(_) | Self::Mamba2(_) | Self::Hybrid(_) => {}
+            Self::Mamba(m) => m.compute_dtype = compute_dtype,
+            Self::Mamba2(m) => m.compute_dtype = compute_dtype,
+            Self::Hybrid(m) => m.compute_dtype = compute_dtype,
         }
         model
     }
@@ -301,9 +301,9 @@ impl<B: Backend> Model<B> {
     pub fn compute_dtype(&self) -> FloatDType {
         match self {
             Self::Llama(m) => m.compute_dtype,
-            Self::Mamba(m) => float_dtype(&m.norm_f.weight.val()),
-            Self::Mamba2(m) => float_dtype(&m.norm_f.weight.val()),
-            Self::Hybrid(m) => float_dtype(&m.embed_tokens.weight.val()),
+            Self::Mamba(m) => m.compute_dtype,
+            Self::Mamba2(m) => m.compute_dtype,
+            Self::Hybrid(m) => m.compute_dtype,
         }
     }
 

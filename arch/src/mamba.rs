@@ -27,8 +27,11 @@
 //! Module paths equal the HF tensor names minus `backbone.` (`layers.3.mixer.A_log`); the only
 //! layout difference is burn's `[in, out]` Linear weights (transposed in [`Mamba::to_hf_tensors`]).
 //!
-//! Deliberately left out (for now): mixed precision (everything computes in the parameters'
-//! dtype; HF keeps the scan in f32), activation checkpointing, `attention_mask` (left padding),
+//! Mixed precision (see [`crate::Model::with_precision`]): norms, matmuls, the convolution and
+//! activations run in `compute_dtype`; the selective scan (with its `D` skip and the gating) runs
+//! in f32 whatever it is, as in `mamba_ssm`; the residual stream and the logits stay f32.
+//!
+//! Deliberately left out (for now): activation checkpointing, `attention_mask` (left padding),
 //! fused kernels; the `time_step_init_scheme = "constant"` init (only `"random"`).
 
 use std::collections::HashMap;
@@ -38,7 +41,7 @@ use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -50,7 +53,7 @@ use crate::hf::{
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
 use crate::ssm::{
     assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
-    push_bias_ids, softplus, split_steps, uniform_param, HfKeys,
+    push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
 };
 
 /// Chunk length of [`selective_scan_chunked`] used by [`Mamba::forward`] unless changed with
@@ -430,6 +433,7 @@ impl MambaConfig {
             // one (`scan_timing` in tests/mamba.rs); the chunked form is for backends where
             // per-op overhead dominates.
             scan: ScanMode::Sequential,
+            compute_dtype: FloatDType::F32,
         }
     }
 
@@ -645,15 +649,17 @@ mod mixer_def {
 /// What one mixer carries from one call of [`Mamba::forward_cached`] to the next.
 #[derive(Clone, Debug)]
 pub struct MambaLayerState<B: Backend> {
-    /// The last `K − 1` convolution inputs, `[b, E, K − 1]` (oldest first; zeros before the start).
+    /// The last `K − 1` convolution inputs, `[b, E, K − 1]` (oldest first; zeros before the start),
+    /// in the compute dtype.
     pub conv: Tensor<B, 3>,
-    /// The SSM state h, `[b, E, N]`.
+    /// The SSM state h, `[b, E, N]`, always f32 (the scan runs in f32).
     pub ssm: Tensor<B, 3>,
 }
 
 impl<B: Backend> MambaMixer<B> {
     /// `u` `[b, l, d]` -> `([b, l, d], state after the last position)`, continuing from `state`
-    /// (zeros when `None`).
+    /// (zeros when `None`). Computes in `u`'s dtype (the compute dtype), except the selective
+    /// scan, its `D` skip and the gating, which run in f32.
     pub fn forward(
         &self,
         u: Tensor<B, 3>,
@@ -700,11 +706,17 @@ impl<B: Backend> MambaMixer<B> {
             ),
             None => (delta, b_in, c_out),
         };
-        let dt = linear_2d(&self.dt_proj, delta); // [b·l, E]
+        // The scan runs in f32 whatever the compute dtype (as `mamba_ssm`'s kernel does): its
+        // inputs are cast up here, its gated output cast back to the compute dtype below.
+        let compute = float_dtype(&x);
+        let f32 = FloatDType::F32;
+        let dt = to_dtype(linear_2d(&self.dt_proj, delta), f32); // [b·l, E]
         let dt = softplus(dt).reshape([b, l, e]); // Δ > 0
-        let b_in = b_in.reshape([b, l, n]); // B [b, l, N]
-        let c_out = c_out.reshape([b, l, n]); // C [b, l, N]
-        let a = self.A_log.val().exp().neg(); // A [E, N], < 0
+        let b_in = to_dtype(b_in, f32).reshape([b, l, n]); // B [b, l, N]
+        let c_out = to_dtype(c_out, f32).reshape([b, l, n]); // C [b, l, N]
+        let a = to_dtype(self.A_log.val(), f32).exp().neg(); // A [E, N], < 0
+        let x = to_dtype(x, f32); // [b, l, E]
+        let ssm_past = ssm_past.map(|s| to_dtype(s, f32));
 
         // On the CPU backend (f32) a hand-written kernel with its own backward pass replaces the
         // op-by-op scan (~50× faster; same values: `layers::fused_scan` tests). `scan` then
@@ -728,8 +740,8 @@ impl<B: Backend> MambaMixer<B> {
                 }
             }
         }; // y [b, l, E]
-        let y = y + x * self.D.val().reshape([1, 1, e]);
-        let y = y * silu(z);
+        let y = y + x * to_dtype(self.D.val(), f32).reshape([1, 1, e]);
+        let y = to_dtype(y * silu(to_dtype(z, f32)), compute);
         let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
         (
             out,
@@ -916,17 +928,20 @@ pub struct MambaBlock<B: Backend> {
 }
 
 impl<B: Backend> MambaBlock<B> {
-    /// `h` `[b, l, d]` -> `[b, l, d]` and the mixer's state after the last position.
+    /// `h` `[b, l, d]` -> `[b, l, d]` and the mixer's state after the last position. The mixer
+    /// computes in `compute` (the norm hands it that dtype); its output is added to the residual
+    /// stream in the stream's own dtype.
     pub fn forward(
         &self,
         h: Tensor<B, 3>,
         state: Option<MambaLayerState<B>>,
         scan: ScanMode,
+        compute: FloatDType,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
         let (y, state) = self
             .mixer
-            .forward(self.norm.forward(h.clone()), state, scan);
-        (h + y, state)
+            .forward(self.norm.forward_as(h.clone(), compute), state, scan);
+        (residual_add(h, y), state)
     }
 }
 
@@ -948,10 +963,16 @@ pub struct Mamba<B: Backend> {
     /// How [`Mamba::forward`] runs the scan.
     #[module(skip)]
     pub scan: ScanMode,
+    /// Dtype of the matmuls, convolution and activations inside the blocks (f32, or bf16 for
+    /// mixed precision); the residual stream keeps the parameters' dtype and the selective scan
+    /// runs in f32. Set by [`crate::Model::with_precision`].
+    #[module(skip)]
+    pub compute_dtype: FloatDType,
 }
 
 /// Generation state of a [`Mamba`]: per layer, the convolution and SSM states. Constant size,
-/// whatever the number of tokens processed.
+/// whatever the number of tokens processed. Under mixed precision the convolution window is
+/// kept in the compute dtype and the SSM state in f32 (the scan's dtype).
 #[derive(Clone, Debug)]
 pub struct MambaCache<B: Backend> {
     /// `layers[i]`: layer i's state, `None` before the first call (zeros).
@@ -980,7 +1001,7 @@ impl<B: Backend> Mamba<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids); // [b, l, d]
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan).0;
+            h = layer.forward(h, None, self.scan, self.compute_dtype).0;
         }
         self.logits(h)
     }
@@ -1016,7 +1037,7 @@ impl<B: Backend> Mamba<B> {
         };
         let mut h = self.embeddings.forward(input_ids); // [b, l, d]
         for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take(), scan);
+            let (next, new_state) = layer.forward(h, state.take(), scan, self.compute_dtype);
             h = next;
             *state = Some(new_state);
         }
@@ -1032,6 +1053,7 @@ impl<B: Backend> Mamba<B> {
             &self.embeddings,
             self.config.vocab_size,
             h,
+            self.compute_dtype,
         )
     }
 
@@ -1091,6 +1113,7 @@ impl<B: Backend> Mamba<B> {
             lm_head,
             config,
             scan,
+            compute_dtype,
         } = self;
         let layers = layers
             .into_iter()
@@ -1114,6 +1137,7 @@ impl<B: Backend> Mamba<B> {
             lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
             config,
             scan,
+            compute_dtype,
         })
     }
 }

@@ -25,7 +25,14 @@
 //! matmul). [`Mamba2::forward_cached`] carries the convolution window and the SSM state.
 //!
 //! Module paths equal the HF tensor names minus `backbone.`; burn's Linear weights are `[in, out]`
-//! (transposed on export). Left out: mixed precision, `attention_mask`, fused kernels.
+//! (transposed on export).
+//!
+//! Mixed precision (see [`crate::Model::with_precision`]): norms, matmuls, the convolution and
+//! activations run in `compute_dtype`; Δ (softplus), the SSD recurrence, its `D` skip and the
+//! gated RMSNorm run in f32 whatever it is, as in `mamba_ssm`; the residual stream and the logits
+//! stay f32.
+//!
+//! Left out: `attention_mask`, fused kernels.
 
 use std::collections::HashMap;
 
@@ -34,7 +41,7 @@ use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -46,7 +53,7 @@ use crate::hf::{
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
 use crate::ssm::{
     assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
-    push_bias_ids, softplus, split_steps, uniform_param, HfKeys,
+    push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
 };
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
@@ -452,6 +459,7 @@ impl Mamba2Config {
             scan: SsdMode::Chunked {
                 chunk: self.chunk_size,
             },
+            compute_dtype: FloatDType::F32,
         }
     }
 
@@ -581,14 +589,17 @@ mod mixer_def {
 /// What one mixer carries between calls of [`Mamba2::forward_cached`].
 #[derive(Clone, Debug)]
 pub struct Mamba2LayerState<B: Backend> {
-    /// The last `K − 1` convolution inputs, `[b, conv_dim, K − 1]` (oldest first).
+    /// The last `K − 1` convolution inputs, `[b, conv_dim, K − 1]` (oldest first), in the
+    /// compute dtype.
     pub conv: Tensor<B, 3>,
-    /// The SSM state, `[b, H, P, N]` (HF's layout).
+    /// The SSM state, `[b, H, P, N]` (HF's layout), always f32 (the recurrence runs in f32).
     pub ssm: Tensor<B, 4>,
 }
 
 impl<B: Backend> Mamba2Mixer<B> {
     /// `u` `[b, l, d]` -> `([b, l, d]`, state after the last position), continuing from `state`.
+    /// Computes in `u`'s dtype (the compute dtype), except Δ, the recurrence, the `D` skip and the
+    /// gated norm, which run in f32.
     pub fn forward(
         &self,
         u: Tensor<B, 3>,
@@ -612,24 +623,30 @@ impl<B: Backend> Mamba2Mixer<B> {
             linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, e + conv_dim + h]);
         let z = proj.clone().narrow(2, 0, e);
         let (xbc, conv_state) = self.conv(proj.clone().narrow(2, e, conv_dim), conv_past);
-        let xbc = silu(xbc); // [b, l, conv_dim]
+        // The recurrence runs in f32 whatever the compute dtype (as `mamba_ssm` does): its
+        // inputs are cast up here, the gated norm's output cast back to the compute dtype below.
+        let compute = float_dtype(&proj);
+        let f32 = FloatDType::F32;
+        let xbc = to_dtype(silu(xbc), f32); // [b, l, conv_dim]
         let x = xbc.clone().narrow(2, 0, e).reshape([b, l, h, p]);
         let b_in = xbc.clone().narrow(2, e, g * n).reshape([b, l, g, n]);
         let c_out = xbc.narrow(2, e + g * n, g * n).reshape([b, l, g, n]);
-        let dt = proj.narrow(2, e + conv_dim, h) + self.dt_bias.val().reshape([1, 1, h]);
+        let dt = to_dtype(proj.narrow(2, e + conv_dim, h), f32)
+            + to_dtype(self.dt_bias.val(), f32).reshape([1, 1, h]);
         let mut dt = softplus(dt); // [b, l, H]
         if let Some((lo, hi)) = self.time_step_limit {
             dt = dt.clamp(lo, hi);
         }
-        let a = self.A_log.val().exp().neg(); // [H]
+        let a = to_dtype(self.A_log.val(), f32).exp().neg(); // [H]
+        let ssm_past = ssm_past.map(|s| to_dtype(s, f32));
         let (y, ssm_state) = match mode {
             SsdMode::Sequential => ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past),
             SsdMode::Chunked { chunk } => {
                 ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
             }
         }; // [b, l, H, P]
-        let y = y + x * self.D.val().reshape([1, 1, h, 1]);
-        let y = self.gated_norm(y.reshape([b, l, e]), z);
+        let y = y + x * to_dtype(self.D.val(), f32).reshape([1, 1, h, 1]);
+        let y = to_dtype(self.gated_norm(y.reshape([b, l, e]), z), compute);
         let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
         (
             out,
@@ -641,11 +658,13 @@ impl<B: Backend> Mamba2Mixer<B> {
     }
 
     /// HF `MambaRMSNormGated` (gate first): `w ⊙ rms_G(y ⊙ silu(z))`, the RMS over each group of
-    /// `E / G` channels.
+    /// `E / G` channels. Computed in f32 (statistics and output, as `mamba_ssm`'s
+    /// `RMSNormGated`); `y` is f32, `z` any dtype.
     fn gated_norm(&self, y: Tensor<B, 3>, z: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, e] = y.dims();
         let g = self.n_groups;
-        let x = (y * silu(z)).reshape([b, l, g, e / g]);
+        let f32 = FloatDType::F32;
+        let x = (to_dtype(y, f32) * silu(to_dtype(z, f32))).reshape([b, l, g, e / g]);
         let inv_rms = x
             .clone()
             .square()
@@ -653,7 +672,7 @@ impl<B: Backend> Mamba2Mixer<B> {
             .add_scalar(self.norm.eps)
             .sqrt()
             .recip();
-        (x * inv_rms).reshape([b, l, e]) * self.norm.weight.val().reshape([1, 1, e])
+        (x * inv_rms).reshape([b, l, e]) * to_dtype(self.norm.weight.val(), f32).reshape([1, 1, e])
     }
 
     /// Depthwise causal convolution on `x` `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when
@@ -841,17 +860,20 @@ pub struct Mamba2Block<B: Backend> {
 }
 
 impl<B: Backend> Mamba2Block<B> {
-    /// `h` `[b, l, d]` -> `[b, l, d]` and the mixer's state after the last position.
+    /// `h` `[b, l, d]` -> `[b, l, d]` and the mixer's state after the last position. The mixer
+    /// computes in `compute` (the norm hands it that dtype); its output is added to the residual
+    /// stream in the stream's own dtype.
     pub fn forward(
         &self,
         h: Tensor<B, 3>,
         state: Option<Mamba2LayerState<B>>,
         mode: SsdMode,
+        compute: FloatDType,
     ) -> (Tensor<B, 3>, Mamba2LayerState<B>) {
         let (y, state) = self
             .mixer
-            .forward(self.norm.forward(h.clone()), state, mode);
-        (h + y, state)
+            .forward(self.norm.forward_as(h.clone(), compute), state, mode);
+        (residual_add(h, y), state)
     }
 }
 
@@ -872,9 +894,15 @@ pub struct Mamba2<B: Backend> {
     /// How [`Mamba2::forward`] computes the recurrence (default: chunks of `chunk_size`).
     #[module(skip)]
     pub scan: SsdMode,
+    /// Dtype of the matmuls, convolution and activations inside the blocks (f32, or bf16 for
+    /// mixed precision); the residual stream keeps the parameters' dtype and the recurrence runs
+    /// in f32. Set by [`crate::Model::with_precision`].
+    #[module(skip)]
+    pub compute_dtype: FloatDType,
 }
 
-/// Generation state of a [`Mamba2`]: per layer, conv window and SSM state (constant size).
+/// Generation state of a [`Mamba2`]: per layer, conv window and SSM state (constant size). Under
+/// mixed precision the conv window is kept in the compute dtype and the SSM state in f32.
 #[derive(Clone, Debug)]
 pub struct Mamba2Cache<B: Backend> {
     /// `layers[i]`: layer i's state, `None` before the first call.
@@ -903,7 +931,7 @@ impl<B: Backend> Mamba2<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan).0;
+            h = layer.forward(h, None, self.scan, self.compute_dtype).0;
         }
         self.logits(h)
     }
@@ -934,7 +962,7 @@ impl<B: Backend> Mamba2<B> {
         };
         let mut h = self.embeddings.forward(input_ids);
         for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take(), mode);
+            let (next, new_state) = layer.forward(h, state.take(), mode, self.compute_dtype);
             h = next;
             *state = Some(new_state);
         }
@@ -949,6 +977,7 @@ impl<B: Backend> Mamba2<B> {
             &self.embeddings,
             self.config.vocab_size,
             h,
+            self.compute_dtype,
         )
     }
 
@@ -1020,6 +1049,7 @@ impl<B: Backend> Mamba2<B> {
             lm_head,
             config,
             scan,
+            compute_dtype,
         } = self;
         let layers = layers
             .into_iter()
@@ -1052,6 +1082,7 @@ impl<B: Backend> Mamba2<B> {
             lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
             config,
             scan,
+            compute_dtype,
         })
     }
 }

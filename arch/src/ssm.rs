@@ -9,7 +9,7 @@ use burn::module::{Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, FloatDType, Tensor};
 use serde_json::Value;
 
 use crate::error::ArchError;
@@ -45,7 +45,7 @@ pub(crate) fn causal_conv<B: Backend>(
         y = y + tap(j);
     }
     if let Some(bias) = &conv1d.bias {
-        y = y + bias.val().reshape([1, 1, c]);
+        y = y + to_dtype(bias.val(), float_dtype(&padded)).reshape([1, 1, c]);
     }
     let past = padded.narrow(1, l, k - 1).swap_dims(1, 2); // [b, C, K − 1]
     (y, past)
@@ -107,22 +107,32 @@ pub(crate) fn normal_param<B: Backend, const D: usize>(
     ))
 }
 
-/// Final norm and head: `h` `[b, l, d]` -> logits `[b, l, vocab]`; without a head, tied:
-/// `h · Eᵀ` with `E = embedding.weight` `[vocab, d]`.
+/// Final norm and head: `h` `[b, l, d]` -> f32 logits `[b, l, vocab]`; without a head, tied:
+/// `h · Eᵀ` with `E = embedding.weight` `[vocab, d]`. The norm hands the head `compute` (its
+/// statistics are f32); the head's matmul runs in `compute`, the logits are cast to f32 (the loss
+/// is computed in f32 whatever the compute dtype), as [`crate::Llama`] does.
 pub(crate) fn norm_head_logits<B: Backend>(
     norm: &RmsNorm<B>,
     lm_head: Option<&Linear<B>>,
     embedding: &Embedding<B>,
     vocab_size: usize,
     h: Tensor<B, 3>,
+    compute: FloatDType,
 ) -> Tensor<B, 3> {
     let [b, l, d] = h.dims();
-    let h = norm.forward(h).reshape([b * l, d]); // [b·l, d]
+    let h = norm.forward_as(h, compute).reshape([b * l, d]); // [b·l, d]
     let logits = match lm_head {
         Some(head) => linear_2d(head, h),
-        None => h.matmul(embedding.weight.val().transpose()),
+        None => h.matmul(to_dtype(embedding.weight.val(), compute).transpose()),
     }; // [b·l, vocab]
-    logits.reshape([b, l, vocab_size])
+    to_dtype(logits.reshape([b, l, vocab_size]), FloatDType::F32)
+}
+
+/// A residual block's update `y` added to the residual stream `h` in `h`'s dtype (the block
+/// computed in the compute dtype; under mixed precision the stream stays f32).
+pub(crate) fn residual_add<B: Backend>(h: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+    let dtype = float_dtype(&h);
+    h + to_dtype(y, dtype)
 }
 
 /// Panics unless a `forward_cached` input's batch `b` is the one the cache was created for.

@@ -744,15 +744,6 @@ impl Recipe {
                 ] {
                     not_for(key, set)?;
                 }
-                if t.precision != Precision::F32 {
-                    return Err(invalid(
-                        "train.precision",
-                        format!(
-                            "arch {} trains in f32 only for now (bf16 is not implemented for it)",
-                            m.arch
-                        ),
-                    ));
-                }
                 if t.activation_checkpointing {
                     return Err(invalid(
                         "train.activation_checkpointing",
