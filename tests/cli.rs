@@ -1072,13 +1072,8 @@ fn mamba_recipe_errors_name_the_key() {
         &["model.n_heads", "does not apply", "arch mamba"],
     );
     fails_with(
-        train(&[
-            "--recipe",
-            r,
-            "--set",
-            "train.activation_checkpointing=true",
-        ]),
-        &["train.activation_checkpointing", "arch mamba"],
+        train(&["--recipe", r, "--set", "model.state_size=0"]),
+        &["model", "state_size"],
     );
     fails_with(
         train(&["--recipe", r, "--set", "model.arch=llama"]),
@@ -1135,5 +1130,34 @@ fn state_space_models_train_in_bf16_mixed_close_to_f32() {
             max_rel > 0.0,
             "{model}: bf16-mixed losses equal f32's bit for bit"
         );
+    }
+}
+
+#[test]
+fn state_space_models_train_identically_with_activation_checkpointing() {
+    for model in [TINY_MAMBA, TINY_MAMBA2, TINY_HYBRID] {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = tiny_recipe_with_model(dir.path(), model);
+        let run = |checkpointing: bool| {
+            let out = dir.path().join(format!("ckpt-{checkpointing}"));
+            ok(train(&[
+                "--recipe",
+                recipe.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--set",
+                &format!("train.activation_checkpointing={checkpointing}"),
+                "--set",
+                "train.max_steps=10",
+                "--set",
+                "export.enabled=false",
+            ]));
+            losses(&out)
+        };
+        let (plain, checkpointed) = (run(false), run(true));
+        assert_eq!(checkpointed.len(), 10);
+        for ((s, a), (_, b)) in checkpointed.iter().zip(&plain) {
+            assert!((a - b).abs() <= 1e-5 * b, "{model}: step {s}: {a} vs {b}");
+        }
     }
 }

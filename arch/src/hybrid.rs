@@ -30,12 +30,14 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ParamId};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::backend::Backend;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
+use crate::grads::CheckpointedModel;
 use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
@@ -891,4 +893,50 @@ pub fn hybrid_hf_layout(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
     }
     out
+}
+
+impl<B: AutodiffBackend> Hybrid<B> {
+    /// Forward and backward with per-block activation checkpointing: the loss of
+    /// `loss_fn(self.forward(input_ids))` (detached) and the gradients of every parameter, holding
+    /// the activations of one block at a time (see
+    /// [`crate::Llama::backward_checkpointed`] for the algorithm).
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
+    }
+}
+
+impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {
+    type Block = HybridLayer<B>;
+
+    fn embedding(&self) -> &Embedding<B> {
+        &self.embed_tokens
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn block(&self, e: usize) -> &HybridLayer<B> {
+        &self.layers[e]
+    }
+
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layers[e].forward(h, None, self.compute_dtype).0
+    }
+
+    fn inner_block_forward(
+        inner: &Hybrid<B::InnerBackend>,
+        e: usize,
+        h: Tensor<B::InnerBackend, 3>,
+    ) -> Tensor<B::InnerBackend, 3> {
+        inner.layers[e].forward(h, None, inner.compute_dtype).0
+    }
+
+    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.logits(h)
+    }
 }

@@ -341,24 +341,11 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
     ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
         match self {
             Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
-            // Not checkpointed yet (the recipe refuses it for these): a plain backward pass.
-            Self::Mamba(m) => plain_backward(m, m.forward(input_ids), loss_fn),
-            Self::Mamba2(m) => plain_backward(m, m.forward(input_ids), loss_fn),
-            Self::Hybrid(m) => plain_backward(m, m.forward(input_ids), loss_fn),
+            Self::Mamba(m) => m.backward_checkpointed(input_ids, loss_fn),
+            Self::Mamba2(m) => m.backward_checkpointed(input_ids, loss_fn),
+            Self::Hybrid(m) => m.backward_checkpointed(input_ids, loss_fn),
         }
     }
-}
-
-/// `loss_fn(logits)` differentiated in one pass: the loss, detached, and `module`'s gradients.
-fn plain_backward<B: burn::tensor::backend::AutodiffBackend, M: burn::module::AutodiffModule<B>>(
-    module: &M,
-    logits: Tensor<B, 3>,
-    loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
-) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
-    let loss = loss_fn(logits);
-    let grads = loss.backward();
-    let grads = burn::optim::GradientsParams::from_grads(grads, module);
-    (loss.inner(), grads)
 }
 
 /// Casts every parameter to one dtype, keeping its id and whether it requires a gradient.

@@ -13,7 +13,7 @@
 //! - `scaled_residual_init` (GPT-2 / nanoGPT): the projections that write into the residual stream
 //!   (`o_proj`, `down_proj`) start with std `initializer_range / sqrt(2 · effective_layers)`.
 
-use burn::module::{AutodiffModule, Initializer, Module, ModuleVisitor, Param};
+use burn::module::{Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
-use crate::grads::accumulate_grads;
+use crate::grads::CheckpointedModel;
 use crate::layers::{
     float_dtype, linear_2d, linear_no_bias, to_dtype, Attention, KvCache, Mlp, RmsNorm, Rope,
 };
@@ -721,48 +721,43 @@ impl<B: AutodiffBackend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
     ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-        let compute = self.compute_dtype;
-        let repeats = self.config.repeats();
-        // The unique block applied at each effective layer.
-        let order: Vec<usize> = (0..self.layers.len())
-            .flat_map(|u| std::iter::repeat_n(u, repeats))
-            .collect();
+        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
+    }
+}
 
-        // 1. Graph-free forward, keeping every block's input.
-        let inner = self.valid();
-        let mut block_inputs = Vec::with_capacity(order.len());
-        let mut h = inner.embed_tokens.forward(input_ids.clone().inner()); // [b, s, d]
-        for &u in &order {
-            block_inputs.push(h.clone());
-            h = inner.layers[u].forward_uncached(h, &inner.rotary_emb, compute);
-        }
+impl<B: AutodiffBackend> CheckpointedModel<B> for Llama<B> {
+    type Block = DecoderLayer<B>;
 
-        // 2. Head and loss.
-        let leaf = Tensor::<B, 3>::from_inner(h).require_grad();
-        let loss = loss_fn(self.logits(leaf.clone(), compute));
-        let grads = loss.backward();
-        let mut d_h = leaf
-            .grad(&grads)
-            .expect("the loss depends on the hidden states");
-        let mut total = GradientsParams::from_grads(grads, self);
+    fn embedding(&self) -> &Embedding<B> {
+        &self.embed_tokens
+    }
 
-        // 3. Blocks, last to first.
-        for (&u, h_in) in order.iter().zip(block_inputs).rev() {
-            let layer = &self.layers[u];
-            let leaf = Tensor::<B, 3>::from_inner(h_in).require_grad();
-            let out = layer.forward_uncached(leaf.clone(), &self.rotary_emb, compute);
-            let grads = (out * Tensor::from_inner(d_h)).sum().backward();
-            d_h = leaf
-                .grad(&grads)
-                .expect("a block's output depends on its input");
-            accumulate_grads(layer, &mut total, GradientsParams::from_grads(grads, layer));
-        }
+    fn num_blocks(&self) -> usize {
+        self.config.effective_layers()
+    }
 
-        // 4. Embedding.
-        let embedded = self.embed_tokens.forward(input_ids);
-        let grads = (embedded * Tensor::from_inner(d_h)).sum().backward();
-        let embed_grads = GradientsParams::from_grads(grads, &self.embed_tokens);
-        accumulate_grads(&self.embed_tokens, &mut total, embed_grads);
-        (loss.inner(), total)
+    fn block(&self, e: usize) -> &DecoderLayer<B> {
+        &self.layers[e / self.config.repeats()]
+    }
+
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.block(e)
+            .forward_uncached(h, &self.rotary_emb, self.compute_dtype)
+    }
+
+    fn inner_block_forward(
+        inner: &Llama<B::InnerBackend>,
+        e: usize,
+        h: Tensor<B::InnerBackend, 3>,
+    ) -> Tensor<B::InnerBackend, 3> {
+        inner.layers[e / inner.config.repeats()].forward_uncached(
+            h,
+            &inner.rotary_emb,
+            inner.compute_dtype,
+        )
+    }
+
+    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.logits(h, self.compute_dtype)
     }
 }

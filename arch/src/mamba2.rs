@@ -39,13 +39,15 @@ use std::collections::HashMap;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
+use crate::grads::CheckpointedModel;
 use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
@@ -1134,4 +1136,54 @@ pub fn mamba2_hf_layout(cfg: &Mamba2Config) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
     }
     out
+}
+
+impl<B: AutodiffBackend> Mamba2<B> {
+    /// Forward and backward with per-block activation checkpointing: the loss of
+    /// `loss_fn(self.forward(input_ids))` (detached) and the gradients of every parameter, holding
+    /// the activations of one block at a time (see
+    /// [`crate::Llama::backward_checkpointed`] for the algorithm).
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
+    }
+}
+
+impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {
+    type Block = Mamba2Block<B>;
+
+    fn embedding(&self) -> &Embedding<B> {
+        &self.embeddings
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn block(&self, e: usize) -> &Mamba2Block<B> {
+        &self.layers[e]
+    }
+
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layers[e]
+            .forward(h, None, self.scan, self.compute_dtype)
+            .0
+    }
+
+    fn inner_block_forward(
+        inner: &Mamba2<B::InnerBackend>,
+        e: usize,
+        h: Tensor<B::InnerBackend, 3>,
+    ) -> Tensor<B::InnerBackend, 3> {
+        inner.layers[e]
+            .forward(h, None, inner.scan, inner.compute_dtype)
+            .0
+    }
+
+    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.logits(h)
+    }
 }

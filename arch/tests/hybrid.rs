@@ -292,3 +292,15 @@ fn write_export_for_hf_check() {
     write_kiln_outputs(&dir, &ids, logits, v, &prompt, &generated);
     remove_export_dir(&dir);
 }
+
+/// Per-block activation checkpointing gives the same loss and the same gradient for every
+/// parameter as the plain backward pass (tied and untied head, attention and Mamba layers).
+#[test]
+fn checkpointed_backward_equals_plain_backward() {
+    for tie in [true, false] {
+        let model: kiln_arch::Model<burn::backend::Autodiff<B>> =
+            kiln_arch::ModelConfig::Hybrid(tiny(tie)).init(&Default::default());
+        let (n, rel) = assert_checkpointed_equals_plain(&model, 61);
+        println!("hybrid tied={tie}: {n} parameters, max relative diff {rel:e}");
+    }
+}

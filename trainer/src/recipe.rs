@@ -744,12 +744,6 @@ impl Recipe {
                 ] {
                     not_for(key, set)?;
                 }
-                if t.activation_checkpointing {
-                    return Err(invalid(
-                        "train.activation_checkpointing",
-                        format!("is not implemented for arch {} yet", m.arch),
-                    ));
-                }
                 if m.init_from.is_none() {
                     if let Err(e) = self.model_config(m.vocab_size.unwrap_or(256))?.validate() {
                         return Err(invalid("model", e.to_string()));

@@ -108,3 +108,63 @@ pub fn param_paths<Bk: Backend, M: Module<Bk>>(module: &M) -> Vec<(String, Param
     module.visit(&mut paths);
     paths.out
 }
+
+/// Runs `model`'s checkpointed backward and the plain one on the same next-token loss (a fixed
+/// batch of 2 × 7 tokens, ids taken modulo `vocab`) and asserts the losses agree and every
+/// parameter's gradient agrees within 1e-4 of its largest entry. Returns the number of
+/// parameters compared and the largest relative difference.
+pub fn assert_checkpointed_equals_plain(
+    model: &kiln_arch::Model<burn::backend::Autodiff<B>>,
+    vocab: i64,
+) -> (usize, f32) {
+    use burn::optim::GradientsParams;
+    type AB = burn::backend::Autodiff<B>;
+    struct Compare<'a> {
+        plain: &'a GradientsParams,
+        checkpointed: &'a GradientsParams,
+        checked: usize,
+        max_rel: f32,
+    }
+    impl ModuleVisitor<AB> for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            let a = to_vec(self.plain.get::<B, D>(param.id).expect("plain grad"));
+            let b = to_vec(
+                self.checkpointed
+                    .get::<B, D>(param.id)
+                    .expect("checkpointed grad"),
+            );
+            assert_eq!(a.len(), b.len());
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = max_abs_diff(&a, &b);
+            assert!(diff <= 1e-4 * scale, "max diff {diff} (scale {scale})");
+            self.max_rel = self.max_rel.max(diff / scale);
+            self.checked += 1;
+        }
+    }
+    let row = |r: &[i64]| r.iter().map(|t| t % vocab).collect::<Vec<_>>();
+    let (i0, i1) = (
+        row(&[1, 5, 9, 2, 33, 60, 7]),
+        row(&[3, 3, 4, 10, 12, 0, 59]),
+    );
+    let (t0, t1) = (
+        row(&[5, 9, 2, 33, 60, 7, 8]),
+        row(&[3, 4, 10, 12, 0, 59, 1]),
+    );
+    let input: Tensor<AB, 2, Int> = Tensor::from_inner(ids(&[&i0, &i1]));
+    let target: Tensor<AB, 2, Int> = Tensor::from_inner(ids(&[&t0, &t1]));
+    let loss_fn = |logits: Tensor<AB, 3>| cross_entropy(logits, target.clone());
+    let loss = loss_fn(model.forward(input.clone()));
+    let plain = GradientsParams::from_grads(loss.backward(), model);
+    let (ck_loss, checkpointed) = model.backward_checkpointed(input, loss_fn);
+    let (l1, l2) = (to_vec(loss.inner())[0], to_vec(ck_loss)[0]);
+    assert!((l1 - l2).abs() < 1e-6, "loss {l1} vs {l2}");
+    let mut cmp = Compare {
+        plain: &plain,
+        checkpointed: &checkpointed,
+        checked: 0,
+        max_rel: 0.0,
+    };
+    model.visit(&mut cmp);
+    assert_eq!(cmp.checked, param_paths(model).len());
+    (cmp.checked, cmp.max_rel)
+}
