@@ -30,7 +30,6 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ParamId};
 use burn::nn::{Embedding, Linear};
-use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -893,20 +892,6 @@ pub fn hybrid_hf_layout(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
     }
     out
-}
-
-impl<B: AutodiffBackend> Hybrid<B> {
-    /// Forward and backward with per-block activation checkpointing: the loss of
-    /// `loss_fn(self.forward(input_ids))` (detached) and the gradients of every parameter, holding
-    /// the activations of one block at a time (see
-    /// [`crate::Llama::backward_checkpointed`] for the algorithm).
-    pub fn backward_checkpointed(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
-    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
-    }
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {

@@ -341,9 +341,9 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
     ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
         match self {
             Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
-            Self::Mamba(m) => m.backward_checkpointed(input_ids, loss_fn),
-            Self::Mamba2(m) => m.backward_checkpointed(input_ids, loss_fn),
-            Self::Hybrid(m) => m.backward_checkpointed(input_ids, loss_fn),
+            Self::Mamba(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
+            Self::Mamba2(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
+            Self::Hybrid(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
         }
     }
 }

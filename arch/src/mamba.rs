@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
-use burn::optim::GradientsParams;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
@@ -58,8 +57,8 @@ use crate::ssm::{
     push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
 };
 
-/// Chunk length of [`selective_scan_chunked`] used by [`Mamba::forward`] unless changed with
-/// [`Mamba::with_scan`]. The chunked scan keeps `chunk ×` the sequential scan's memory and does
+/// A chunk length for [`ScanMode::Chunked`] (set with [`Mamba::with_scan`]; the default mode is
+/// [`ScanMode::Sequential`], and on the CPU backend the fused kernel replaces both). The chunked scan keeps `chunk ×` the sequential scan's memory and does
 /// about that much more element-wise work, in `O(log_chunk l)` ops instead of `O(l)`. Measured
 /// forward + backward on the CPU backend (b 2, E 64, N 16, l 512): sequential 68 ms; chunk 2:
 /// 258 ms, 4: 316 ms, 8: 495 ms, 16: 904 ms. Small chunks win on the CPU (where the sequential
@@ -1164,20 +1163,6 @@ pub fn mamba_hf_layout(cfg: &MambaConfig) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
     }
     out
-}
-
-impl<B: AutodiffBackend> Mamba<B> {
-    /// Forward and backward with per-block activation checkpointing: the loss of
-    /// `loss_fn(self.forward(input_ids))` (detached) and the gradients of every parameter, holding
-    /// the activations of one block at a time  (see
-    /// [`crate::Llama::backward_checkpointed`] for the algorithm).
-    pub fn backward_checkpointed(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
-    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
-    }
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba<B> {

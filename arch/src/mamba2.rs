@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
-use burn::optim::GradientsParams;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
@@ -1136,20 +1135,6 @@ pub fn mamba2_hf_layout(cfg: &Mamba2Config) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
     }
     out
-}
-
-impl<B: AutodiffBackend> Mamba2<B> {
-    /// Forward and backward with per-block activation checkpointing: the loss of
-    /// `loss_fn(self.forward(input_ids))` (detached) and the gradients of every parameter, holding
-    /// the activations of one block at a time (see
-    /// [`crate::Llama::backward_checkpointed`] for the algorithm).
-    pub fn backward_checkpointed(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
-    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
-    }
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {
