@@ -1,12 +1,24 @@
 //! CPU helpers shared by kiln's fused kernels (`layers/fused.rs`) and the trainer's fused
 //! cross-entropy: run a closure compiled for AVX2 + FMA, and a vectorisable `exp`.
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the crate is built for baseline
-/// x86-64, i.e. SSE2): `f` and what it calls must be `#[inline(always)]` to inherit the features.
+/// Runs `f` compiled for AVX-512 (F) or else AVX2 + FMA, whichever the CPU has (the crate is
+/// built for baseline x86-64, i.e. SSE2): `f` and what it calls must be `#[inline(always)]` to
+/// inherit the features.
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx512(f) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             #[target_feature(enable = "avx2,fma")]
