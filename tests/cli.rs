@@ -677,6 +677,13 @@ fn bench_command_times_the_step_and_writes_the_hf_config() {
     assert!(report["loss"].as_f64().unwrap().is_finite());
     assert_eq!(report["mem_kind"], "rss");
     assert!(report["peak_mem_mb"].as_f64().unwrap() > 1.0);
+    // On CPU the peak for MFU is measured, so it is always there, and MFU is a fraction of it.
+    let peak = report["peak_flops"].as_f64().expect("a measured CPU peak");
+    assert!(peak > 1e8, "peak {peak}");
+    let mfu = report["mfu"]
+        .as_f64()
+        .expect("mfu against the measured peak");
+    assert!(mfu > 0.0 && mfu <= 1.0, "mfu {mfu}");
     let hf: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     assert_eq!(hf["model_type"], "llama");
     assert_eq!(hf["hidden_size"], 48);

@@ -62,12 +62,12 @@ pub fn device_memory_mb<B: burn::prelude::Backend>(device: &B::Device) -> Option
     None
 }
 
-/// Peak FLOP/s used for MFU: `train.peak_flops` when set; on the CPU backend the detected f32 peak
-/// of `threads` cores; on a GPU nothing is guessed (set `train.peak_flops`, e.g. 989e12 for an
+/// Peak FLOP/s used for MFU: `train.peak_flops` when set; on the CPU backend the f32 FMA rate of
+/// `threads` cores, measured (`cpu_peak.rs`); on a GPU nothing is guessed (set `train.peak_flops`, e.g. 989e12 for an
 /// H100 SXM's dense bf16).
 pub fn peak_flops(kind: BackendKind, configured: Option<f64>, threads: usize) -> Option<f64> {
     configured.or_else(|| match kind {
-        BackendKind::Flex => crate::metrics::cpu_peak_flops(threads),
+        BackendKind::Flex => crate::cpu_peak::measured_peak_flops(threads),
         BackendKind::Cuda | BackendKind::Wgpu => None,
     })
 }

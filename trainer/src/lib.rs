@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod cpu_peak;
 pub mod data_cmd;
 pub mod eval;
 pub mod generate;

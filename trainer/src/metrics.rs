@@ -3,9 +3,10 @@
 //!
 //! MFU = achieved FLOP/s ÷ peak FLOP/s. Achieved FLOP/s = tokens/s × `ModelConfig::flops_per_token`
 //! (6 × matmul parameters + attention term; see that function). Peak: `train.peak_flops` if set,
-//! otherwise detected: on CPU, threads × clock × FLOPs per cycle (32 with AVX2+FMA, 64 with AVX-512,
-//! f32). A figure above 100% means the peak is wrong: MFU is then reported as `null` with a warning,
-//! never as an impossible number.
+//! otherwise, on CPU, the f32 FMA rate of the training threads measured at start-up
+//! (`cpu_peak.rs`: it includes turbo, which a clock × width estimate misses). A figure above 100%
+//! means the peak is wrong: MFU is then reported as `null` with a warning, never as an impossible
+//! number.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -213,28 +214,6 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-/// Theoretical f32 peak of `threads` CPU cores: clock × FLOPs/cycle (FMA width × 2 units × 2).
-pub fn cpu_peak_flops(threads: usize) -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info
-        .lines()
-        .filter(|l| l.starts_with("cpu MHz"))
-        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
-        .fold(0.0, f64::max);
-    let flags = info.lines().find(|l| l.starts_with("flags"))?;
-    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let flops_per_cycle = if has("avx512f") {
-        64.0
-    } else if has("avx2") && has("fma") {
-        32.0
-    } else if has("fma") || has("avx") {
-        16.0
-    } else {
-        8.0
-    };
-    (mhz > 0.0).then_some(threads as f64 * mhz * 1e6 * flops_per_cycle)
 }
 
 /// MFU as a fraction, or `None` (with the reason) when the peak is unknown or inconsistent.

@@ -248,7 +248,8 @@ pub struct TrainSection {
     /// CPU threads for the flex backend. Default: all cores.
     #[serde(default)]
     pub threads: Option<usize>,
-    /// Peak FLOP/s of one device used for MFU. Default: detected (CPU: cores × clock × FMA width).
+    /// Peak FLOP/s of one device used for MFU. Default on CPU: the threads' f32 FMA rate, measured
+    /// at start-up (`cpu_peak.rs`); on a GPU unknown unless set.
     #[serde(default)]
     pub peak_flops: Option<f64>,
     /// Per-block activation checkpointing: keep only each block's input during the forward pass
