@@ -20,7 +20,7 @@ use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 mod fused;
 pub mod fused_scan;
 
-pub use fused::{enabled as fused_enabled, recast, set_num_threads};
+pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};
 
 /// `t` as `dtype`; no cast op is recorded when it already is.
 pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {

@@ -1221,7 +1221,7 @@ impl Backward<Flex, 3> for AttnBackward {
 /// RoPE tables (at least `s` rows of `hd`). Returns the attention output `[b, s, nh·hd]` (heads
 /// merged, ready for `o_proj`). Same maths as `Rope::apply` + `repeat_kv` + `causal_attention`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rope_attention<B: Backend>(
+pub fn rope_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
