@@ -18,6 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 
 mod fused;
+pub(crate) mod fused_mamba;
 pub mod fused_scan;
 
 pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};

@@ -53,7 +53,7 @@ use crate::hf::{
 };
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
 use crate::ssm::{
-    assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
+    assert_cache_batch, causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param,
     push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
 };
 
@@ -690,8 +690,7 @@ impl<B: Backend> MambaMixer<B> {
 
         let xz = linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, 2 * e]);
         let z = xz.clone().narrow(2, e, e); // gate [b, l, E]
-        let (x, conv_state) = self.conv(xz.narrow(2, 0, e), conv_past); // [b, l, E]
-        let x = silu(x);
+        let (x, conv_state) = self.conv_silu(xz.narrow(2, 0, e), conv_past); // [b, l, E]
 
         let dbc = linear_2d(&self.x_proj, x.clone().reshape([b * l, e])); // [b·l, R + 2N]
         let (delta, b_in, c_out) = (
@@ -741,8 +740,14 @@ impl<B: Backend> MambaMixer<B> {
                 }
             }
         }; // y [b, l, E]
-        let y = y + x * to_dtype(self.D.val(), f32).reshape([1, 1, e]);
-        let y = to_dtype(y * silu(to_dtype(z, f32)), compute);
+        let skip = to_dtype(self.D.val(), f32); // D [E]
+        let z = to_dtype(z, f32);
+        let y = if crate::layers::fused_enabled(&y) {
+            crate::layers::fused_mamba::skip_gate(y, x, skip, z)
+        } else {
+            (y + x * skip.reshape([1, 1, e])) * silu(z)
+        };
+        let y = to_dtype(y, compute);
         let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
         (
             out,
@@ -753,15 +758,17 @@ impl<B: Backend> MambaMixer<B> {
         )
     }
 
-    /// Depthwise causal convolution on `x` `[b, l, E]` (channels last), preceded by `past`
-    /// `[b, E, K − 1]` (zeros when `None`): `y[t, e] = bias[e] + Σ_j w[e, j] · x[t + j − (K − 1), e]`,
-    /// PyTorch's `conv1d(padding = K − 1)[..., :l]`. Returns `y` `[b, l, E]` and the new past
-    /// (the last K − 1 inputs).
-    ///
-    /// K shifted multiply-adds instead of burn's grouped `conv1d`: no `[b, E, l]` transposes, and
-    /// the same code serves a single generation step.
-    fn conv(&self, x: Tensor<B, 3>, past: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        causal_conv(&self.conv1d, self.conv_kernel, x, past)
+    /// SiLU of the depthwise causal convolution of `x` `[b, l, E]` (channels last), preceded by
+    /// `past` `[b, E, K − 1]` (zeros when `None`):
+    /// `y[t, e] = silu(bias[e] + Σ_j w[e, j] · x[t + j − (K − 1), e])`, PyTorch's
+    /// `silu(conv1d(padding = K − 1)[..., :l])`. Returns `y` `[b, l, E]` and the new past (the
+    /// last K − 1 inputs). See [`causal_conv_silu`].
+    fn conv_silu(
+        &self,
+        x: Tensor<B, 3>,
+        past: Option<Tensor<B, 3>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        causal_conv_silu(&self.conv1d, self.conv_kernel, x, past)
     }
 }
 

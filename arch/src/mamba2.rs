@@ -53,7 +53,7 @@ use crate::hf::{
 };
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
 use crate::ssm::{
-    assert_cache_batch, causal_conv, export_conv, load_conv, norm_head_logits, normal_param,
+    assert_cache_batch, causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param,
     push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
 };
 
@@ -623,12 +623,12 @@ impl<B: Backend> Mamba2Mixer<B> {
         let proj =
             linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, e + conv_dim + h]);
         let z = proj.clone().narrow(2, 0, e);
-        let (xbc, conv_state) = self.conv(proj.clone().narrow(2, e, conv_dim), conv_past);
+        let (xbc, conv_state) = self.conv_silu(proj.clone().narrow(2, e, conv_dim), conv_past);
         // The recurrence runs in f32 whatever the compute dtype (as `mamba_ssm` does): its
         // inputs are cast up here, the gated norm's output cast back to the compute dtype below.
         let compute = float_dtype(&proj);
         let f32 = FloatDType::F32;
-        let xbc = to_dtype(silu(xbc), f32); // [b, l, conv_dim]
+        let xbc = to_dtype(xbc, f32); // [b, l, conv_dim]
         let x = xbc.clone().narrow(2, 0, e).reshape([b, l, h, p]);
         let b_in = xbc.clone().narrow(2, e, g * n).reshape([b, l, g, n]);
         let c_out = xbc.narrow(2, e + g * n, g * n).reshape([b, l, g, n]);
@@ -676,10 +676,15 @@ impl<B: Backend> Mamba2Mixer<B> {
         (x * inv_rms).reshape([b, l, e]) * to_dtype(self.norm.weight.val(), f32).reshape([1, 1, e])
     }
 
-    /// Depthwise causal convolution on `x` `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when
-    /// `None`): PyTorch's `conv1d(padding = K − 1)[..., :l]`. Returns `[b, l, C]` and the new past.
-    fn conv(&self, x: Tensor<B, 3>, past: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        causal_conv(&self.conv1d, self.conv_kernel, x, past)
+    /// SiLU of the depthwise causal convolution of `x` `[b, l, C]` after `past` `[b, C, K − 1]`
+    /// (zeros when `None`): PyTorch's `silu(conv1d(padding = K − 1)[..., :l])`. Returns
+    /// `[b, l, C]` and the new past. See [`causal_conv_silu`].
+    fn conv_silu(
+        &self,
+        x: Tensor<B, 3>,
+        past: Option<Tensor<B, 3>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        causal_conv_silu(&self.conv1d, self.conv_kernel, x, past)
     }
 }
 

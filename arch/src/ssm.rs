@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::error::ArchError;
 use crate::hf::{export_param, load_param, HfTensor};
-use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+use crate::layers::{float_dtype, fused_enabled, fused_mamba, linear_2d, to_dtype, RmsNorm};
+use burn::tensor::activation::silu;
 
 /// Depthwise causal convolution (kernel `k`, weight `[C, 1, K]`, optional bias `[C]`) on `x`
 /// `[b, l, C]` after `past` `[b, C, K − 1]` (zeros when `None`): PyTorch's
@@ -51,9 +52,46 @@ pub(crate) fn causal_conv<B: Backend>(
     (y, past)
 }
 
+/// [`causal_conv`] followed by SiLU (the Mamba mixers' convolution branch). On the CPU backend in
+/// f32, from position 0 and with a bias (training, evaluation, prefill), one fused kernel with
+/// its own backward (`layers/fused_mamba.rs`); the burn ops otherwise.
+pub(crate) fn causal_conv_silu<B: Backend>(
+    conv1d: &Conv1d<B>,
+    k: usize,
+    x: Tensor<B, 3>,
+    past: Option<Tensor<B, 3>>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    match (&conv1d.bias, past) {
+        (Some(bias), None) if fused_enabled(&x) => {
+            let [b, l, c] = x.dims();
+            // The new past: the last K − 1 inputs, zero-padded in front when l < K − 1.
+            let past = if l >= k - 1 {
+                x.clone().narrow(1, l - (k - 1), k - 1)
+            } else {
+                let zeros = Tensor::zeros([b, k - 1 - l, c], (&x.device(), x.dtype()));
+                Tensor::cat(vec![zeros, x.clone()], 1)
+            }; // [b, K − 1, C]
+            let f32 = FloatDType::F32;
+            let (w, bias) = (
+                to_dtype(conv1d.weight.val(), f32),
+                to_dtype(bias.val(), f32),
+            );
+            (fused_mamba::conv_silu(x, w, bias), past.swap_dims(1, 2))
+        }
+        (_, past) => {
+            let (y, past) = causal_conv(conv1d, k, x, past);
+            (silu(y), past)
+        }
+    }
+}
+
 /// PyTorch's `softplus` (β = 1, threshold 20): `ln(1 + eˣ)`, and `x` itself above 20. burn's
-/// `activation::softplus` has no threshold and overflows to ∞ past x ≈ 88.
+/// `activation::softplus` has no threshold and overflows to ∞ past x ≈ 88. A fused kernel on
+/// the CPU backend in f32.
 pub(crate) fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if fused_enabled(&x) {
+        return fused_mamba::softplus(x);
+    }
     let linear = x.clone().greater_elem(20.0);
     x.clone()
         .clamp_max(20.0)

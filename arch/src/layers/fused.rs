@@ -105,7 +105,7 @@ pub(super) fn new_flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
 }
 
 /// The f32 elements of `t` in row-major order (a copy only when `t` is a strided view).
-fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+pub(super) fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
     match t.as_slice::<f32>() {
         Some(s) => f(s),
         None => f(t.to_contiguous().as_slice::<f32>().expect("contiguous f32")),
@@ -377,7 +377,7 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
 // SwiGLU: y = silu(g) · u, silu(g) = g · sigmoid(g).
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     // burn-flex's formulation (no overflow on either side).
     if x >= 0.0 {
         1.0 / (1.0 + exp(-x))
@@ -1278,13 +1278,13 @@ pub fn rope_attention<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::layers::{causal_attention, repeat_kv, Rope};
     use burn::tensor::Tolerance;
 
     /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(in crate::layers) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -1296,12 +1296,16 @@ mod tests {
             .collect()
     }
 
-    fn leaf<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Ad, D> {
+    pub(in crate::layers) fn leaf<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Ad, D> {
         Tensor::<Ad, D>::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
             .require_grad()
     }
 
-    fn assert_close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, what: &str) {
+    pub(in crate::layers) fn assert_close<const D: usize>(
+        a: Tensor<Flex, D>,
+        b: Tensor<Flex, D>,
+        what: &str,
+    ) {
         assert_eq!(a.dims(), b.dims(), "{what}: shapes");
         let (a, b) = (a.into_data(), b.into_data());
         let max = a
@@ -1316,7 +1320,7 @@ mod tests {
     }
 
     /// `Σ y · r` with fixed random `r`: a scalar whose gradient w.r.t. `y` is `r`.
-    fn probe<const D: usize>(y: Tensor<Ad, D>, seed: u64) -> Tensor<Ad, 1> {
+    pub(in crate::layers) fn probe<const D: usize>(y: Tensor<Ad, D>, seed: u64) -> Tensor<Ad, 1> {
         let r = Tensor::<Ad, D>::from_data(
             TensorData::new(values(y.shape().num_elements(), seed), y.shape()),
             &Default::default(),
