@@ -58,3 +58,66 @@ pub fn exp(x: f32) -> f32 {
     let y = p * (r * r) + r + 1.0;
     y * f32::from_bits(((n_int + 127) as u32) << 23)
 }
+
+/// `ln(x)` in f32 for positive normal `x`, without a libm call (vectorisable): Cephes' `logf`
+/// (mantissa in [√½, √2), degree-8 polynomial, ~1 ulp). Not for 0, subnormals, ∞ or NaN.
+#[inline(always)]
+pub fn ln(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits();
+    // x = m · 2^e with m in [0.5, 1).
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let mut m = f32::from_bits((bits & 0x807f_ffff) | 0x3f00_0000);
+    if m < SQRT_HALF {
+        e -= 1;
+        m = m + m - 1.0;
+    } else {
+        m -= 1.0;
+    }
+    let fe = e as f32;
+    let z = m * m;
+    let mut p = 7.037_683_6e-2_f32;
+    p = p * m - 1.151_461e-1;
+    p = p * m + 1.167_699_9e-1;
+    p = p * m - 1.242_014_1e-1;
+    p = p * m + 1.424_932_3e-1;
+    p = p * m - 1.666_805_8e-1;
+    p = p * m + 2.000_071_4e-1;
+    p = p * m - 2.499_999_4e-1;
+    p = p * m + 3.333_333_1e-1;
+    let y = p * m * z + fe * -2.121_944_4e-4 - 0.5 * z;
+    m + y + fe * 0.693_359_4
+}
+
+/// `ln(1 + eˣ)` (softplus without a threshold) for finite `x`, vectorisable:
+/// `max(x, 0) + log1p(e^−|x|)`, with `log1p(t) = ln(u) · t / (u − 1)`, `u = 1 + t` (exact where
+/// `u` rounds to 1: then `t`), which keeps the relative accuracy for tiny `t`.
+#[inline(always)]
+pub fn ln_1p_exp(x: f32) -> f32 {
+    let t = exp(-x.abs());
+    let u = 1.0 + t;
+    let log1p = if u == 1.0 { t } else { ln(u) * t / (u - 1.0) };
+    x.max(0.0) + log1p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_and_softplus_match_libm() {
+        let mut worst_ln = 0.0f64;
+        let mut worst_sp = 0.0f64;
+        for i in 0..200_000 {
+            // ln over many binades; softplus over [−60, 60].
+            let x = 1e-30f32 * 1.0007f32.powi(i);
+            let rel = ((ln(x) as f64) - (x as f64).ln()).abs() / (x as f64).ln().abs().max(1e-30);
+            worst_ln = worst_ln.max(rel);
+            let s = -60.0 + 120.0 * i as f32 / 200_000.0;
+            let want = (s as f64).exp().ln_1p();
+            worst_sp = worst_sp.max(((ln_1p_exp(s) as f64) - want).abs() / want);
+        }
+        assert!(worst_ln < 5e-7, "ln: worst relative error {worst_ln}");
+        assert!(worst_sp < 1e-6, "softplus: worst relative error {worst_sp}");
+    }
+}

@@ -32,7 +32,16 @@ use super::fused::{
     ad_prim, flex, from_ad_prim, from_flex, kind, new_flex, ranges, recast, run, sigmoid, split,
     with_f32, zeros, Ad, Kind,
 };
-use crate::simd::exp;
+use crate::simd::ln_1p_exp;
+
+/// `t` itself when its f32 elements are contiguous, else a contiguous copy.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
 
 /// Rows per block of the partial sums (fixed, so that sums do not depend on the thread count).
 const BLOCK_ROWS: usize = 64;
@@ -294,15 +303,15 @@ pub(crate) fn conv_silu<B: Backend>(
                 ad_prim(recast::<B, Ad, 3>(weight)),
                 ad_prim(recast::<B, Ad, 1>(bias)),
             );
-            let y = fwd(&x.primitive, &w.primitive, &bias.primitive);
+            // `x` is usually a strided half of `in_proj`'s output: copied once, for both passes.
+            let x_data = contiguous(x.primitive);
+            let y = fwd(&x_data, &w.primitive, &bias.primitive);
             let out = match ConvSiluBackward
                 .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), bias.node.clone()])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => {
-                    prep.finish((x.primitive, w.primitive, bias.primitive, d), y)
-                }
+                OpsKind::Tracked(prep) => prep.finish((x_data, w.primitive, bias.primitive, d), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             };
             recast(from_ad_prim::<3>(out))
@@ -328,7 +337,7 @@ fn softplus_fwd(x: &[f32]) -> Vec<f32> {
             let lo = rows.start * EW_ROW;
             let hi = (rows.end * EW_ROW).min(x.len());
             for (y, &x) in y.iter_mut().zip(&x[lo..hi]) {
-                *y = if x > 20.0 { x } else { exp(x).ln_1p() };
+                *y = if x > 20.0 { x } else { ln_1p_exp(x) };
             }
         },
     );
@@ -519,7 +528,9 @@ pub(crate) fn skip_gate<B: Backend>(
                 ad_prim(recast::<B, Ad, 1>(skip)),
                 ad_prim(recast::<B, Ad, 3>(z)),
             );
-            let out = fwd(&y.primitive, &x.primitive, &sk.primitive, &z.primitive);
+            // `z` is a strided half of `in_proj`'s output: copied once, for both passes.
+            let z_data = contiguous(z.primitive);
+            let out = fwd(&y.primitive, &x.primitive, &sk.primitive, &z_data);
             let out = match SkipGateBackward
                 .prepare::<NoCheckpointing>([
                     y.node.clone(),
@@ -531,7 +542,7 @@ pub(crate) fn skip_gate<B: Backend>(
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish((y.primitive, x.primitive, sk.primitive, z.primitive), out)
+                    prep.finish((y.primitive, x.primitive, sk.primitive, z_data), out)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(out),
             };
