@@ -403,11 +403,17 @@ impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = linear_rows(&self.gate_proj, x.clone()); // [b, s, ffn]
         let up = linear_rows(&self.up_proj, x); // [b, s, ffn]
-        let hidden = if fused::enabled(&gate) && fused::enabled(&up) {
-            fused::swiglu(gate, up)
-        } else {
-            silu(gate) * up
-        }; // [b, s, ffn]
+        let hidden = silu_mul(gate, up); // [b, s, ffn]
         linear_rows(&self.down_proj, hidden) // [b, s, d]
+    }
+}
+
+/// `silu(gate) ⊙ up` (same shapes): SwiGLU's product, Mamba-2's gate. One fused kernel with its
+/// own backward on the CPU backend in f32; burn ops otherwise.
+pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    if fused::enabled(&gate) && fused::enabled(&up) {
+        fused::swiglu(gate, up)
+    } else {
+        silu(gate) * up
     }
 }

@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, Linear, PaddingConfig1d};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -51,7 +50,7 @@ use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
 };
-use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+use crate::layers::{float_dtype, linear_2d, silu_mul, to_dtype, RmsNorm};
 use crate::ssm::{
     assert_cache_batch, causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param,
     push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
@@ -640,10 +639,16 @@ impl<B: Backend> Mamba2Mixer<B> {
         }
         let a = to_dtype(self.A_log.val(), f32).exp().neg(); // [H]
         let ssm_past = ssm_past.map(|s| to_dtype(s, f32));
-        let (y, ssm_state) = match mode {
-            SsdMode::Sequential => ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past),
-            SsdMode::Chunked { chunk } => {
-                ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
+        // On the CPU backend (f32) the fused selective-scan kernel runs the recurrence (`mode`
+        // then does not matter; `KILN_FUSED_KERNELS=0` switches back to it): see `ssd_fused`.
+        let (y, ssm_state) = if crate::layers::fused_enabled(&x) {
+            ssd_fused(x.clone(), dt, a, b_in, c_out, ssm_past)
+        } else {
+            match mode {
+                SsdMode::Sequential => ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past),
+                SsdMode::Chunked { chunk } => {
+                    ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
+                }
             }
         }; // [b, l, H, P]
         let y = y + x * to_dtype(self.D.val(), f32).reshape([1, 1, h, 1]);
@@ -665,7 +670,12 @@ impl<B: Backend> Mamba2Mixer<B> {
         let [b, l, e] = y.dims();
         let g = self.n_groups;
         let f32 = FloatDType::F32;
-        let x = (to_dtype(y, f32) * silu(to_dtype(z, f32))).reshape([b, l, g, e / g]);
+        let x = silu_mul(to_dtype(z, f32), to_dtype(y, f32)); // [b, l, E]
+        if g == 1 {
+            // One group: a plain RMSNorm over the E channels (fused on the CPU).
+            return self.norm.forward_as(x, f32);
+        }
+        let x = x.reshape([b, l, g, e / g]);
         let inv_rms = x
             .clone()
             .square()
@@ -733,6 +743,63 @@ pub fn ssd_sequential<B: Backend>(
         ys.push(state.clone().matmul(c_t.swap_dims(2, 3))); // [b, H, P, 1]
     }
     let y = Tensor::cat(ys, 3).permute([0, 3, 1, 2]); // [b, l, H, P]
+    (y, state)
+}
+
+/// The SSD recurrence through Mamba-1's fused CPU scan (`layers::fused_scan`, with its own
+/// backward); same inputs, outputs and values as [`ssd_sequential`] (up to rounding).
+///
+/// Mamba-2's recurrence is Mamba-1's selective scan over the `E = H·P` head channels with Δ
+/// constant over a head's `P` channels, `A` constant over them and over the `N` states, and
+/// `B`, `C` shared by the heads of a group: so Δ and `A` are broadcast to `[b, l, E]` and
+/// `[E, N]` (autodiff sums their gradients back), and the scan runs once per group on that
+/// group's channels. Per position it costs `O(E·N)`, like the chunked form's state part, with
+/// no `[T, T]` decay matrices: on the CPU at kiln's sizes this is several times faster than
+/// [`ssd_chunked`] built from burn ops. As in Mamba-1's fused scan, the returned state is
+/// detached under autodiff (no gradient flows back through it; training starts from zero
+/// states and never differentiates the final one).
+pub fn ssd_fused<B: Backend>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    b_in: Tensor<B, 4>,
+    c_out: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [bs, l, h, p] = x.dims();
+    let [_, _, g, n] = b_in.dims();
+    let (e, channels_per_group) = (h * p, h / g * p);
+    let x = x.reshape([bs, l, e]);
+    let dt = dt
+        .reshape([bs, l, h, 1])
+        .expand([bs, l, h, p])
+        .reshape([bs, l, e]);
+    let a = a.reshape([h, 1, 1]).expand([h, p, n]).reshape([e, n]);
+    let h0 = h0.map(|s| s.reshape([bs, e, n]));
+    let group = |t: Tensor<B, 3>, dim: usize, gi: usize| {
+        if g == 1 {
+            t
+        } else {
+            t.narrow(dim, gi * channels_per_group, channels_per_group)
+        }
+    };
+    let (mut ys, mut states) = (Vec::with_capacity(g), Vec::with_capacity(g));
+    for gi in 0..g {
+        let per_group = |t: &Tensor<B, 4>| t.clone().narrow(2, gi, 1).reshape([bs, l, n]);
+        let (y, state) = crate::layers::fused_scan::selective_scan_with_state(
+            group(x.clone(), 2, gi),
+            group(dt.clone(), 2, gi),
+            a.clone()
+                .narrow(0, gi * channels_per_group, channels_per_group),
+            per_group(&b_in),
+            per_group(&c_out),
+            h0.clone().map(|s| group(s, 1, gi)),
+        ); // y [b, l, E/G], state [b, E/G, N]
+        ys.push(y);
+        states.push(state);
+    }
+    let y = Tensor::cat(ys, 2).reshape([bs, l, h, p]);
+    let state = Tensor::cat(states, 1).reshape([bs, h, p, n]);
     (y, state)
 }
 

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use kiln_arch::mamba2::{ssd_chunked, ssd_sequential, SsdMode};
+use kiln_arch::mamba2::{ssd_chunked, ssd_fused, ssd_sequential, SsdMode};
 use kiln_arch::{ArchError, HfTensor, Mamba2, Mamba2Config};
 use serde_json::json;
 
@@ -129,10 +129,56 @@ fn ssd_state_carries_over() {
     assert!(max_abs_diff(&to_vec(h_all), &to_vec(h2)) < 1e-4);
 }
 
+/// The fused CPU form (Mamba-1's scan kernel per group) against the sequential reference.
 #[test]
-fn chunked_gradients_match_sequential() {
-    let (l, h, p, g, n) = (11, 4, 3, 2, 5);
-    let grads = |chunked: bool| -> Vec<Vec<f32>> {
+fn fused_matches_sequential() {
+    let (h, p, n) = (4, 3, 5);
+    for g in [1, 2, 4] {
+        for l in [1, 5, 13, 40] {
+            for with_h0 in [false, true] {
+                let (x, dt, a, bb, c, h0) = ssd_inputs::<B>(2, l, h, p, g, n, l as u64 + 7);
+                let h0 = with_h0.then_some(h0);
+                let (ys, hs) = ssd_sequential(
+                    x.clone(),
+                    dt.clone(),
+                    a.clone(),
+                    bb.clone(),
+                    c.clone(),
+                    h0.clone(),
+                );
+                let (yf, hf) = ssd_fused(x, dt, a, bb, c, h0);
+                assert_eq!(yf.dims(), [2, l, h, p]);
+                assert_eq!(hf.dims(), [2, h, p, n]);
+                let dy = max_abs_diff(&to_vec(ys), &to_vec(yf));
+                let dh = max_abs_diff(&to_vec(hs), &to_vec(hf));
+                assert!(
+                    dy < 1e-4 && dh < 1e-4,
+                    "g {g} l {l} h0 {with_h0}: y {dy}, state {dh}"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Sequential,
+    Chunked,
+    Fused,
+}
+
+#[test]
+fn chunked_and_fused_gradients_match_sequential() {
+    for g in [1, 2] {
+        check_gradients(g);
+    }
+}
+
+fn check_gradients(g: usize) {
+    let (l, h, p, n) = (11, 4, 3, 5);
+    // `with_state`: the loss also depends on the final state (the fused form returns it
+    // detached, as Mamba-1's fused scan does: no gradient flows back through it).
+    let grads = |form: Form, with_state: bool| -> Vec<Vec<f32>> {
         let (x, dt, a, bb, c, h0) = ssd_inputs::<AB>(2, l, h, p, g, n, 7);
         let (x, dt, a, bb, c, h0) = (
             x.require_grad(),
@@ -142,28 +188,25 @@ fn chunked_gradients_match_sequential() {
             c.require_grad(),
             h0.require_grad(),
         );
-        let (y, last) = if chunked {
-            ssd_chunked(
-                x.clone(),
-                dt.clone(),
-                a.clone(),
-                bb.clone(),
-                c.clone(),
-                Some(h0.clone()),
-                4,
-            )
-        } else {
-            ssd_sequential(
-                x.clone(),
-                dt.clone(),
-                a.clone(),
-                bb.clone(),
-                c.clone(),
-                Some(h0.clone()),
-            )
+        let (xc, dtc, ac, bc, cc, h0c) = (
+            x.clone(),
+            dt.clone(),
+            a.clone(),
+            bb.clone(),
+            c.clone(),
+            Some(h0.clone()),
+        );
+        let (y, last) = match form {
+            Form::Chunked => ssd_chunked(xc, dtc, ac, bc, cc, h0c, 4),
+            Form::Sequential => ssd_sequential(xc, dtc, ac, bc, cc, h0c),
+            Form::Fused => ssd_fused(xc, dtc, ac, bc, cc, h0c),
         };
         let w = rand::<AB, 4>([2, l, h, p], 3, 1.0);
-        let loss = (y * w).sum() + last.square().sum();
+        let loss = if with_state {
+            (y * w).sum() + last.square().sum()
+        } else {
+            (y * w).sum()
+        };
         let g = loss.backward();
         vec![
             to_vec(x.grad(&g).unwrap()),
@@ -174,11 +217,16 @@ fn chunked_gradients_match_sequential() {
             to_vec(h0.grad(&g).unwrap()),
         ]
     };
-    let (s, c) = (grads(false), grads(true));
-    for (i, (gs, gc)) in s.iter().zip(&c).enumerate() {
-        let scale = gs.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        let d = max_abs_diff(gs, gc);
-        assert!(d < 1e-4 * scale, "input {i}: {d} (scale {scale})");
+    for (form, with_state) in [(Form::Chunked, true), (Form::Fused, false)] {
+        let reference = grads(Form::Sequential, with_state);
+        for (i, (gs, gc)) in reference.iter().zip(&grads(form, with_state)).enumerate() {
+            let scale = gs.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            let d = max_abs_diff(gs, gc);
+            assert!(
+                d < 1e-4 * scale,
+                "{form:?}, g {g}, input {i}: {d} (scale {scale})"
+            );
+        }
     }
 }
 
