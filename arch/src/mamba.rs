@@ -690,7 +690,12 @@ impl<B: Backend> MambaMixer<B> {
 
         let xz = linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, 2 * e]);
         let z = xz.clone().narrow(2, e, e); // gate [b, l, E]
-        let (x, conv_state) = self.conv_silu(xz.narrow(2, 0, e), conv_past); // [b, l, E]
+        let (x, conv_state) = causal_conv_silu(
+            &self.conv1d,
+            self.conv_kernel,
+            xz.narrow(2, 0, e),
+            conv_past,
+        ); // [b, l, E]
 
         let dbc = linear_2d(&self.x_proj, x.clone().reshape([b * l, e])); // [b·l, R + 2N]
         let (delta, b_in, c_out) = (
@@ -756,19 +761,6 @@ impl<B: Backend> MambaMixer<B> {
                 ssm: ssm_state,
             },
         )
-    }
-
-    /// SiLU of the depthwise causal convolution of `x` `[b, l, E]` (channels last), preceded by
-    /// `past` `[b, E, K − 1]` (zeros when `None`):
-    /// `y[t, e] = silu(bias[e] + Σ_j w[e, j] · x[t + j − (K − 1), e])`, PyTorch's
-    /// `silu(conv1d(padding = K − 1)[..., :l])`. Returns `y` `[b, l, E]` and the new past (the
-    /// last K − 1 inputs). See [`causal_conv_silu`].
-    fn conv_silu(
-        &self,
-        x: Tensor<B, 3>,
-        past: Option<Tensor<B, 3>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        causal_conv_silu(&self.conv1d, self.conv_kernel, x, past)
     }
 }
 

@@ -622,7 +622,12 @@ impl<B: Backend> Mamba2Mixer<B> {
         let proj =
             linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, e + conv_dim + h]);
         let z = proj.clone().narrow(2, 0, e);
-        let (xbc, conv_state) = self.conv_silu(proj.clone().narrow(2, e, conv_dim), conv_past);
+        let (xbc, conv_state) = causal_conv_silu(
+            &self.conv1d,
+            self.conv_kernel,
+            proj.clone().narrow(2, e, conv_dim),
+            conv_past,
+        );
         // The recurrence runs in f32 whatever the compute dtype (as `mamba_ssm` does): its
         // inputs are cast up here, the gated norm's output cast back to the compute dtype below.
         let compute = float_dtype(&proj);
@@ -684,17 +689,6 @@ impl<B: Backend> Mamba2Mixer<B> {
             .sqrt()
             .recip();
         (x * inv_rms).reshape([b, l, e]) * to_dtype(self.norm.weight.val(), f32).reshape([1, 1, e])
-    }
-
-    /// SiLU of the depthwise causal convolution of `x` `[b, l, C]` after `past` `[b, C, K − 1]`
-    /// (zeros when `None`): PyTorch's `silu(conv1d(padding = K − 1)[..., :l])`. Returns
-    /// `[b, l, C]` and the new past. See [`causal_conv_silu`].
-    fn conv_silu(
-        &self,
-        x: Tensor<B, 3>,
-        past: Option<Tensor<B, 3>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        causal_conv_silu(&self.conv1d, self.conv_kernel, x, past)
     }
 }
 

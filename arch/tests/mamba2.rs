@@ -62,31 +62,58 @@ fn ssd_inputs<Bk: Backend>(
     (x, dt, a, bb, c, h0)
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Sequential,
+    Chunked(usize),
+    Fused,
+}
+
+/// `form`'s outputs and final state against the sequential reference.
+fn check_values(form: Form, (l, h, p, g, n): (usize, usize, usize, usize, usize), with_h0: bool) {
+    let (x, dt, a, bb, c, h0) = ssd_inputs::<B>(2, l, h, p, g, n, l as u64);
+    let h0 = with_h0.then_some(h0);
+    let (ys, hs) = ssd_sequential(
+        x.clone(),
+        dt.clone(),
+        a.clone(),
+        bb.clone(),
+        c.clone(),
+        h0.clone(),
+    );
+    let (yf, hf) = match form {
+        Form::Chunked(chunk) => ssd_chunked(x, dt, a, bb, c, h0, chunk),
+        Form::Fused => ssd_fused(x, dt, a, bb, c, h0),
+        Form::Sequential => unreachable!("the reference itself"),
+    };
+    assert_eq!(yf.dims(), [2, l, h, p]);
+    assert_eq!(hf.dims(), [2, h, p, n]);
+    let dy = max_abs_diff(&to_vec(ys), &to_vec(yf));
+    let dh = max_abs_diff(&to_vec(hs), &to_vec(hf));
+    assert!(
+        dy < 1e-4 && dh < 1e-4,
+        "{form:?} g {g} l {l} h0 {with_h0}: y {dy}, state {dh}"
+    );
+}
+
 #[test]
 fn chunked_matches_sequential() {
-    let (h, p, g, n) = (4, 3, 2, 5);
     for l in [1, 5, 8, 13, 16, 21] {
         for chunk in [1, 3, 4, 8, 32] {
             for with_h0 in [false, true] {
-                let (x, dt, a, bb, c, h0) = ssd_inputs::<B>(2, l, h, p, g, n, l as u64);
-                let h0 = with_h0.then_some(h0);
-                let (ys, hs) = ssd_sequential(
-                    x.clone(),
-                    dt.clone(),
-                    a.clone(),
-                    bb.clone(),
-                    c.clone(),
-                    h0.clone(),
-                );
-                let (yc, hc) = ssd_chunked(x, dt, a, bb, c, h0, chunk);
-                assert_eq!(yc.dims(), [2, l, h, p]);
-                assert_eq!(hc.dims(), [2, h, p, n]);
-                let dy = max_abs_diff(&to_vec(ys), &to_vec(yc));
-                let dh = max_abs_diff(&to_vec(hs), &to_vec(hc));
-                assert!(
-                    dy < 1e-4 && dh < 1e-4,
-                    "l {l} chunk {chunk} h0 {with_h0}: y {dy}, state {dh}"
-                );
+                check_values(Form::Chunked(chunk), (l, 4, 3, 2, 5), with_h0);
+            }
+        }
+    }
+}
+
+/// The fused CPU form (Mamba-1's scan kernel per group) against the sequential reference.
+#[test]
+fn fused_matches_sequential() {
+    for g in [1, 2, 4] {
+        for l in [1, 5, 13, 40] {
+            for with_h0 in [false, true] {
+                check_values(Form::Fused, (l, 4, 3, g, 5), with_h0);
             }
         }
     }
@@ -129,44 +156,6 @@ fn ssd_state_carries_over() {
     assert!(max_abs_diff(&to_vec(h_all), &to_vec(h2)) < 1e-4);
 }
 
-/// The fused CPU form (Mamba-1's scan kernel per group) against the sequential reference.
-#[test]
-fn fused_matches_sequential() {
-    let (h, p, n) = (4, 3, 5);
-    for g in [1, 2, 4] {
-        for l in [1, 5, 13, 40] {
-            for with_h0 in [false, true] {
-                let (x, dt, a, bb, c, h0) = ssd_inputs::<B>(2, l, h, p, g, n, l as u64 + 7);
-                let h0 = with_h0.then_some(h0);
-                let (ys, hs) = ssd_sequential(
-                    x.clone(),
-                    dt.clone(),
-                    a.clone(),
-                    bb.clone(),
-                    c.clone(),
-                    h0.clone(),
-                );
-                let (yf, hf) = ssd_fused(x, dt, a, bb, c, h0);
-                assert_eq!(yf.dims(), [2, l, h, p]);
-                assert_eq!(hf.dims(), [2, h, p, n]);
-                let dy = max_abs_diff(&to_vec(ys), &to_vec(yf));
-                let dh = max_abs_diff(&to_vec(hs), &to_vec(hf));
-                assert!(
-                    dy < 1e-4 && dh < 1e-4,
-                    "g {g} l {l} h0 {with_h0}: y {dy}, state {dh}"
-                );
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Form {
-    Sequential,
-    Chunked,
-    Fused,
-}
-
 #[test]
 fn chunked_and_fused_gradients_match_sequential() {
     for g in [1, 2] {
@@ -197,7 +186,7 @@ fn check_gradients(g: usize) {
             Some(h0.clone()),
         );
         let (y, last) = match form {
-            Form::Chunked => ssd_chunked(xc, dtc, ac, bc, cc, h0c, 4),
+            Form::Chunked(chunk) => ssd_chunked(xc, dtc, ac, bc, cc, h0c, chunk),
             Form::Sequential => ssd_sequential(xc, dtc, ac, bc, cc, h0c),
             Form::Fused => ssd_fused(xc, dtc, ac, bc, cc, h0c),
         };
@@ -217,7 +206,7 @@ fn check_gradients(g: usize) {
             to_vec(h0.grad(&g).unwrap()),
         ]
     };
-    for (form, with_state) in [(Form::Chunked, true), (Form::Fused, false)] {
+    for (form, with_state) in [(Form::Chunked(4), true), (Form::Fused, false)] {
         let reference = grads(Form::Sequential, with_state);
         for (i, (gs, gc)) in reference.iter().zip(&grads(form, with_state)).enumerate() {
             let scale = gs.iter().fold(1.0f32, |m, x| m.max(x.abs()));
