@@ -840,9 +840,19 @@ pub fn ssd_chunked<B: Backend>(
     let xdt = chunks((x * dt.reshape([bs, l, h, 1])).swap_dims(1, 2)); // [b, H, c, T, P]
     let bh = chunks(per_head(b_in, h)); // [b, H, c, T, N]
     let ch = chunks(per_head(c_out, h));
-    let cum = chunks(log_decay.reshape([bs, h, l, 1]))
-        .reshape([bs, h, nc, t])
-        .cumsum(3); // S [b, H, c, T]
+    // Padded and split without a `[b, H, l, 1]` detour: on burn 0.21's cubecl backends (wgpu
+    // checked, CUDA shares the code) reshaping the permuted `log_decay` to `[b, H, l, 1]` and then
+    // to `[b, H, c, T, 1]` reads the wrong elements (`tests/backends.rs` caught it); one reshape
+    // of the permuted tensor, or of the contiguous padded copy, is right.
+    let log_decay = if pad == 0 {
+        log_decay
+    } else {
+        Tensor::cat(
+            vec![log_decay, Tensor::zeros([bs, h, pad], (&device, dtype))],
+            2,
+        )
+    };
+    let cum = log_decay.reshape([bs, h, nc, t]).cumsum(3); // S [b, H, c, T]
 
     // 1. Intra-chunk.
     let causal: Vec<f32> = (0..t * t)
