@@ -382,12 +382,12 @@ fn state_space_models_training_steps_agree() {
     training_agrees("hybrid", hybrid());
 }
 
-/// Mamba-2's two SSD forms on wgpu against the sequential form on flex, with and without padding
-/// of the last chunk. (The chunked form once read wrong elements on wgpu only: a reshape chain on
+/// The scans' forms on wgpu against the sequential forms on flex (Mamba-1's and Mamba-2's), with
+/// and without padding of the last chunk. (The chunked form once read wrong elements on wgpu only: a reshape chain on
 /// a permuted tensor, see `mamba2::ssd_chunked`; the model tests above would show it too, this
 /// one names the function.)
 #[test]
-fn ssd_forms_agree_across_backends() {
+fn scan_forms_agree_across_backends() {
     use kiln_arch::mamba2::{ssd_chunked, ssd_sequential};
     fn inputs<Bk: Backend>(
         (b, l, h, p, g, n): (usize, usize, usize, usize, usize, usize),
@@ -426,6 +426,43 @@ fn ssd_forms_agree_across_backends() {
         (to_vec(y), to_vec(state))
     }
     let wgpu = wgpu_device();
+    // Mamba-1's chunked scan too (the model uses the sequential one on every backend; the chunked
+    // one is there for GPUs): wgpu against flex's sequential.
+    for l in [16, 13] {
+        let (b, e, n) = (2, 6, 4);
+        fn scan<Bk: Backend>(
+            (b, l, e, n): (usize, usize, usize, usize),
+            chunk: Option<usize>,
+            d: &Bk::Device,
+        ) -> (Vec<f32>, Vec<f32>) {
+            use kiln_arch::mamba::{selective_scan_chunked, selective_scan_sequential};
+            let vals = |k: usize, seed: u64| -> Vec<f32> {
+                (0..k)
+                    .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 1000.0)
+                    .collect()
+            };
+            let x = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * e, 4), [b, l, e]), d);
+            let dt = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * e, 5), [b, l, e]), d);
+            let a = Tensor::<Bk, 2>::from_data(TensorData::new(vals(e * n, 6), [e, n]), d).neg();
+            let bb = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * n, 7), [b, l, n]), d);
+            let c = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * n, 8), [b, l, n]), d);
+            let (y, state) = match chunk {
+                Some(chunk) => selective_scan_chunked(x, dt, a, bb, c, None, chunk),
+                None => selective_scan_sequential(x, dt, a, bb, c, None),
+            };
+            (to_vec(y), to_vec(state))
+        }
+        let (y_ref, s_ref) = scan::<Flex>((b, l, e, n), None, &Default::default());
+        for chunk in [None, Some(8)] {
+            let (y, s) = scan::<Wgpu>((b, l, e, n), chunk, &wgpu);
+            let (dy, ds) = (max_abs_diff(&y, &y_ref), max_abs_diff(&s, &s_ref));
+            eprintln!("mamba scan l {l} chunk {chunk:?}: wgpu vs flex y {dy:.3e}, state {ds:.3e}");
+            assert!(
+                dy < LOGITS_TOL && ds < LOGITS_TOL,
+                "mamba scan l {l} chunk {chunk:?}: wgpu differs from flex: y {dy:e}, state {ds:e}"
+            );
+        }
+    }
     for l in [16, 13] {
         let dims = (2, l, 4, 3, 2, 5);
         let (y_ref, s_ref) = run::<Flex>(dims, None, &Default::default());
