@@ -667,232 +667,99 @@ fn from_heads(
     )
 }
 
-/// Rows of `[rows, cols]` → `[cols, rows]`, per unit of `rows · cols` elements.
-fn transpose_units(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let unit = rows * cols;
-    let mut dst = zeros(src.len());
-    for (src, dst) in src.chunks_exact(unit).zip(dst.chunks_exact_mut(unit)) {
-        for r in 0..rows {
-            for c in 0..cols {
-                dst[c * rows + r] = src[r * cols + c];
-            }
+/// A strided f32 matrix view for [`matmul`]: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major `[.., cols]` from the start of `data`.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
         }
     }
-    dst
-}
 
-/// Key / value-column tile width of the micro-kernels (two AVX2 registers).
-const TILE: usize = 16;
-
-/// Whether the micro-kernels should use fused multiply-adds: where [`simd`] compiles them for
-/// FMA (x86-64 with AVX2 + FMA), or where FMA is baseline (aarch64). Elsewhere `mul_add` would
-/// be a libm call.
-fn use_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        true
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
-
-/// `acc + a · b`, as one fused multiply-add when `FMA`.
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, acc)
-    } else {
-        acc + a * b
-    }
-}
-
-/// `kernel::<true>(args)` or `kernel::<false>(args)` (see [`use_fma`]).
-macro_rules! with_fma {
-    ($fma:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
-        if $fma {
-            $kernel::<true>($($arg),*)
-        } else {
-            $kernel::<false>($($arg),*)
+    /// The transpose of a row-major `[.., cols]` matrix at the start of `data`.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
         }
-    };
+    }
+
+    /// Panics unless `(rows − 1, cols − 1)` is inside `data`.
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            assert!((rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len());
+        }
+    }
 }
 
-/// `out[r·ldo + j] = Σ_d a[r·hd + d] · bt[d·s + j]` for the 4 rows of `a` and `j < n` (`n ≤ s`);
-/// may also write columns up to the next tile boundary (still `< s`).
-#[inline(always)]
-fn abt4<const FMA: bool>(
-    a: &[f32],
-    bt: &[f32],
-    hd: usize,
-    s: usize,
-    n: usize,
-    out: &mut [f32],
-    ldo: usize,
+/// `dst[m, n] = a[m, k] · b[k, n]` (or `+=` when `accumulate`), `dst` row-major with row stride
+/// `dst_rs`; on this thread (the callers' jobs are the parallelism) by the `gemm` crate's
+/// micro-kernels (AVX-512 / AVX2 / NEON, chosen at run time).
+fn matmul(
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
 ) {
-    let mut j0 = 0;
-    while j0 < n && j0 + TILE <= s {
-        let mut acc = [[0.0f32; TILE]; 4];
-        for d in 0..hd {
-            let b: &[f32; TILE] = bt[d * s + j0..][..TILE].try_into().unwrap();
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = a[r * hd + d];
-                for t in 0..TILE {
-                    acc[t] = madd::<FMA>(x, b[t], acc[t]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            out[r * ldo + j0..][..TILE].copy_from_slice(acc);
-        }
-        j0 += TILE;
-    }
-    for r in 0..4 {
-        abt1::<FMA>(&a[r * hd..(r + 1) * hd], bt, s, j0, n, &mut out[r * ldo..]);
-    }
-}
-
-/// One row: `out[j] = a · bt[:, j]` for `j in j0..n`.
-#[inline(always)]
-fn abt1<const FMA: bool>(a: &[f32], bt: &[f32], s: usize, j0: usize, n: usize, out: &mut [f32]) {
-    if j0 >= n {
+    if m == 0 || n == 0 {
         return;
     }
-    let out = &mut out[j0..n];
-    out.fill(0.0);
-    for (d, &x) in a.iter().enumerate() {
-        for (o, &b) in out.iter_mut().zip(&bt[d * s + j0..d * s + n]) {
-            *o = madd::<FMA>(x, b, *o);
-        }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too small");
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: every index gemm touches, `i·rs + j·cs` for `i < rows`, `j < cols` of each operand,
+    // is inside its slice (checked just above); `dst` is exclusively borrowed and no operand
+    // aliases it (they are shared borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
-/// `out[r·hd + c] = Σ_{j<n} p[r·ldp + j] · v[j·hd + c]` for 4 rows.
-#[inline(always)]
-fn ab4<const FMA: bool>(p: &[f32], ldp: usize, n: usize, v: &[f32], hd: usize, out: &mut [f32]) {
-    let mut c0 = 0;
-    while c0 + TILE <= hd {
-        let mut acc = [[0.0f32; TILE]; 4];
-        for j in 0..n {
-            let vv: &[f32; TILE] = v[j * hd + c0..][..TILE].try_into().unwrap();
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = p[r * ldp + j];
-                for t in 0..TILE {
-                    acc[t] = madd::<FMA>(x, vv[t], acc[t]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            out[r * hd + c0..][..TILE].copy_from_slice(acc);
-        }
-        c0 += TILE;
-    }
-    if c0 < hd {
-        for r in 0..4 {
-            ab1::<FMA>(
-                &p[r * ldp..r * ldp + n],
-                v,
-                hd,
-                c0,
-                &mut out[r * hd..(r + 1) * hd],
-            );
-        }
-    }
-}
+/// Query positions per block: each block's scores are one `[BQ, keys]` product with the keys
+/// it can see (`keys` = the block's last position + 1), so the causal half is skipped up to
+/// the triangle inside a block.
+const BQ: usize = 64;
 
-/// One row: `out[c] = Σ_j p[j] · v[j·hd + c]` for `c in c0..hd`.
-#[inline(always)]
-fn ab1<const FMA: bool>(p: &[f32], v: &[f32], hd: usize, c0: usize, out: &mut [f32]) {
-    let out = &mut out[c0..hd];
-    out.fill(0.0);
-    for (j, &x) in p.iter().enumerate() {
-        for (o, &b) in out.iter_mut().zip(&v[j * hd + c0..(j + 1) * hd]) {
-            *o = madd::<FMA>(x, b, *o);
-        }
-    }
-}
-
-/// `out[k·hd + c] += Σ_row w[row·ldw + j0 + k] · a[row·hd + c]` for the 4 keys `j0..j0 + 4` and
-/// the rows listed by `rows` (the transposed products `dSᵀ·Q` and `Pᵀ·dO`).
-#[inline(always)]
-fn atb4<const FMA: bool>(
-    w: &[f32],
-    ldw: usize,
-    rows: impl Iterator<Item = usize> + Clone,
-    a: &[f32],
-    hd: usize,
-    j0: usize,
-    out: &mut [f32],
-) {
-    let mut c0 = 0;
-    while c0 + TILE <= hd {
-        let mut acc = [[0.0f32; TILE]; 4];
-        for row in rows.clone() {
-            let av: &[f32; TILE] = a[row * hd + c0..][..TILE].try_into().unwrap();
-            let ws: &[f32; 4] = w[row * ldw + j0..][..4].try_into().unwrap();
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let x = ws[k];
-                for t in 0..TILE {
-                    acc[t] = madd::<FMA>(x, av[t], acc[t]);
-                }
-            }
-        }
-        for (k, acc) in acc.iter().enumerate() {
-            for (o, v) in out[k * hd + c0..][..TILE].iter_mut().zip(acc) {
-                *o += v;
-            }
-        }
-        c0 += TILE;
-    }
-    if c0 < hd {
-        for k in 0..4 {
-            atb1::<FMA>(
-                w,
-                ldw,
-                rows.clone(),
-                a,
-                hd,
-                j0 + k,
-                c0,
-                &mut out[k * hd..(k + 1) * hd],
-            );
-        }
-    }
-}
-
-/// One key: `out[c] += Σ_row w[row·ldw + j] · a[row·hd + c]` for `c in c0..hd`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn atb1<const FMA: bool>(
-    w: &[f32],
-    ldw: usize,
-    rows: impl Iterator<Item = usize>,
-    a: &[f32],
-    hd: usize,
-    j: usize,
-    c0: usize,
-    out: &mut [f32],
-) {
-    for row in rows {
-        let x = w[row * ldw + j];
-        for (o, &v) in out[c0..hd]
-            .iter_mut()
-            .zip(&a[row * hd + c0..(row + 1) * hd])
-        {
-            *o = madd::<FMA>(x, v, *o);
-        }
-    }
-}
-
-/// Rows of one unit, in blocks of up to 4 consecutive rows of the same head:
-/// `(first row, rows in the block, position of the first row)`.
+/// Blocks of one unit's query rows: `(first row, rows, position of the first row)`, per head
+/// `r` (rows `r·s..(r + 1)·s`) and `BQ` positions at a time.
 fn row_blocks(n_rep: usize, s: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    (0..n_rep).flat_map(move |r| (0..s).step_by(4).map(move |i| (r * s + i, 4.min(s - i), i)))
+    (0..n_rep).flat_map(move |r| {
+        (0..s)
+            .step_by(BQ)
+            .map(move |i| (r * s + i, BQ.min(s - i), i))
+    })
 }
 
 /// Scaled, causally masked softmax of one row of scores in place; `valid = position + 1`.
@@ -934,8 +801,8 @@ struct AttnState {
     q: Arc<Vec<f32>>,
     /// Rotated keys `[units, s, hd]`.
     k: Arc<Vec<f32>>,
-    /// Values, transposed `[units, hd, s]`.
-    vt: Arc<Vec<f32>>,
+    /// Values `[units, s, hd]`.
+    v: Arc<Vec<f32>>,
     /// Attention probabilities `[units, rows, s]` (0 above the diagonal).
     p: Arc<Vec<f32>>,
     /// RoPE tables for positions `0..s`, `[s, hd]` each.
@@ -980,8 +847,6 @@ fn attn_fwd(
             )
         })
     });
-    let kt = transpose_units(&kh, s, hd); // [units, hd, s]
-    let vt = transpose_units(&vh, s, hd); // [units, hd, s]
     let mut p = zeros(units * rows * s);
     let mut o = zeros(units * rows * hd); // [b, nh, s, hd]
     let rs = ranges(units, rows * s * hd);
@@ -991,52 +856,35 @@ fn attn_fwd(
         .zip(split(&mut p, rows * s, &rs))
         .zip(split(&mut o, rows * hd, &rs))
         .collect();
-    let (qh_ref, kt_ref, vh_ref) = (&qh, &kt, &vh);
+    let (qh_ref, kh_ref, vh_ref) = (&qh, &kh, &vh);
     run(
         jobs,
         #[inline(always)]
         |((range, p), o)| {
-            let fma = use_fma();
-            for (k, unit) in range.enumerate() {
+            for (u, unit) in range.enumerate() {
                 let q = &qh_ref[unit * rows * hd..][..rows * hd];
-                let kt = &kt_ref[unit * hd * s..][..hd * s];
+                let k = &kh_ref[unit * s * hd..][..s * hd];
                 let v = &vh_ref[unit * s * hd..][..s * hd];
-                let p = &mut p[k * rows * s..][..rows * s];
-                let o = &mut o[k * rows * hd..][..rows * hd];
+                let p = &mut p[u * rows * s..][..rows * s];
+                let o = &mut o[u * rows * hd..][..rows * hd];
                 for (row0, n, i0) in row_blocks(n_rep, s) {
-                    let keys = i0 + n; // positions ≤ i0 + n − 1 see keys 0..i0 + n
+                    let keys = i0 + n; // the block's positions see keys 0..keys
                     let pb = &mut p[row0 * s..(row0 + n) * s];
-                    let qb = &q[row0 * hd..(row0 + n) * hd];
-                    if n == 4 {
-                        with_fma!(fma, abt4(qb, kt, hd, s, keys, pb, s));
-                    } else {
-                        for r in 0..n {
-                            with_fma!(
-                                fma,
-                                abt1(&qb[r * hd..(r + 1) * hd], kt, s, 0, keys, &mut pb[r * s..])
-                            );
-                        }
-                    }
+                    // S = Q·Kᵀ, then the masked softmax row by row, then O = P·V.
+                    let qb = View::rows(&q[row0 * hd..], hd);
+                    matmul(pb, s, false, (n, keys, hd), qb, View::transposed(k, hd));
                     for r in 0..n {
                         softmax_row(&mut pb[r * s..(r + 1) * s], i0 + r + 1, scale);
                     }
                     let ob = &mut o[row0 * hd..(row0 + n) * hd];
-                    if n == 4 {
-                        with_fma!(fma, ab4(pb, s, keys, v, hd, ob));
-                    } else {
-                        for r in 0..n {
-                            with_fma!(
-                                fma,
-                                ab1(
-                                    &pb[r * s..r * s + keys],
-                                    v,
-                                    hd,
-                                    0,
-                                    &mut ob[r * hd..(r + 1) * hd],
-                                )
-                            );
-                        }
-                    }
+                    matmul(
+                        ob,
+                        hd,
+                        false,
+                        (n, hd, keys),
+                        View::rows(pb, s),
+                        View::rows(v, hd),
+                    );
                 }
             }
         },
@@ -1046,7 +894,7 @@ fn attn_fwd(
         dims,
         q: Arc::new(qh),
         k: Arc::new(kh),
-        vt: Arc::new(vt),
+        v: Arc::new(vh),
         p: Arc::new(p),
         cos,
         sin,
@@ -1060,7 +908,7 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
         dims,
         q,
         k,
-        vt,
+        v,
         p,
         cos,
         sin,
@@ -1088,94 +936,56 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
         .zip(split(&mut dk, s * hd, &rs))
         .zip(split(&mut dv, s * hd, &rs))
         .collect();
-    let (go_ref, q_ref, k_ref, vt_ref, p_ref) = (&go, &*q, &*k, &*vt, &*p);
+    let (go_ref, q_ref, k_ref, v_ref, p_ref) = (&go, &*q, &*k, &*v, &*p);
     run(
         jobs,
         #[inline(always)]
         |(((range, dq), dk), dv)| {
-            let fma = use_fma();
-            let mut ds = zeros(rows * s); // dS of one unit
+            let mut ds = zeros(BQ * s); // dS of one block of rows
             for (u, unit) in range.enumerate() {
                 let go = &go_ref[unit * rows * hd..][..rows * hd];
                 let q = &q_ref[unit * rows * hd..][..rows * hd];
                 let k = &k_ref[unit * s * hd..][..s * hd];
-                let vt = &vt_ref[unit * hd * s..][..hd * s];
+                let v = &v_ref[unit * s * hd..][..s * hd];
                 let p = &p_ref[unit * rows * s..][..rows * s];
-                // dP = dO·Vᵀ, then dS, then dQ = dS·K, block by block of rows.
+                let dq = &mut dq[u * rows * hd..][..rows * hd];
+                let dk = &mut dk[u * s * hd..][..s * hd];
+                let dv = &mut dv[u * s * hd..][..s * hd];
                 for (row0, n, i0) in row_blocks(n_rep, s) {
                     let keys = i0 + n;
-                    let db = &mut ds[row0 * s..(row0 + n) * s];
-                    let gb = &go[row0 * hd..(row0 + n) * hd];
-                    if n == 4 {
-                        with_fma!(fma, abt4(gb, vt, hd, s, keys, db, s));
-                    } else {
-                        for r in 0..n {
-                            with_fma!(
-                                fma,
-                                abt1(&gb[r * hd..(r + 1) * hd], vt, s, 0, keys, &mut db[r * s..])
-                            );
-                        }
-                    }
+                    let (gb, qb, pb) = (
+                        &go[row0 * hd..(row0 + n) * hd],
+                        &q[row0 * hd..(row0 + n) * hd],
+                        &p[row0 * s..(row0 + n) * s],
+                    );
+                    // dP = dO·Vᵀ, then dS = softmax backward, row by row.
+                    let db = &mut ds[..n * s];
+                    matmul(
+                        db,
+                        s,
+                        false,
+                        (n, keys, hd),
+                        View::rows(gb, hd),
+                        View::transposed(v, hd),
+                    );
                     for r in 0..n {
-                        let row = (row0 + r) * s;
-                        softmax_bwd_row(
-                            &mut db[r * s..(r + 1) * s],
-                            &p[row..row + s],
-                            i0 + r + 1,
-                            scale,
-                        );
+                        let (d, pr) = (&mut db[r * s..(r + 1) * s], &pb[r * s..(r + 1) * s]);
+                        softmax_bwd_row(d, pr, i0 + r + 1, scale);
                     }
-                    let qb = &mut dq[(u * rows + row0) * hd..(u * rows + row0 + n) * hd];
-                    if n == 4 {
-                        with_fma!(fma, ab4(db, s, keys, k, hd, qb));
-                    } else {
-                        for r in 0..n {
-                            with_fma!(
-                                fma,
-                                ab1(
-                                    &db[r * s..r * s + keys],
-                                    k,
-                                    hd,
-                                    0,
-                                    &mut qb[r * hd..(r + 1) * hd],
-                                )
-                            );
-                        }
-                    }
-                }
-                // dK = dSᵀ·Q and dV = Pᵀ·dO, 4 keys at a time over the rows that see them.
-                let dku = &mut dk[u * s * hd..(u + 1) * s * hd];
-                let dvu = &mut dv[u * s * hd..(u + 1) * s * hd];
-                let mut j0 = 0;
-                while j0 < s {
-                    let seen = move |j: usize| (0..n_rep).flat_map(move |r| r * s + j..(r + 1) * s);
-                    if j0 + 4 <= s {
-                        with_fma!(
-                            fma,
-                            atb4(
-                                &ds,
-                                s,
-                                seen(j0),
-                                q,
-                                hd,
-                                j0,
-                                &mut dku[j0 * hd..(j0 + 4) * hd],
-                            )
-                        );
-                        with_fma!(
-                            fma,
-                            atb4(p, s, seen(j0), go, hd, j0, &mut dvu[j0 * hd..(j0 + 4) * hd])
-                        );
-                        j0 += 4;
-                    } else {
-                        let (dkj, dvj) = (
-                            &mut dku[j0 * hd..(j0 + 1) * hd],
-                            &mut dvu[j0 * hd..(j0 + 1) * hd],
-                        );
-                        with_fma!(fma, atb1(&ds, s, seen(j0), q, hd, j0, 0, dkj));
-                        with_fma!(fma, atb1(p, s, seen(j0), go, hd, j0, 0, dvj));
-                        j0 += 1;
-                    }
+                    let db = &ds[..n * s];
+                    // dQ = dS·K; dK += dSᵀ·Q and dV += Pᵀ·dO for the keys the block sees.
+                    let dqb = &mut dq[row0 * hd..(row0 + n) * hd];
+                    matmul(
+                        dqb,
+                        hd,
+                        false,
+                        (n, hd, keys),
+                        View::rows(db, s),
+                        View::rows(k, hd),
+                    );
+                    let (dsb, pbt) = (View::transposed(db, s), View::transposed(pb, s));
+                    matmul(dk, hd, true, (keys, hd, n), dsb, View::rows(qb, hd));
+                    matmul(dv, hd, true, (keys, hd, n), pbt, View::rows(gb, hd));
                 }
             }
         },
@@ -1383,20 +1193,22 @@ pub(super) mod tests {
 
     #[test]
     fn rope_attention_matches_generic_with_gradients() {
-        // Small heads (scalar tails only), then heads wide enough for the register tiles, with
-        // sequence lengths that leave partial row blocks and key tiles; MHA and GQA.
+        // Small and wide heads, sequence lengths within one block and over several; MHA and GQA.
         for (b, s, nh, nkv, hd) in [
             (2, 9, 6, 2, 8),
             (1, 37, 4, 2, 32),
             (2, 21, 3, 3, 40),
             (1, 64, 4, 1, 16),
+            // Several blocks of query rows (BQ = 64) and a partial last one: dK and dV
+            // accumulate over blocks.
+            (2, 150, 4, 2, 16),
         ] {
             check_rope_attention(b, s, nh, nkv, hd);
         }
     }
 
     fn check_rope_attention(b: usize, s: usize, nh: usize, nkv: usize, hd: usize) {
-        let rope = Rope::<Ad>::new(10000.0, hd, 64, &Default::default());
+        let rope = Rope::<Ad>::new(10000.0, hd, s.max(64), &Default::default());
         let (qs, ks, vs) = (
             values(b * s * nh * hd, 7),
             values(b * s * nkv * hd, 8),
