@@ -8,8 +8,9 @@
 //!
 //! Attention in particular (burn's autodiff runs the unfused fallback: scores, mask, max, exp,
 //! sum, divide, each with its backward, on `[b, heads, s, s]` tensors) is computed per
-//! `(batch, kv head)` by register-tiled loops over the causal half only, with the GQA query heads
-//! of a kv head stacked instead of repeating K/V.
+//! `(batch, kv head)`, by blocks of 64 query positions against only the keys they can see (the
+//! products are `gemm` calls), with the GQA query heads of a kv head stacked instead of
+//! repeating K/V.
 //!
 //! The maths is the same as the generic code in `layers.rs` (same formulas, f32 throughout);
 //! only the summation order of reductions and `exp` (a vectorisable Cephes polynomial, ~1 ulp)
@@ -19,7 +20,7 @@
 //!
 //! The backend is picked at run time by `TypeId`: `Model<B>` stays generic over `B: Backend`.
 //! Threads: scoped std threads (`RAYON_NUM_THREADS` or all cores), inner loops compiled for
-//! AVX2 + FMA when the CPU has them.
+//! AVX-512 or AVX2 + FMA when the CPU has them (`simd.rs`).
 
 use core::any::{Any, TypeId};
 use core::ops::Range;
@@ -523,7 +524,8 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
 // Layouts: projections `[b, s, heads, hd]` (rows of the linear layers); inside, heads first
 // `[b, heads, s, hd]`, so that the `n_rep` query heads sharing a KV head are one
 // `[n_rep·s, hd]` matrix per unit `(b, kv head)`: `[b, nkv, n_rep·s, hd]`. Each unit is computed
-// by register-tiled loops over the causal part only (keys `0..=position`), units in parallel;
+// by blocks of `BQ` query positions, each against keys `0..=its last position` (`gemm` calls for
+// the products, the causal mask inside the block by the softmax), units in parallel;
 // probabilities `[b, nkv, n_rep·s, s]` are kept for the backward pass.
 
 #[derive(Clone, Copy, Debug)]
