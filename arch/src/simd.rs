@@ -1,5 +1,6 @@
-//! CPU helpers shared by kiln's fused kernels (`layers/fused.rs`) and the trainer's fused
-//! cross-entropy: run a closure compiled for AVX2 + FMA, and a vectorisable `exp`.
+//! CPU helpers shared by kiln's fused kernels (`layers/fused*.rs`) and the trainer's fused
+//! cross-entropy: run a closure compiled for AVX-512 or AVX2 + FMA, and vectorisable `exp`, `ln`
+//! and softplus.
 
 /// Runs `f` compiled for AVX-512 (F) or else AVX2 + FMA, whichever the CPU has (the crate is
 /// built for baseline x86-64, i.e. SSE2): `f` and what it calls must be `#[inline(always)]` to
