@@ -47,7 +47,7 @@ use crate::layers::{
 };
 use crate::llama::Materialize;
 use crate::mamba::{mamba_mixer_hf_layout, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
-use crate::ssm::{assert_cache_batch, norm_head_logits, normal_param, residual_add, HfKeys};
+use crate::ssm::{norm_head_logits, normal_param, residual_add, HfKeys, RecurrentCache};
 
 /// What layer `i` mixes tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -646,22 +646,7 @@ pub struct Hybrid<B: Backend> {
 /// Generation state of a [`Hybrid`]: KV caches of attention layers, conv/SSM states of Mamba
 /// layers (HF `HybridMambaAttentionDynamicCache`). Under mixed precision keys, values and conv
 /// windows are kept in the compute dtype, SSM states in f32.
-#[derive(Clone, Debug)]
-pub struct HybridCache<B: Backend> {
-    /// `layers[i]`: layer i's state, `None` before the first call.
-    pub layers: Vec<Option<HybridLayerState<B>>>,
-    /// Batch size the cache was created for.
-    pub batch: usize,
-    /// Positions processed so far.
-    pub seq_len: usize,
-}
-
-impl<B: Backend> HybridCache<B> {
-    /// Number of positions already processed.
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-}
+pub type HybridCache<B> = RecurrentCache<HybridLayerState<B>>;
 
 impl<B: Backend> Hybrid<B> {
     /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
@@ -675,11 +660,7 @@ impl<B: Backend> Hybrid<B> {
 
     /// An empty cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> HybridCache<B> {
-        HybridCache {
-            layers: vec![None; self.layers.len()],
-            batch,
-            seq_len: 0,
-        }
+        RecurrentCache::new(self.layers.len(), batch)
     }
 
     /// Logits for `input_ids` `[b, l]` following what `cache` holds; updates the cache. Equal to
@@ -690,15 +671,11 @@ impl<B: Backend> Hybrid<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: &mut HybridCache<B>,
     ) -> Tensor<B, 3> {
-        let [b, l] = input_ids.dims();
-        assert_cache_batch(b, cache.batch);
-        let mut h = self.embed_tokens.forward(input_ids);
-        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take(), self.compute_dtype);
-            h = next;
-            *state = Some(new_state);
-        }
-        cache.seq_len += l;
+        let dims = input_ids.dims();
+        let h = self.embed_tokens.forward(input_ids);
+        let h = cache.advance(dims, h, |i, h, state| {
+            self.layers[i].forward(h, state, self.compute_dtype)
+        });
         self.logits(h)
     }
 

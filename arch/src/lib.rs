@@ -71,6 +71,7 @@ pub use layers::{float_dtype, to_dtype, KvCache, RmsNorm, Rope};
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
 pub use mamba2::{Mamba2, Mamba2Cache, Mamba2Config};
+pub use ssm::RecurrentCache;
 
 /// Architecture choice and hyper-parameters. One variant per architecture; match exhaustively.
 ///

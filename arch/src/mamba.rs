@@ -53,8 +53,8 @@ use crate::hf::{
 };
 use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
 use crate::ssm::{
-    assert_cache_batch, causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param,
-    push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
+    causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
+    residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
 };
 
 /// A chunk length for [`ScanMode::Chunked`] (set with [`Mamba::with_scan`]; the default mode is
@@ -973,22 +973,7 @@ pub struct Mamba<B: Backend> {
 /// Generation state of a [`Mamba`]: per layer, the convolution and SSM states. Constant size,
 /// whatever the number of tokens processed. Under mixed precision the convolution window is
 /// kept in the compute dtype and the SSM state in f32 (the scan's dtype).
-#[derive(Clone, Debug)]
-pub struct MambaCache<B: Backend> {
-    /// `layers[i]`: layer i's state, `None` before the first call (zeros).
-    pub layers: Vec<Option<MambaLayerState<B>>>,
-    /// Batch size the cache was created for.
-    pub batch: usize,
-    /// Number of positions processed so far.
-    pub seq_len: usize,
-}
-
-impl<B: Backend> MambaCache<B> {
-    /// Number of positions already processed (the position of the next token).
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-}
+pub type MambaCache<B> = RecurrentCache<MambaLayerState<B>>;
 
 impl<B: Backend> Mamba<B> {
     /// The same model with another scan implementation (same values up to rounding).
@@ -1008,11 +993,7 @@ impl<B: Backend> Mamba<B> {
 
     /// An empty cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> MambaCache<B> {
-        MambaCache {
-            layers: vec![None; self.layers.len()],
-            batch,
-            seq_len: 0,
-        }
+        RecurrentCache::new(self.layers.len(), batch)
     }
 
     /// Logits `[b, l, vocab]` for `input_ids` `[b, l]`, the tokens that follow what `cache`
@@ -1028,20 +1009,16 @@ impl<B: Backend> Mamba<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: &mut MambaCache<B>,
     ) -> Tensor<B, 3> {
-        let [b, l] = input_ids.dims();
-        assert_cache_batch(b, cache.batch);
-        let scan = if l == 1 {
+        let dims = input_ids.dims();
+        let scan = if dims[1] == 1 {
             ScanMode::Sequential
         } else {
             self.scan
         };
-        let mut h = self.embeddings.forward(input_ids); // [b, l, d]
-        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take(), scan, self.compute_dtype);
-            h = next;
-            *state = Some(new_state);
-        }
-        cache.seq_len += l;
+        let h = self.embeddings.forward(input_ids); // [b, l, d]
+        let h = cache.advance(dims, h, |i, h, state| {
+            self.layers[i].forward(h, state, scan, self.compute_dtype)
+        });
         self.logits(h)
     }
 

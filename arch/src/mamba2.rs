@@ -52,8 +52,8 @@ use crate::hf::{
 };
 use crate::layers::{float_dtype, linear_2d, silu_mul, to_dtype, RmsNorm};
 use crate::ssm::{
-    assert_cache_batch, causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param,
-    push_bias_ids, residual_add, softplus, split_steps, uniform_param, HfKeys,
+    causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
+    residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
 };
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
@@ -980,22 +980,7 @@ pub struct Mamba2<B: Backend> {
 
 /// Generation state of a [`Mamba2`]: per layer, conv window and SSM state (constant size). Under
 /// mixed precision the conv window is kept in the compute dtype and the SSM state in f32.
-#[derive(Clone, Debug)]
-pub struct Mamba2Cache<B: Backend> {
-    /// `layers[i]`: layer i's state, `None` before the first call.
-    pub layers: Vec<Option<Mamba2LayerState<B>>>,
-    /// Batch size the cache was created for.
-    pub batch: usize,
-    /// Number of positions processed so far.
-    pub seq_len: usize,
-}
-
-impl<B: Backend> Mamba2Cache<B> {
-    /// Number of positions already processed.
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-}
+pub type Mamba2Cache<B> = RecurrentCache<Mamba2LayerState<B>>;
 
 impl<B: Backend> Mamba2<B> {
     /// The same model with another SSD implementation.
@@ -1015,11 +1000,7 @@ impl<B: Backend> Mamba2<B> {
 
     /// An empty cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> Mamba2Cache<B> {
-        Mamba2Cache {
-            layers: vec![None; self.layers.len()],
-            batch,
-            seq_len: 0,
-        }
+        RecurrentCache::new(self.layers.len(), batch)
     }
 
     /// Logits for `input_ids` `[b, l]` following what `cache` holds; updates the cache. A single
@@ -1030,20 +1011,16 @@ impl<B: Backend> Mamba2<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: &mut Mamba2Cache<B>,
     ) -> Tensor<B, 3> {
-        let [b, l] = input_ids.dims();
-        assert_cache_batch(b, cache.batch);
-        let mode = if l == 1 {
+        let dims = input_ids.dims();
+        let mode = if dims[1] == 1 {
             SsdMode::Sequential
         } else {
             self.scan
         };
-        let mut h = self.embeddings.forward(input_ids);
-        for (layer, state) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (next, new_state) = layer.forward(h, state.take(), mode, self.compute_dtype);
-            h = next;
-            *state = Some(new_state);
-        }
-        cache.seq_len += l;
+        let h = self.embeddings.forward(input_ids);
+        let h = cache.advance(dims, h, |i, h, state| {
+            self.layers[i].forward(h, state, mode, self.compute_dtype)
+        });
         self.logits(h)
     }
 

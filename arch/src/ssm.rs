@@ -173,12 +173,56 @@ pub(crate) fn residual_add<B: Backend>(h: Tensor<B, 3>, y: Tensor<B, 3>) -> Tens
     h + to_dtype(y, dtype)
 }
 
-/// Panics unless a `forward_cached` input's batch `b` is the one the cache was created for.
-pub(crate) fn assert_cache_batch(b: usize, cache_batch: usize) {
-    assert_eq!(
-        b, cache_batch,
-        "forward_cached: batch {b} but the cache was created for batch {cache_batch}"
-    );
+/// Generation state of a layered recurrent model ([`crate::Mamba`], [`crate::Mamba2`],
+/// [`crate::Hybrid`]): one state `S` per layer (constant size, whatever the number of tokens
+/// processed), the batch size it was created for and the positions processed so far.
+#[derive(Clone, Debug)]
+pub struct RecurrentCache<S> {
+    /// `layers[i]`: layer i's state, `None` before the first call (zeros).
+    pub layers: Vec<Option<S>>,
+    /// Batch size the cache was created for.
+    pub batch: usize,
+    /// Number of positions processed so far.
+    pub seq_len: usize,
+}
+
+impl<S> RecurrentCache<S> {
+    /// An empty cache for `n_layers` layers and `batch` sequences.
+    pub(crate) fn new(n_layers: usize, batch: usize) -> Self {
+        Self {
+            layers: (0..n_layers).map(|_| None).collect(),
+            batch,
+            seq_len: 0,
+        }
+    }
+
+    /// Number of positions already processed (the position of the next token).
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Runs `h`, the hidden states of the next `l` positions of `b` sequences, through the layers
+    /// in order: `layer(i, h, state)` gets layer i's cached state and returns its output and new
+    /// state, which replaces the cached one. Panics unless `b` is the cache's batch size.
+    pub(crate) fn advance<T>(
+        &mut self,
+        [b, l]: [usize; 2],
+        mut h: T,
+        mut layer: impl FnMut(usize, T, Option<S>) -> (T, S),
+    ) -> T {
+        assert_eq!(
+            b, self.batch,
+            "forward_cached: batch {b} but the cache was created for batch {}",
+            self.batch
+        );
+        for (i, state) in self.layers.iter_mut().enumerate() {
+            let (next, new_state) = layer(i, h, state.take());
+            h = next;
+            *state = Some(new_state);
+        }
+        self.seq_len += l;
+        h
+    }
 }
 
 /// Appends `(name(suffix), id)` for every bias that is present.
