@@ -90,8 +90,8 @@ fn run<B: Backend>(
 ) -> Tensor<B, 3> {
     let (b, s, nh, nkv, hd) = (sh.b, sh.s, sh.nh, sh.nkv, sh.hd);
     if path == Path::KilnFused {
-        let (cos, sin) = (rope.cos.clone(), rope.sin.clone());
-        return rope_attention(q, k, v, cos, sin, nh, nkv, hd);
+        let tables = Some((rope.cos.clone(), rope.sin.clone()));
+        return rope_attention(q, k, v, tables, nh, nkv, hd);
     }
     let heads = |t: Tensor<B, 3>, h: usize| t.reshape([b, s, h, hd]).swap_dims(1, 2); // [b, h, s, hd]
     let q = rope.apply(heads(q, nh), 0);

@@ -518,17 +518,12 @@ fn attention_no_rope<B: Backend>(
     let (nh, nkv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
     let x = x.reshape([b * s, d]);
     if past.is_none() && fused_enabled(&x) {
-        // Training / evaluation on the CPU: kiln's fused RoPE + attention kernel with identity
-        // tables (cos 1, sin 0: no rotation), whose backward beats burn's unfused one.
+        // Training / evaluation on the CPU: kiln's fused attention kernel (without RoPE), whose
+        // backward beats burn's unfused one.
         let q = linear_2d(&attn.q_proj, x.clone()).reshape([b, s, nh * hd]);
         let k = linear_2d(&attn.k_proj, x.clone()).reshape([b, s, nkv * hd]);
         let v = linear_2d(&attn.v_proj, x).reshape([b, s, nkv * hd]);
-        let device = q.device();
-        let (cos, sin) = (
-            Tensor::ones([s, hd], &device),
-            Tensor::zeros([s, hd], &device),
-        );
-        let y = rope_attention(q, k.clone(), v.clone(), cos, sin, nh, nkv, hd); // [b, s, nh·hd]
+        let y = rope_attention(q, k.clone(), v.clone(), None, nh, nkv, hd); // [b, s, nh·hd]
         let heads = |t: Tensor<B, 3>| t.reshape([b, s, nkv, hd]).swap_dims(1, 2); // [b, nkv, s, hd]
         let cache = KvCache {
             k: heads(k),

@@ -807,9 +807,8 @@ struct AttnState {
     v: Arc<Vec<f32>>,
     /// Attention probabilities `[units, rows, s]` (0 above the diagonal).
     p: Arc<Vec<f32>>,
-    /// RoPE tables for positions `0..s`, `[s, hd]` each.
-    cos: FlexTensor,
-    sin: FlexTensor,
+    /// RoPE tables `(cos, sin)` for positions `0..s`, `[s, hd]` each; `None`: no rotation.
+    rope: Option<(FlexTensor, FlexTensor)>,
 }
 
 impl core::fmt::Debug for AttnState {
@@ -821,12 +820,22 @@ impl core::fmt::Debug for AttnState {
     }
 }
 
+/// `f` on the RoPE tables' f32 elements, `(cos, sin)`, or on `None` without tables.
+fn with_tables<R>(
+    rope: &Option<(FlexTensor, FlexTensor)>,
+    f: impl FnOnce(Option<(&[f32], &[f32])>) -> R,
+) -> R {
+    match rope {
+        None => f(None),
+        Some((cos, sin)) => with_f32(cos, |c| with_f32(sin, |sn| f(Some((c, sn))))),
+    }
+}
+
 fn attn_fwd(
     q: &FlexTensor,
     k: &FlexTensor,
     v: &FlexTensor,
-    cos: FlexTensor,
-    sin: FlexTensor,
+    rope: Option<(FlexTensor, FlexTensor)>,
     dims: AttnDims,
 ) -> (FlexTensor, AttnState) {
     let AttnDims {
@@ -840,14 +849,12 @@ fn attn_fwd(
     let n_rep = dims.n_rep();
     let rows = n_rep * s;
     let units = b * nkv;
-    let (qh, kh, vh) = with_f32(&cos, |c| {
-        with_f32(&sin, |sn| {
-            (
-                with_f32(q, |q| to_heads(q, b, s, nh, hd, Some((c, sn)))),
-                with_f32(k, |k| to_heads(k, b, s, nkv, hd, Some((c, sn)))),
-                with_f32(v, |v| to_heads(v, b, s, nkv, hd, None)),
-            )
-        })
+    let (qh, kh, vh) = with_tables(&rope, |r| {
+        (
+            with_f32(q, |q| to_heads(q, b, s, nh, hd, r)),
+            with_f32(k, |k| to_heads(k, b, s, nkv, hd, r)),
+            with_f32(v, |v| to_heads(v, b, s, nkv, hd, None)),
+        )
     });
     let mut p = zeros(units * rows * s);
     let mut o = zeros(units * rows * hd); // [b, nh, s, hd]
@@ -898,8 +905,7 @@ fn attn_fwd(
         k: Arc::new(kh),
         v: Arc::new(vh),
         p: Arc::new(p),
-        cos,
-        sin,
+        rope,
     };
     (new_flex(out, &[b, s, nh * hd]), state)
 }
@@ -912,8 +918,7 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
         k,
         v,
         p,
-        cos,
-        sin,
+        rope,
     } = state;
     let AttnDims {
         b,
@@ -993,13 +998,11 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
         },
     );
     drop(p);
-    let (dq, dk) = with_f32(&cos, |c| {
-        with_f32(&sin, |sn| {
-            (
-                from_heads(&dq, b, s, nh, hd, Some((c, sn))),
-                from_heads(&dk, b, s, nkv, hd, Some((c, sn))),
-            )
-        })
+    let (dq, dk) = with_tables(&rope, |r| {
+        (
+            from_heads(&dq, b, s, nh, hd, r),
+            from_heads(&dk, b, s, nkv, hd, r),
+        )
     });
     let dv = from_heads(&dv, b, s, nkv, hd, None);
     (
@@ -1027,18 +1030,18 @@ impl Backward<Flex, 3> for AttnBackward {
     }
 }
 
-/// RoPE on `q`/`k` then causal grouped-query attention, for positions `0..s`.
+/// RoPE on `q`/`k` (when `rope` is given) then causal grouped-query attention, for positions
+/// `0..s`.
 ///
-/// `q` `[b, s, nh·hd]`, `k`/`v` `[b, s, nkv·hd]` (the projections' outputs); `cos`/`sin` the
-/// RoPE tables (at least `s` rows of `hd`). Returns the attention output `[b, s, nh·hd]` (heads
-/// merged, ready for `o_proj`). Same maths as `Rope::apply` + `repeat_kv` + `causal_attention`.
-#[allow(clippy::too_many_arguments)]
+/// `q` `[b, s, nh·hd]`, `k`/`v` `[b, s, nkv·hd]` (the projections' outputs); `rope` the RoPE
+/// tables `(cos, sin)` (at least `s` rows of `hd`), or `None` for attention without positional
+/// encoding. Returns the attention output `[b, s, nh·hd]` (heads merged, ready for `o_proj`).
+/// Same maths as `Rope::apply` + `repeat_kv` + `causal_attention`.
 pub fn rope_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -1059,7 +1062,7 @@ pub fn rope_attention<B: Backend>(
         };
         flex(t.narrow(0, 0, s).cast(DType::F32))
     };
-    let (cos, sin) = (table(cos), table(sin));
+    let rope = rope.map(|(cos, sin)| (table(cos), table(sin)));
     match kind::<B>().expect("fused::rope_attention on an unsupported backend") {
         Kind::Plain => {
             let (q, k, v) = (
@@ -1067,7 +1070,7 @@ pub fn rope_attention<B: Backend>(
                 flex(recast::<B, Flex, 3>(k)),
                 flex(recast::<B, Flex, 3>(v)),
             );
-            recast(from_flex::<3>(attn_fwd(&q, &k, &v, cos, sin, dims).0))
+            recast(from_flex::<3>(attn_fwd(&q, &k, &v, rope, dims).0))
         }
         Kind::Autodiff => {
             let (q, k, v) = (
@@ -1075,7 +1078,7 @@ pub fn rope_attention<B: Backend>(
                 ad_prim(recast::<B, Ad, 3>(k)),
                 ad_prim(recast::<B, Ad, 3>(v)),
             );
-            let (out, state) = attn_fwd(&q.primitive, &k.primitive, &v.primitive, cos, sin, dims);
+            let (out, state) = attn_fwd(&q.primitive, &k.primitive, &v.primitive, rope, dims);
             let out = match AttnBackward
                 .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
                 .compute_bound()
@@ -1225,8 +1228,7 @@ pub(super) mod tests {
             q.clone(),
             k.clone(),
             v.clone(),
-            rope.cos.clone(),
-            rope.sin.clone(),
+            Some((rope.cos.clone(), rope.sin.clone())),
             nh,
             nkv,
             hd,
@@ -1283,8 +1285,7 @@ pub(super) mod tests {
             t(&qs, nh * hd),
             t(&ks, nkv * hd),
             t(&vs, nkv * hd),
-            rope.cos.clone(),
-            rope.sin.clone(),
+            Some((rope.cos.clone(), rope.sin.clone())),
             nh,
             nkv,
             hd,
@@ -1294,8 +1295,7 @@ pub(super) mod tests {
             leaf(&qs, [b, s, nh * hd]),
             leaf(&ks, [b, s, nkv * hd]),
             leaf(&vs, [b, s, nkv * hd]),
-            rope_ad.cos.clone(),
-            rope_ad.sin.clone(),
+            Some((rope_ad.cos.clone(), rope_ad.sin.clone())),
             nh,
             nkv,
             hd,
