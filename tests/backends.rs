@@ -382,98 +382,80 @@ fn state_space_models_training_steps_agree() {
     training_agrees("hybrid", hybrid());
 }
 
-/// The scans' forms on wgpu against the sequential forms on flex (Mamba-1's and Mamba-2's), with
-/// and without padding of the last chunk. (The chunked form once read wrong elements on wgpu only: a reshape chain on
-/// a permuted tensor, see `mamba2::ssd_chunked`; the model tests above would show it too, this
-/// one names the function.)
+/// Deterministic values in [0, 1) of `shape` on `d`.
+fn pattern<Bk: Backend, const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    d: &Bk::Device,
+) -> Tensor<Bk, D> {
+    let n = shape.iter().product::<usize>() as u64;
+    let vals = (0..n).map(|i| ((i * 2_654_435_761 + seed * 97) % 1000) as f32 / 1000.0);
+    Tensor::from_data(TensorData::new(vals.collect(), shape), d)
+}
+
+/// Mamba-1's selective scan (`chunk`: `None` sequential, else chunked): `(y, final state)`.
+fn mamba_scan<Bk: Backend>(l: usize, chunk: Option<usize>, d: &Bk::Device) -> (Vec<f32>, Vec<f32>) {
+    use kiln_arch::mamba::{selective_scan_chunked, selective_scan_sequential};
+    let (b, e, n) = (2, 6, 4);
+    let (x, dt) = (pattern::<Bk, 3>([b, l, e], 4, d), pattern([b, l, e], 5, d));
+    let a = pattern::<Bk, 2>([e, n], 6, d).neg();
+    let (bb, c) = (pattern([b, l, n], 7, d), pattern([b, l, n], 8, d));
+    let (y, state) = match chunk {
+        Some(chunk) => selective_scan_chunked(x, dt, a, bb, c, None, chunk),
+        None => selective_scan_sequential(x, dt, a, bb, c, None),
+    };
+    (to_vec(y), to_vec(state))
+}
+
+/// Mamba-2's SSD recurrence (`chunk`: `None` sequential, else chunked): `(y, final state)`.
+fn ssd<Bk: Backend>(l: usize, chunk: Option<usize>, d: &Bk::Device) -> (Vec<f32>, Vec<f32>) {
+    use kiln_arch::mamba2::{ssd_chunked, ssd_sequential};
+    let (b, h, p, g, n) = (2, 4, 3, 2, 5);
+    let signed = |t: Tensor<Bk, 4>| t.mul_scalar(2.0).sub_scalar(1.0); // [-1, 1)
+    let x = signed(pattern([b, l, h, p], 1, d));
+    let (bb, c) = (
+        signed(pattern([b, l, g, n], 2, d)),
+        signed(pattern([b, l, g, n], 3, d)),
+    );
+    let dt = Tensor::<Bk, 1>::from_floats([0.1, 0.3, 0.7, 1.1], d)
+        .reshape([1, 1, h])
+        .repeat_dim(0, b)
+        .repeat_dim(1, l);
+    let a = Tensor::<Bk, 1>::from_floats([-0.5, -1.0, -2.0, -0.2], d);
+    let (y, state) = match chunk {
+        Some(chunk) => ssd_chunked(x, dt, a, bb, c, None, chunk),
+        None => ssd_sequential(x, dt, a, bb, c, None),
+    };
+    (to_vec(y), to_vec(state))
+}
+
+/// The scans' sequential and chunked forms on wgpu against the sequential forms on flex
+/// (Mamba-1's and Mamba-2's), with and without padding of the last chunk. The models use the
+/// sequential Mamba-1 scan and the chunked SSD on GPUs; the chunked SSD once read wrong elements
+/// on wgpu only (a reshape chain on a permuted tensor, see `mamba2::ssd_chunked`): the model
+/// tests above would show it too, this one names the function.
 #[test]
 fn scan_forms_agree_across_backends() {
-    use kiln_arch::mamba2::{ssd_chunked, ssd_sequential};
-    fn inputs<Bk: Backend>(
-        (b, l, h, p, g, n): (usize, usize, usize, usize, usize, usize),
-        d: &Bk::Device,
-    ) -> [Tensor<Bk, 4>; 3] {
-        let vals = |k: usize, seed: u64| -> Vec<f32> {
-            (0..k)
-                .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
-                .collect()
-        };
-        let t = |k: usize, seed: u64, s: [usize; 4]| {
-            Tensor::from_data(TensorData::new(vals(k, seed), s), d)
-        };
-        [
-            t(b * l * h * p, 1, [b, l, h, p]),
-            t(b * l * g * n, 2, [b, l, g, n]),
-            t(b * l * g * n, 3, [b, l, g, n]),
-        ]
-    }
-    fn run<Bk: Backend>(
-        dims: (usize, usize, usize, usize, usize, usize),
-        chunk: Option<usize>,
-        d: &Bk::Device,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let (b, l, h, ..) = dims;
-        let [x, bb, c] = inputs::<Bk>(dims, d);
-        let dt = Tensor::<Bk, 1>::from_floats([0.1, 0.3, 0.7, 1.1], d)
-            .reshape([1, 1, h])
-            .repeat_dim(0, b)
-            .repeat_dim(1, l);
-        let a = Tensor::<Bk, 1>::from_floats([-0.5, -1.0, -2.0, -0.2], d);
-        let (y, state) = match chunk {
-            Some(chunk) => ssd_chunked(x, dt, a, bb, c, None, chunk),
-            None => ssd_sequential(x, dt, a, bb, c, None),
-        };
-        (to_vec(y), to_vec(state))
-    }
     let wgpu = wgpu_device();
-    // Mamba-1's chunked scan too (the model uses the sequential one on every backend; the chunked
-    // one is there for GPUs): wgpu against flex's sequential.
-    for l in [16, 13] {
-        let (b, e, n) = (2, 6, 4);
-        fn scan<Bk: Backend>(
-            (b, l, e, n): (usize, usize, usize, usize),
-            chunk: Option<usize>,
-            d: &Bk::Device,
-        ) -> (Vec<f32>, Vec<f32>) {
-            use kiln_arch::mamba::{selective_scan_chunked, selective_scan_sequential};
-            let vals = |k: usize, seed: u64| -> Vec<f32> {
-                (0..k)
-                    .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 1000.0)
-                    .collect()
-            };
-            let x = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * e, 4), [b, l, e]), d);
-            let dt = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * e, 5), [b, l, e]), d);
-            let a = Tensor::<Bk, 2>::from_data(TensorData::new(vals(e * n, 6), [e, n]), d).neg();
-            let bb = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * n, 7), [b, l, n]), d);
-            let c = Tensor::<Bk, 3>::from_data(TensorData::new(vals(b * l * n, 8), [b, l, n]), d);
-            let (y, state) = match chunk {
-                Some(chunk) => selective_scan_chunked(x, dt, a, bb, c, None, chunk),
-                None => selective_scan_sequential(x, dt, a, bb, c, None),
-            };
-            (to_vec(y), to_vec(state))
-        }
-        let (y_ref, s_ref) = scan::<Flex>((b, l, e, n), None, &Default::default());
-        for chunk in [None, Some(8)] {
-            let (y, s) = scan::<Wgpu>((b, l, e, n), chunk, &wgpu);
-            let (dy, ds) = (max_abs_diff(&y, &y_ref), max_abs_diff(&s, &s_ref));
-            eprintln!("mamba scan l {l} chunk {chunk:?}: wgpu vs flex y {dy:.3e}, state {ds:.3e}");
-            assert!(
-                dy < LOGITS_TOL && ds < LOGITS_TOL,
-                "mamba scan l {l} chunk {chunk:?}: wgpu differs from flex: y {dy:e}, state {ds:e}"
-            );
-        }
-    }
-    for l in [16, 13] {
-        let dims = (2, l, 4, 3, 2, 5);
-        let (y_ref, s_ref) = run::<Flex>(dims, None, &Default::default());
-        for chunk in [None, Some(8)] {
-            let (y, s) = run::<Wgpu>(dims, chunk, &wgpu);
-            let (dy, ds) = (max_abs_diff(&y, &y_ref), max_abs_diff(&s, &s_ref));
-            eprintln!("ssd l {l} chunk {chunk:?}: wgpu vs flex y {dy:.3e}, state {ds:.3e}");
-            assert!(
-                dy < LOGITS_TOL && ds < LOGITS_TOL,
-                "ssd l {l} chunk {chunk:?}: wgpu differs from flex: y {dy:e}, state {ds:e}"
-            );
+    type Form = fn(usize, Option<usize>, &WgpuDevice) -> (Vec<f32>, Vec<f32>);
+    type Reference =
+        fn(usize, Option<usize>, &burn::backend::flex::FlexDevice) -> (Vec<f32>, Vec<f32>);
+    let forms: [(&str, Reference, Form); 2] = [
+        ("mamba scan", mamba_scan::<Flex>, mamba_scan::<Wgpu>),
+        ("ssd", ssd::<Flex>, ssd::<Wgpu>),
+    ];
+    for (name, reference, on_wgpu) in forms {
+        for l in [16, 13] {
+            let (y_ref, s_ref) = reference(l, None, &Default::default());
+            for chunk in [None, Some(8)] {
+                let (y, s) = on_wgpu(l, chunk, &wgpu);
+                let (dy, ds) = (max_abs_diff(&y, &y_ref), max_abs_diff(&s, &s_ref));
+                eprintln!("{name} l {l} chunk {chunk:?}: wgpu vs flex y {dy:.3e}, state {ds:.3e}");
+                assert!(
+                    dy < LOGITS_TOL && ds < LOGITS_TOL,
+                    "{name} l {l} chunk {chunk:?}: wgpu differs from flex: y {dy:e}, state {ds:e}"
+                );
+            }
         }
     }
 }

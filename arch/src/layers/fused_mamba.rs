@@ -322,7 +322,7 @@ pub(crate) fn conv_silu<B: Backend>(
 // ---------------------------------------------------------------------------------------------
 // Element-wise: softplus and the D skip + SiLU gate.
 
-/// Rows of [`BLOCK_ROWS`] values for the element-wise kernels (any shape, flattened).
+/// Row length of the element-wise kernels, which see their tensors (any shape) flattened.
 const EW_ROW: usize = 1024;
 
 /// PyTorch's softplus (β 1, threshold 20): `x` above 20, `ln(1 + eˣ)` otherwise.
