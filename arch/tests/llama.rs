@@ -418,30 +418,6 @@ fn bf16_mixed_precision_forward_is_close_to_f32() {
 /// parameter as the plain backward pass (tied and untied head, with and without layer sharing).
 #[test]
 fn checkpointed_backward_equals_plain_backward() {
-    use burn::optim::GradientsParams;
-    type AB = Autodiff<B>;
-    struct Compare<'a> {
-        plain: &'a GradientsParams,
-        checkpointed: &'a GradientsParams,
-        checked: usize,
-    }
-    impl ModuleVisitor<AB> for Compare<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-            let a = to_vec(self.plain.get::<B, D>(param.id).expect("plain grad"));
-            let b = to_vec(
-                self.checkpointed
-                    .get::<B, D>(param.id)
-                    .expect("checkpointed grad"),
-            );
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = a
-                .iter()
-                .zip(&b)
-                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(diff <= 1e-4 * scale, "max diff {diff} (scale {scale})");
-            self.checked += 1;
-        }
-    }
     for cfg in [
         tiny_config(),
         LlamaConfig {
@@ -450,30 +426,9 @@ fn checkpointed_backward_equals_plain_backward() {
             ..tiny_config()
         },
     ] {
-        let device = Default::default();
-        let model: Model<AB> = ModelConfig::Llama(cfg.clone()).init(&device);
-        let input: Tensor<AB, 2, Int> =
-            Tensor::from_inner(ids(&[&[1, 5, 9, 2, 33, 60, 7], &[3, 3, 4, 10, 12, 0, 59]]));
-        let target: Tensor<AB, 2, Int> =
-            Tensor::from_inner(ids(&[&[5, 9, 2, 33, 60, 7, 8], &[3, 4, 10, 12, 0, 59, 1]]));
-        let loss_fn = |logits: Tensor<AB, 3>| {
-            let logp = log_softmax(logits, 2);
-            logp.gather(2, target.clone().unsqueeze_dim::<3>(2))
-                .mean()
-                .neg()
-        };
-        let loss = loss_fn(model.forward(input.clone()));
-        let plain = GradientsParams::from_grads(loss.backward(), &model);
-        let (ck_loss, checkpointed) = model.backward_checkpointed(input, loss_fn);
-        let (l1, l2) = (to_vec(loss.inner())[0], to_vec(ck_loss)[0]);
-        assert!((l1 - l2).abs() < 1e-6, "loss {l1} vs {l2}");
-        let mut cmp = Compare {
-            plain: &plain,
-            checkpointed: &checkpointed,
-            checked: 0,
-        };
-        model.visit(&mut cmp);
+        let model: Model<Autodiff<B>> = ModelConfig::Llama(cfg.clone()).init(&Default::default());
+        let (checked, _) = assert_checkpointed_equals_plain(&model, cfg.vocab_size as i64);
         let expected = 2 + 9 * cfg.num_hidden_layers + usize::from(!cfg.tie_word_embeddings);
-        assert_eq!(cmp.checked, expected);
+        assert_eq!(checked, expected);
     }
 }
