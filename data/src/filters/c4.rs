@@ -31,7 +31,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::text::{char_len, py_splitlines, py_strip};
+use super::spacy_en::{count_sentences, is_py_space, Splitter};
+use super::text::{py_splitlines, py_strip};
 use super::Fields;
 use crate::DataError;
 
@@ -114,6 +115,7 @@ impl C4 {
         let mut lower = String::new();
         let mut sentences = 0usize;
         let mut first = true;
+        let mut splitter = Splitter::default();
         for raw in py_splitlines(text) {
             let line = py_strip(raw);
             let (n_words, longest) = words_and_longest(line);
@@ -148,7 +150,10 @@ impl C4 {
             if c.filter_policy && is_policy_line(&lower) {
                 continue;
             }
-            sentences += count_sentences(&line);
+            if c.min_num_sentences.is_some() {
+                // datatrove: `len(split_into_sentences(line))`, spaCy's sentencizer.
+                sentences += count_sentences(&mut splitter, &line);
+            }
             if !first {
                 kept.push('\n');
             }
@@ -168,18 +173,9 @@ impl C4 {
 
 /// Python's `len(line.split())` and the length in characters of the longest word.
 fn words_and_longest(line: &str) -> (usize, usize) {
-    if !line.is_ascii() {
-        let mut n = 0;
-        let mut longest = 0;
-        for w in line.split_whitespace() {
-            n += 1;
-            longest = longest.max(char_len(w));
-        }
-        return (n, longest);
-    }
     let (mut n, mut longest, mut cur) = (0usize, 0usize, 0usize);
-    for &b in line.as_bytes() {
-        if matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+    for c in line.chars() {
+        if is_py_space(c) {
             if cur > 0 {
                 n += 1;
                 longest = longest.max(cur);
@@ -235,66 +231,6 @@ fn remove_citations(line: &str) -> Cow<'_, str> {
     }
     out.push_str(rest);
     Cow::Owned(out)
-}
-
-/// Abbreviations after which a period does not end a sentence (lower case, without the dot).
-const ABBREVIATIONS: [&str; 39] = [
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co",
-    "corp", "no", "nos", "vol", "fig", "gen", "gov", "sen", "rep", "dept", "est", "approx", "jan",
-    "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
-];
-
-/// Counts sentences in one line, standing in for NLTK's Punkt `sent_tokenize` that datatrove
-/// uses: a run of `.` `!` `?` (plus closing quotes/brackets) followed by whitespace and a
-/// capital letter, digit or opening quote ends a sentence, unless it is a single `.` after an
-/// abbreviation (`Dr.`, `etc.`, a single letter as in `J. Smith`, or a dotted word as `e.g.`).
-/// A non-empty line has at least one sentence.
-pub(crate) fn count_sentences(line: &str) -> usize {
-    if line.trim().is_empty() {
-        return 0;
-    }
-    let b = line.as_bytes();
-    let mut count = 1;
-    let mut i = 0;
-    while i < b.len() {
-        if !matches!(b[i], b'.' | b'!' | b'?') {
-            i += 1;
-            continue;
-        }
-        let run_start = i;
-        while i < b.len() && matches!(b[i], b'.' | b'!' | b'?') {
-            i += 1;
-        }
-        let single_dot = i - run_start == 1 && b[run_start] == b'.';
-        let closed = line[i..].trim_start_matches(['"', '\'', ')', ']', '”', '’', '»']);
-        let next_start = closed.trim_start();
-        i = line.len() - next_start.len();
-        if next_start.len() == closed.len() || next_start.is_empty() {
-            continue; // no space after it, or the end of the line
-        }
-        let next = next_start.chars().next().unwrap_or(' ');
-        let opens = next.is_uppercase()
-            || next.is_ascii_digit()
-            || matches!(next, '"' | '\'' | '“' | '‘' | '(' | '[' | '«');
-        if opens && !(single_dot && is_abbreviation(&line[..run_start])) {
-            count += 1;
-        }
-    }
-    count
-}
-
-fn is_abbreviation(before: &str) -> bool {
-    let word = before.rsplit(char::is_whitespace).next().unwrap_or("");
-    let word = word.trim_start_matches(['(', '"', '\'', '“', '‘', '[']);
-    let mut chars = word.chars();
-    match (chars.next(), chars.next()) {
-        (None, _) => false,
-        (Some(c), None) => c.is_alphabetic(), // an initial: "J. Smith"
-        _ => {
-            word.contains('.')
-                || (word.len() <= 6 && ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(word)))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -403,21 +339,18 @@ Accept all cookies to continue browsing.";
 
     #[test]
     fn sentence_count() {
-        assert_eq!(count_sentences("One. Two! Three? Four."), 4);
+        // Sentences are counted by spaCy's sentencizer (see `spacy_en::count_sentences`):
+        // abbreviations such as "Dr." and "p.m." are one token and end nothing.
+        assert!(check(
+            "Dr. Smith came. Mr. Jones left at 5 p.m. today. A third one. A fourth one. The fifth."
+        )
+        .is_ok());
         assert_eq!(
-            count_sentences("Dr. Smith met Mr. Jones at 5 p.m. on the bridge."),
-            1
+            check(
+                "Dr. Smith met Mr. Jones at 5 p.m. on the bridge. Two more. Three more. Four more."
+            ),
+            Err("too_few_sentences")
         );
-        assert_eq!(count_sentences("He said \"Stop.\" Then he left."), 2);
-        assert_eq!(
-            count_sentences("Version 2.0 is out. It costs $3.50 today."),
-            2
-        );
-        assert_eq!(
-            count_sentences("J. R. R. Tolkien wrote it, e.g. The Hobbit."),
-            1
-        );
-        assert_eq!(count_sentences(""), 0);
         // Five sentences on one line are enough for a page.
         assert!(check("One is here now. Two is here now. Three is here now. Four is here now. Five is here now.").is_ok());
         assert_eq!(

@@ -4,8 +4,14 @@
 //! (`datatrove/pipeline/filters/fineweb_quality_filter.py`), which built FineWeb with its
 //! defaults (`examples/fineweb.py`).
 //!
-//! Lines are `text.split("\n")`, not stripped (a trailing space means the line does not end in
-//! punctuation; an empty line is a short line), exactly as datatrove counts them.
+//! Lines are `text.split("\n")` without the blank ones (`line.strip() == ""`), not stripped: a
+//! trailing space or `\r` means the line does not end in punctuation, exactly as datatrove 0.10.1
+//! counts them. A document with no non-blank line is dropped as `empty`. Every rule drops the
+//! document when its ratio is strictly beyond the threshold, as in datatrove.
+//!
+//! Line ends that count as punctuation: datatrove's `TERMINAL_PUNCTUATION` (159 characters,
+//! `.` `!` `?` and their counterparts in other scripts) unless `stop_chars` is set. FineWeb itself
+//! was built with an earlier default, `stop_chars: ".'\"!?"`.
 //!
 //! One threshold differs between the paper and the code: the paper's text gives "fraction of
 //! characters in duplicated lines ≥ 0.1", datatrove's default (what FineWeb ran) is 0.01. kiln
@@ -13,35 +19,36 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::spacy_en::{is_py_space, is_terminal_punct};
 use super::text::{char_len, find_duplicates};
 use super::{Fields, TokenCache};
 use crate::DataError;
-
-/// What ends a "punctuated" line (datatrove's `stop_chars`).
-const STOP_CHARS: [char; 5] = ['.', '\'', '"', '!', '?'];
 
 /// Settings of the FineWeb rules. Names and defaults are datatrove's `FineWebQualityFilter`
 /// parameters. `null` turns a rule off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FineWebConfig {
-    /// A fraction of lines ending in `.` `'` `"` `!` `?` at or below this drops the document
+    /// A fraction of non-blank lines ending in a stop character below this drops the document
     /// (`line_punct_ratio`). Paper and code: 0.12.
     pub line_punct_thr: Option<f64>,
     /// Keep documents where *no* line ends in punctuation (ratio exactly 0) instead of dropping
     /// them. Default: false (datatrove).
     pub line_punct_exclude_zero: bool,
-    /// A fraction of short lines at or above this drops the document (`short_line_ratio`).
+    /// A fraction of short non-blank lines above this drops the document (`short_line_ratio`).
     /// Paper and code: 0.67.
     pub short_line_thr: Option<f64>,
     /// A line of at most this many characters is short. Paper and code: 30.
     pub short_line_length: usize,
-    /// Characters in duplicated non-empty lines / characters other than `\n`, at or above this,
-    /// drops the document (`char_dup_ratio`). Code: 0.01 (the paper's text says 0.1).
+    /// Characters in duplicated non-blank lines / characters other than `\n`, above this, drops
+    /// the document (`char_dup_ratio`). Code: 0.01 (the paper's text says 0.1).
     pub char_duplicates_ratio: Option<f64>,
     /// Newlines per word token above this drops the document as list-like (`list_ratio`).
     /// Code: 0.3 (not in the paper).
     pub new_line_ratio: Option<f64>,
+    /// The characters a punctuated line ends with. Default (`null`): datatrove's
+    /// `TERMINAL_PUNCTUATION`; FineWeb's own run used `".'\"!?"`.
+    pub stop_chars: Option<String>,
 }
 
 impl Default for FineWebConfig {
@@ -53,6 +60,7 @@ impl Default for FineWebConfig {
             short_line_length: 30,
             char_duplicates_ratio: Some(0.01),
             new_line_ratio: Some(0.3),
+            stop_chars: None,
         }
     }
 }
@@ -68,44 +76,64 @@ impl FineWeb {
         f.fraction("short_line_thr", cfg.short_line_thr)?;
         f.fraction("char_duplicates_ratio", cfg.char_duplicates_ratio)?;
         f.non_negative("new_line_ratio", cfg.new_line_ratio)?;
+        if cfg.stop_chars.as_deref() == Some("") {
+            return Err(f.err(
+                "stop_chars",
+                "is empty: no line could end in punctuation; use null for the default",
+            ));
+        }
         Ok(FineWeb { cfg: cfg.clone() })
+    }
+
+    fn is_stop_char(&self, c: char) -> bool {
+        match &self.cfg.stop_chars {
+            Some(chars) => chars.contains(c),
+            None => is_terminal_punct(c),
+        }
     }
 
     pub(crate) fn check(&self, text: &str, cache: &mut TokenCache) -> Result<(), &'static str> {
         let c = &self.cfg;
-        if c.line_punct_thr.is_some() || c.short_line_thr.is_some() {
-            let (mut lines, mut punct, mut short) = (0usize, 0usize, 0usize);
-            let max = c.short_line_length;
-            for line in text.split('\n') {
-                lines += 1;
-                punct += usize::from(line.ends_with(STOP_CHARS));
-                // A char is 1 to 4 bytes: decide from the byte length when it is conclusive.
-                let is_short = if line.len() <= max {
-                    true
-                } else if line.len() > 4 * max {
-                    false
-                } else {
-                    char_len(line) <= max
-                };
-                short += usize::from(is_short);
+        // datatrove: `[l for l in text.split("\n") if l.strip() != ""]`.
+        let non_blank = || text.split('\n').filter(|l| !l.chars().all(is_py_space));
+        let (mut lines, mut punct, mut short) = (0usize, 0usize, 0usize);
+        let max = c.short_line_length;
+        for line in non_blank() {
+            lines += 1;
+            punct += usize::from(
+                line.chars()
+                    .next_back()
+                    .is_some_and(|e| self.is_stop_char(e)),
+            );
+            // A char is 1 to 4 bytes: decide from the byte length when it is conclusive.
+            let is_short = if line.len() <= max {
+                true
+            } else if line.len() > 4 * max {
+                false
+            } else {
+                char_len(line) <= max
+            };
+            short += usize::from(is_short);
+        }
+        if lines == 0 {
+            return Err("empty");
+        }
+        let punct_ratio = punct as f64 / lines as f64;
+        if let Some(thr) = c.line_punct_thr {
+            if punct_ratio < thr && !(punct == 0 && c.line_punct_exclude_zero) {
+                return Err("line_punct_ratio");
             }
-            let punct_ratio = punct as f64 / lines as f64;
-            if let Some(thr) = c.line_punct_thr {
-                if punct_ratio <= thr && !(punct == 0 && c.line_punct_exclude_zero) {
-                    return Err("line_punct_ratio");
-                }
-            }
-            if c.short_line_thr
-                .is_some_and(|thr| short as f64 / lines as f64 >= thr)
-            {
-                return Err("short_line_ratio");
-            }
+        }
+        if c.short_line_thr
+            .is_some_and(|thr| short as f64 / lines as f64 > thr)
+        {
+            return Err("short_line_ratio");
         }
         if let Some(thr) = c.char_duplicates_ratio {
             let non_newline = char_len(text) - text.bytes().filter(|&b| b == b'\n').count();
             if non_newline > 0 {
-                let d = find_duplicates(text.split('\n').filter(|l| !l.trim().is_empty()));
-                if d.chars as f64 / non_newline as f64 >= thr {
+                let d = find_duplicates(non_blank());
+                if d.chars as f64 / non_newline as f64 > thr {
                     return Err("char_dup_ratio");
                 }
             }
@@ -162,12 +190,26 @@ mod tests {
             new_line_ratio: None,
             ..Default::default()
         };
-        // 25 lines: 3 punctuated is 0.12 (dropped: the rule is <=), 4 is 0.16 (kept).
+        // 25 lines: 2 punctuated is 0.08 (dropped), 3 is 0.12 (kept: the rule is <).
         assert_eq!(
-            run(&only, &lines(25, 3).join("\n")),
+            run(&only, &lines(25, 2).join("\n")),
             Err("line_punct_ratio")
         );
-        assert_eq!(run(&only, &lines(25, 4).join("\n")), Ok(()));
+        assert_eq!(run(&only, &lines(25, 3).join("\n")), Ok(()));
+        // Blank lines do not count: 3 of 25 non-blank lines still pass with blank lines between.
+        assert_eq!(run(&only, &lines(25, 3).join("\n\n  \n")), Ok(()));
+        // FineWeb's original stop characters: a line ending in a quote counts.
+        let quoted: Vec<String> = lines(25, 0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| if i < 3 { format!("{l}\"") } else { l })
+            .collect();
+        assert_eq!(run(&only, &quoted.join("\n")), Err("line_punct_ratio"));
+        let fineweb_chars = FineWebConfig {
+            stop_chars: Some(".'\"!?".into()),
+            ..only.clone()
+        };
+        assert_eq!(run(&fineweb_chars, &quoted.join("\n")), Ok(()));
         // No punctuated line at all: dropped, unless line_punct_exclude_zero.
         assert_eq!(
             run(&only, &lines(25, 0).join("\n")),
@@ -178,11 +220,16 @@ mod tests {
             ..only.clone()
         };
         assert_eq!(run(&zero_ok, &lines(25, 0).join("\n")), Ok(()));
-        // Trailing whitespace counts against the line, as in datatrove.
+        // Trailing whitespace (or `\r`) counts against the line, as in datatrove.
         assert_eq!(
             run(&only, &lines(25, 4).join(" \n")),
             Err("line_punct_ratio")
         );
+        assert_eq!(
+            run(&only, &lines(25, 4).join("\r\n")),
+            Err("line_punct_ratio")
+        );
+        assert_eq!(check(" \n\n\t"), Err("empty"));
     }
 
     #[test]
@@ -195,7 +242,7 @@ mod tests {
             }
             l.join("\n")
         };
-        // 6 short of 9 lines = 0.667 < 0.67 keeps; 7 of 10 = 0.7 drops.
+        // 6 short of 9 lines = 0.667 <= 0.67 keeps; 7 of 10 = 0.7 drops.
         let only = FineWebConfig {
             char_duplicates_ratio: None,
             new_line_ratio: None,

@@ -12,7 +12,8 @@
 //! at least two of the following English words: the, be, to, of, and, that, have, with."
 //!
 //! Rules run in datatrove's order and the first that fails names the rejection, with
-//! datatrove's reason strings. Word tokens are [`super::text`]'s (datatrove: NLTK).
+//! datatrove's reason strings. Word tokens are [`super::text`]'s: spaCy's English tokenizer, as
+//! datatrove's.
 
 use std::collections::HashSet;
 
@@ -55,7 +56,7 @@ pub struct GopherQualityConfig {
     /// character below this drops the document (`gopher_below_alpha_threshold`). Paper: 80% of
     /// words; datatrove (and so kiln) divides by all tokens, punctuation tokens included.
     pub max_non_alpha_words_ratio: Option<f64>,
-    /// Fewer stop-word tokens than this drops the document (`gopher_enough_stop_words`).
+    /// Fewer distinct stop words than this drops the document (`gopher_enough_stop_words`).
     /// Paper: 2. Matching is case-sensitive, as in datatrove (`The` does not count; `the` does).
     pub min_stop_words: Option<usize>,
     /// The stop words. Default: [`GOPHER_STOP_WORDS`].
@@ -198,18 +199,23 @@ impl GopherQuality {
             }
         }
         if let Some(min) = c.min_stop_words.filter(|&m| m > 0) {
+            // datatrove: `len(stop_words ∩ set(words)) < min`, i.e. distinct stop words.
             let (lo, hi) = self.stop_len;
-            let mut found = 0;
+            let mut found: Vec<&str> = Vec::with_capacity(min);
             for t in tokens {
                 let len = t.end - t.start;
-                if len >= lo && len <= hi && self.stop_words.contains(t.as_str(text)) {
-                    found += 1;
-                    if found >= min {
+                if len < lo || len > hi {
+                    continue;
+                }
+                let w = t.as_str(text);
+                if self.stop_words.contains(w) && !found.contains(&w) {
+                    found.push(w);
+                    if found.len() >= min {
                         break;
                     }
                 }
             }
-            if found < min {
+            if found.len() < min {
                 return Err("gopher_enough_stop_words");
             }
         }
@@ -335,6 +341,9 @@ mod tests {
         assert_eq!(check(&one), Err("gopher_enough_stop_words"));
         let two = format!("{no_stop} the end of it");
         assert_eq!(check(&two), Ok(()));
+        // Distinct stop words count, as in datatrove (a set intersection): "the" twice is one.
+        let repeated = format!("{no_stop} the end the");
+        assert_eq!(check(&repeated), Err("gopher_enough_stop_words"));
         // Case-sensitive, as datatrove: "The" and "OF" do not count.
         let caps = format!("{no_stop} The end OF it");
         assert_eq!(check(&caps), Err("gopher_enough_stop_words"));

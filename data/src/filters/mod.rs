@@ -50,7 +50,9 @@ pub mod gopher_repetition;
 pub mod language;
 pub mod min_length;
 pub mod score;
+mod spacy_en;
 pub mod text;
+mod text_tables;
 pub mod url_blocklist;
 
 #[cfg(test)]

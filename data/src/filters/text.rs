@@ -3,26 +3,19 @@
 //!
 //! # Words
 //!
-//! datatrove tokenizes with NLTK's (Treebank-style) English word tokenizer, which splits
-//! punctuation off words into tokens of their own. kiln does not ship NLTK; [`words`] is a
-//! single pass over the characters with the same shape of output:
-//!
-//! - whitespace (Unicode `White_Space`, plus zero-width spaces and the BOM) separates tokens;
-//! - a *word* is a maximal run of word characters (anything that is neither whitespace nor
-//!   punctuation: letters, digits, marks, symbols such as `€` or emoji), which may contain the
-//!   connectors `'` `’` `-` `‐` `.` `_` between two word characters (`don't`, `well-known`, `3.14`,
-//!   `example.com`) and `,` between two ASCII digits (`1,000`);
-//! - every other punctuation character starts a *symbol token*; a run of the same character is
-//!   one token (`...`, `--`, `!!!`), as NLTK keeps `...` together.
-//!
-//! Differences from NLTK, kept on purpose (speed, no language model): contractions stay one word
-//! (`don't`, NLTK: `do` `n't`), and trailing abbreviation dots are separate tokens (`e.g` `.`).
-//! "Punctuation" is datatrove's `PUNCTUATION_SET` (`datatrove/utils/text.py`) extended with the
-//! rest of Unicode's General Punctuation block, CJK and full-width punctuation and Latin-1
-//! punctuation (`¡ ¿ § ¶ ·`).
+//! datatrove splits English into words with spaCy's rule-based tokenizer (`spacy.blank("en")`)
+//! and strips the whitespace tokens; the Gopher and FineWeb rules count and compare those words.
+//! [`tokenize`] gives the same tokens ([`super::spacy_en`]): `module.function()` is
+//! `module.function` `(` `)`, `--flag` and `v1.2.3` stay whole, URLs stay whole, `/usr/lib` is
+//! `/usr` `/` `lib`, `don't` is `do` `n't`, `e.g.` stays whole. A token is a *symbol* when all of
+//! its characters are in datatrove's `PUNCTUATION_SET`, and *alphabetic* when one of them is a
+//! letter (Python's `str.isalpha`).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+
+use super::spacy_en::{is_datatrove_punct, is_py_alpha, Splitter};
 
 /// One token of a text: a byte range plus what the rules need to know about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,190 +34,52 @@ impl Token {
     pub fn as_str<'a>(&self, text: &'a str) -> &'a str {
         &text[self.start..self.end]
     }
-}
 
-/// Whitespace for tokenizing: Unicode `White_Space` plus zero-width space/joiners, word joiner
-/// and BOM (invisible characters that would otherwise glue two words together).
-#[inline]
-pub(crate) fn is_space(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
-}
-
-/// Punctuation: datatrove's `PUNCTUATION_SET` (all ASCII punctuation, ASCII/C1 control
-/// characters, and `— ” “ „ ’ ´ – … « » ► ━ ∶` plus CJK/full-width marks), extended with the
-/// General Punctuation block and the rest of the CJK and full-width punctuation.
-#[inline]
-pub(crate) fn is_punct(c: char) -> bool {
-    if c.is_ascii() {
-        return c.is_ascii_punctuation() || c.is_ascii_control();
-    }
-    matches!(c,
-        '\u{80}'..='\u{9F}'                      // C1 controls (datatrove: 127..160)
-        | '¡' | '§' | '«' | '¶' | '·' | '»' | '¿' | '´'
-        | '\u{2010}'..='\u{2027}'                // ‐ ‑ ‒ – — ― ‖ ‗ ‘ ’ ‚ ‛ “ ” „ ‟ † ‡ • ‣ ․ ‥ … ‧
-        | '\u{2030}'..='\u{205E}'                // ‰ ′ ″ ‹ › ※ ‼ ⁇ ⁈ ⁉ ...
-        | '∶' | '━' | '►'
-        | '\u{3001}'..='\u{3003}'                // 、 。 〃
-        | '\u{3008}'..='\u{3011}'                // 〈 〉 《 》 「 」 『 』 【 】
-        | '\u{3014}'..='\u{301F}'
-        | '\u{FF01}'..='\u{FF0F}'                // ！ ＂ ＃ ％ ＆ （ ） ， － ． ／ ...
-        | '\u{FF1A}'..='\u{FF20}'                // ： ； ＜ ＝ ＞ ？ ＠
-        | '\u{FF3B}'..='\u{FF40}'
-        | '\u{FF5B}'..='\u{FF65}'                // ｛ ｜ ｝ ～ ...
-    )
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Space,
-    Punct,
-    Word,
-}
-
-#[inline]
-fn classify(c: char) -> Class {
-    if is_space(c) {
-        Class::Space
-    } else if is_punct(c) {
-        Class::Punct
-    } else {
-        Class::Word
+    fn new(text: &str, start: usize, end: usize) -> Self {
+        let word = &text[start..end];
+        if word.is_ascii() {
+            let b = word.as_bytes();
+            return Token {
+                start,
+                end,
+                chars: b.len() as u32,
+                symbol: b.iter().all(|&c| is_datatrove_punct(c as char)),
+                alpha: b.iter().any(|c| c.is_ascii_alphabetic()),
+            };
+        }
+        let (mut chars, mut symbol, mut alpha) = (0u32, true, false);
+        for c in word.chars() {
+            chars += 1;
+            symbol &= is_datatrove_punct(c);
+            alpha |= is_py_alpha(c);
+        }
+        Token {
+            start,
+            end,
+            chars,
+            symbol,
+            alpha,
+        }
     }
 }
 
-/// Classes of the ASCII bytes, so the common case needs no decoding.
-const ASCII_CLASS: [Class; 128] = {
-    let mut t = [Class::Word; 128];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        t[b] = if c.is_ascii_whitespace() || c == 0x0b {
-            Class::Space
-        } else if c.is_ascii_punctuation() || c.is_ascii_control() {
-            Class::Punct
-        } else {
-            Class::Word
-        };
-        b += 1;
-    }
-    t
-};
-
-/// The char at byte `i` of `text`, its UTF-8 length and class.
-#[inline(always)]
-fn char_at(text: &str, i: usize) -> (char, usize, Class) {
-    let b = text.as_bytes()[i];
-    if b < 0x80 {
-        (b as char, 1, ASCII_CLASS[b as usize])
-    } else {
-        let c = text[i..].chars().next().expect("i is a char boundary");
-        (c, c.len_utf8(), classify(c))
-    }
-}
-
-#[inline]
-fn is_alpha(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_alphabetic()
-    } else {
-        c.is_alphabetic()
-    }
-}
-
-/// Whether `c` joins `prev` and `next` (both word characters) into one word.
-#[inline]
-fn joins(prev: char, c: char, next: char) -> bool {
-    match c {
-        '\'' | '’' | '-' | '‐' | '.' | '_' => true,
-        ',' => prev.is_ascii_digit() && next.is_ascii_digit(),
-        _ => false,
-    }
+thread_local! {
+    static SPLITTER: RefCell<Splitter> = RefCell::new(Splitter::default());
 }
 
 /// Calls `f` for every token of `text`, in order (see the module docs for the rules).
 pub(crate) fn tokenize(text: &str, mut f: impl FnMut(Token)) {
-    let len = text.len();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < len {
-        if bytes[i] == b' ' {
-            i += 1;
-            continue;
-        }
-        let (c, w, class) = char_at(text, i);
-        let start = i;
-        i += w;
-        match class {
-            Class::Space => {}
-            Class::Punct => {
-                let mut chars = 1u32;
-                if w == 1 {
-                    while i < len && bytes[i] == c as u8 {
-                        i += 1;
-                        chars += 1;
-                    }
-                } else {
-                    while text[i..].starts_with(c) {
-                        i += w;
-                        chars += 1;
-                    }
-                }
-                f(Token {
-                    start,
-                    end: i,
-                    chars,
-                    symbol: true,
-                    alpha: false,
-                });
-            }
-            Class::Word => {
-                let mut chars = 1u32;
-                let mut alpha = is_alpha(c);
-                let mut prev = c;
-                while i < len {
-                    // Fast path: ASCII letters and digits.
-                    let b = bytes[i];
-                    if b.is_ascii_alphanumeric() {
-                        alpha |= b.is_ascii_alphabetic();
-                        i += 1;
-                        chars += 1;
-                        prev = b as char;
-                        continue;
-                    }
-                    let (d, dw, dclass) = char_at(text, i);
-                    match dclass {
-                        Class::Word => {
-                            alpha |= is_alpha(d);
-                        }
-                        Class::Punct if i + dw < len => {
-                            let (next, _, nclass) = char_at(text, i + dw);
-                            if nclass != Class::Word || !joins(prev, d, next) {
-                                break;
-                            }
-                        }
-                        _ => break,
-                    }
-                    i += dw;
-                    chars += 1;
-                    prev = d;
-                }
-                f(Token {
-                    start,
-                    end: i,
-                    chars,
-                    symbol: false,
-                    alpha,
-                });
-            }
-        }
-    }
+    SPLITTER.with(|s| {
+        s.borrow_mut()
+            .split(text, |start, end| f(Token::new(text, start, end)))
+    });
 }
 
 /// The word tokens of `text`, punctuation tokens included (the rules in the module docs).
 ///
 /// ```
 /// use kiln_data::filters::text::words;
-/// assert_eq!(words("It's 3.5% (approx.)"), ["It's", "3.5", "%", "(", "approx", ".", ")"]);
+/// assert_eq!(words("It's 3.5% (approx.)"), ["It", "'s", "3.5", "%", "(", "approx", ".", ")"]);
 /// ```
 pub fn words(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -235,6 +90,12 @@ pub fn words(text: &str) -> Vec<&str> {
 /// The number of [`words`] of `text`, without collecting them.
 pub fn count_words(text: &str) -> usize {
     count_tokens(text)
+}
+
+/// The number of sentences of `text` as datatrove counts them for English
+/// (`len(split_into_sentences(text))`: spaCy's sentencizer; 1 for a text without words).
+pub fn sentences(text: &str) -> usize {
+    SPLITTER.with(|s| super::spacy_en::count_sentences(&mut s.borrow_mut(), text))
 }
 
 /// All tokens of `text`.
@@ -475,38 +336,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokenizer_splits_punctuation_and_keeps_connected_words() {
+    fn tokenizer_splits_as_spacy_does() {
+        // Expected: spaCy 3.8's `spacy.blank("en")`, whitespace tokens removed (datatrove's
+        // `split_into_words`).
         assert_eq!(
             words("Hello, world... It's a well-known fact: 1,000 people paid $3.50 (e.g. me)!"),
             vec![
-                "Hello",
-                ",",
-                "world",
-                "...",
-                "It's",
-                "a",
-                "well-known",
-                "fact",
-                ":",
-                "1,000",
-                "people",
-                "paid",
-                "$",
-                "3.50",
-                "(",
-                "e.g",
-                ".",
-                "me",
-                ")",
-                "!"
+                "Hello", ",", "world", "...", "It", "'s", "a", "well", "-", "known", "fact", ":",
+                "1,000", "people", "paid", "$", "3.50", "(", "e.g.", "me", ")", "!"
             ]
         );
         assert_eq!(
             words("«Ça va?» — oui"),
             vec!["«", "Ça", "va", "?", "»", "—", "oui"]
         );
-        assert_eq!(words("students' end-"), vec!["students", "'", "end", "-"]);
-        assert_eq!(words("a\u{200B}b  \n\t c"), vec!["a", "b", "c"]);
+        assert_eq!(words("students' end-"), vec!["students", "'", "end-"]);
+        // A zero-width space is not whitespace to Python.
+        assert_eq!(words("a\u{200B}b  \n\t c"), vec!["a\u{200B}b", "c"]);
         let t = tokens("Ünïcödé ... 2024");
         assert_eq!(t[0].chars, 7);
         assert!(t[0].alpha && !t[0].symbol);
