@@ -28,7 +28,7 @@
 //! are counted by datatrove's `find_all_duplicate` walk: at each position, an n-gram seen before
 //! adds its characters (words only, no spaces) and the walk jumps `n` words; otherwise it is
 //! remembered and the walk moves one word. Words are [`super::text`]'s tokens
-//! (datatrove: NLTK), punctuation tokens included. N-grams are compared by 64-bit hashes
+//! (spaCy's English tokenizer, as datatrove), punctuation tokens included. N-grams are compared by 64-bit hashes
 //! (no allocation per n-gram).
 
 use serde::{Deserialize, Serialize};

@@ -36,9 +36,10 @@
 //! `too_few_sentences`, `line_punct_ratio`, `short_line_ratio`, `char_dup_ratio`,
 //! `list_ratio`, `domain`, ...).
 //!
-//! Words: datatrove splits words with NLTK; kiln uses one fast Unicode-aware pass that splits
-//! off punctuation the same way (see [`text`]'s docs for the rules and the differences), and
-//! tokenizes a document once for all the rule sets that need words (again only after C4 edits it).
+//! Words: datatrove splits English words with spaCy's rule-based tokenizer, and kiln reimplements
+//! it (see [`text`]); `tests/filter_agreement.rs` checks words and verdicts against datatrove on
+//! real text. A document is tokenized once for all the rule sets that need words (again only
+//! after C4 edits it).
 //!
 //! Everything here is pure and deterministic; a [`FilterChain`] is `Send + Sync` and is shared
 //! by reference across rayon workers.
