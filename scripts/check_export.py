@@ -10,7 +10,12 @@ Usage (from the repository root):
 Checks, in order:
 
 1. ``AutoModelForCausalLM.from_pretrained(DIR, dtype=float32, attn_implementation="eager")``
-   loads with no missing, unexpected or shape-mismatched tensors.
+   loads with no missing, unexpected or shape-mismatched tensors, and loading changes nothing:
+   every tensor of the loaded model's ``state_dict()`` equals the file's tensor of that name bit
+   for bit (f32 bit patterns; a bf16 file is compared after its exact widening to f32), and a
+   state-dict entry absent from the file is only allowed for a tied head, which must equal the
+   embedding bit for bit. This catches load-time init rules that rewrite trained weights (e.g.
+   ``rescale_prenorm_residual`` on Mamba), which the logits of a model still near its init miss.
 2. ``GenerationConfig.from_pretrained(DIR)`` loads (``generation_config.json`` must exist).
 3. ``PreTrainedTokenizerFast(tokenizer_file=DIR/tokenizer.json)`` loads, and its vocabulary
    fits in the model's ``vocab_size``.
@@ -66,6 +71,45 @@ def load_model(export_dir):
     return model, problems
 
 
+def bits(t):
+    """The f32 bit patterns of a tensor (bf16/f16 widened exactly first)."""
+    return t.detach().to(torch.float32).contiguous().view(torch.int32)
+
+
+def compare_state_dict(model, export_dir):
+    """Loaded state dict vs the safetensors file(s), bit for bit. Returns (report, errors)."""
+    files = sorted(f for f in os.listdir(export_dir) if f.startswith("model") and f.endswith(".safetensors"))
+    stored = {}
+    for f in files:
+        stored.update(safetensors.torch.load_file(os.path.join(export_dir, f)))
+    state = model.state_dict()
+    errors, changed = [], []
+    for name, t in stored.items():
+        if name not in state:
+            errors.append(f"{name}: in the file, not in the loaded model")
+            continue
+        loaded = state[name]
+        if list(loaded.shape) != list(t.shape):
+            errors.append(f"{name}: shape {list(loaded.shape)} loaded, {list(t.shape)} in the file")
+        elif not torch.equal(bits(loaded), bits(t)):
+            diff = (loaded.float() - t.float()).abs().max().item()
+            changed.append((name, diff))
+    for name, diff in changed[:10]:
+        errors.append(f"{name}: changed on load (max |loaded - file| = {diff:.3e})")
+    if len(changed) > 10:
+        errors.append(f"... {len(changed) - 10} more tensors changed on load")
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    embed = model.get_input_embeddings().weight
+    not_in_file = [n for n in state if n not in stored]
+    for name in not_in_file:
+        if tied and state[name].data_ptr() == embed.data_ptr() and torch.equal(bits(state[name]), bits(embed)):
+            continue
+        errors.append(f"{name}: not in the file, so initialized at load")
+    report = {"tensors_compared": len(stored), "tensors_changed_on_load": len(changed),
+              "state_dict_entries": len(state), "tied_entries": len(not_in_file)}
+    return report, errors
+
+
 def eval_loss(model, ids, seq_len):
     """kiln `train eval` loss over a flat list of token ids. Returns (loss, n_predicted, n_windows)."""
     total, count, windows = 0.0, 0, 0
@@ -100,6 +144,11 @@ def check(args):
         summary["n_params"] = sum(p.numel() for p in model.parameters())
         if problems:
             errors.append(f"weight loading problems: {problems}")
+        report, state_errors = compare_state_dict(model, args.export)
+        summary.update(report)
+        errors.extend(state_errors)
+        print(f"state dict: {report['tensors_compared']} file tensors, "
+              f"{report['tensors_changed_on_load']} changed on load, {report['tied_entries']} tied entries")
     except Exception as e:
         traceback.print_exc()
         errors.append(f"model load failed: {e!r}")
@@ -186,7 +235,9 @@ def check(args):
             with open(args.text, encoding="utf-8") as f:
                 text = f.read()
             ids = tok(text, add_special_tokens=False)["input_ids"]
-            seq_len = args.seq_len or cfg.max_position_embeddings
+            seq_len = args.seq_len or getattr(cfg, "max_position_embeddings", None)
+            if not seq_len:
+                raise ValueError("the config has no max_position_embeddings: pass --seq-len")
             hf_loss, n_pred, n_win = eval_loss(model, ids, seq_len)
             rel = abs(hf_loss - kiln_loss) / max(abs(hf_loss), 1e-12)
             summary.update({"text_tokens": len(ids), "seq_len": seq_len, "eval_windows": n_win,
@@ -258,28 +309,43 @@ def self_test(hf_dir):
                 cnt += w.shape[1] - 1
         return tot / cnt
 
-    ref_loss_default = ref_loss(model.config.max_position_embeddings)
+    default_len = getattr(model.config, "max_position_embeddings", None)
+    ref_loss_default = ref_loss(default_len or 64)
     ref_loss_80 = ref_loss(80)
 
     # export with a tensor missing
     broken = os.path.join(tmp, "export_missing")
     shutil.copytree(exp, broken)
     st = safetensors.torch.load_file(os.path.join(broken, "model.safetensors"))
-    del st["model.norm.weight"]
+    final_norm = next(n for n in st if n.endswith(("model.norm.weight", "norm_f.weight", "final_layernorm.weight")))
+    del st[final_norm]
     safetensors.torch.save_file(st, os.path.join(broken, "model.safetensors"), metadata={"format": "pt"})
+
+    # an export whose loading rewrites weights: a Mamba config asking for transformers'
+    # load-time out_proj rescale
+    rescaled = None
+    if model.config.model_type in ("mamba", "mamba2"):
+        rescaled = os.path.join(tmp, "export_rescaled")
+        shutil.copytree(exp, rescaled)
+        cfg_path = os.path.join(rescaled, "config.json")
+        cfg = json.load(open(cfg_path))
+        cfg["rescale_prenorm_residual"] = True
+        json.dump(cfg, open(cfg_path, "w"))
 
     me = [sys.executable, os.path.abspath(__file__), "--export", exp]
     runs = {
-        "good": (me + ["--kiln-logits", good, "--text", text_file,
+        "good": (me + ["--kiln-logits", good, "--text", text_file, "--seq-len", str(default_len or 64),
                        "--kiln-eval-json", json.dumps({"loss": ref_loss_default})], 0),
         "good_seq80": (me + ["--kiln-logits", good, "--text", text_file, "--seq-len", "80",
                              "--kiln-eval-json", json.dumps({"loss": ref_loss_80})], 0),
         "bad_logits": (me + ["--kiln-logits", bad], 1),
-        "bad_loss": (me + ["--kiln-logits", good, "--text", text_file,
+        "bad_loss": (me + ["--kiln-logits", good, "--text", text_file, "--seq-len", str(default_len or 64),
                            "--kiln-eval-json", json.dumps({"loss": ref_loss_default * (1 + 3e-4)})], 1),
         "missing_tensor": ([sys.executable, os.path.abspath(__file__), "--export", broken,
                             "--kiln-logits", good], 1),
     }
+    if rescaled:
+        runs["changed_on_load"] = ([sys.executable, os.path.abspath(__file__), "--export", rescaled], 1)
     ok = True
     for name, (cmd, want) in runs.items():
         r = subprocess.run(cmd, capture_output=True, text=True)

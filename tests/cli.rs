@@ -647,6 +647,49 @@ fn data_command_prepares_without_training() {
 }
 
 #[test]
+fn data_command_needs_no_optimizer_schedule_or_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let data_only: String = text
+        .lines()
+        .filter(|l| {
+            !["  optimizer:", "  schedule:", "  max_steps:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(data_only, text);
+    std::fs::write(&recipe, data_only).unwrap();
+    let out = ok(train(&["data", "--recipe", recipe.to_str().unwrap()]));
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(v["train_tokens"].as_u64().unwrap() > 30_000);
+    // Training names what it misses.
+    let run = dir.path().join("run");
+    let args = [
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    fails_with(train(&args), &["train.optimizer", "missing"]);
+    let with_optimizer = [
+        &args[..],
+        &["--set", "train.optimizer={type: adamw, lr: 0.01}"],
+    ]
+    .concat();
+    fails_with(train(&with_optimizer), &["train.schedule", "missing"]);
+    let with_schedule = [
+        &with_optimizer[..],
+        &["--set", "train.schedule={type: constant}"],
+    ]
+    .concat();
+    fails_with(train(&with_schedule), &["train.max_steps"]);
+    assert!(!run.join("ckpt").exists());
+}
+
+#[test]
 fn bench_command_times_the_step_and_writes_the_hf_config() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "");
@@ -925,9 +968,11 @@ fn tiny_recipe_with_model(dir: &Path, model_block: &str) -> PathBuf {
     recipe
 }
 
+// The state-space models use the shipped recipes' out_proj init (`scaled_residual_init`), which
+// transformers must not re-apply at load.
 const TINY_MAMBA: &str =
-    "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n";
-const TINY_MAMBA2: &str = "  arch: mamba2\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  head_dim: 24\n  chunk_size: 8\n";
+    "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n  scaled_residual_init: true\n";
+const TINY_MAMBA2: &str = "  arch: mamba2\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  head_dim: 24\n  chunk_size: 8\n  scaled_residual_init: true\n";
 const TINY_HYBRID: &str = "  arch: hybrid\n  d_model: 48\n  n_layers: 4\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n  state_size: 8\n  dt_rank: 4\n  attn_every: 2\n  attn_offset: 1\n";
 
 /// A tiny model of another architecture through the whole user path: training (loss falls),
@@ -959,6 +1004,9 @@ fn arch_end_to_end(model_block: &str, hf_class: &str, model_type: &str, tensor: 
             .unwrap();
     assert_eq!(cfg["model_type"], model_type);
     assert_eq!(cfg["architectures"][0], hf_class);
+    // transformers re-runs this init rule on loaded weights (it divides every out_proj.weight
+    // by sqrt(num_hidden_layers)): an export must never ask for it.
+    assert_ne!(cfg["rescale_prenorm_residual"], true, "{model_type}");
     let tensors = kiln_arch::read_safetensors(export.join("model.safetensors")).unwrap();
     assert_eq!(tensors[tensor.0].shape, tensor.1.to_vec(), "{}", tensor.0);
 

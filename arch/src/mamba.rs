@@ -299,7 +299,7 @@ impl MambaConfig {
 
     /// HF `config.json` for `MambaForCausalLM`.
     pub fn to_hf_config(&self, bos_token_id: u32, eos_token_id: u32, torch_dtype: &str) -> Value {
-        json!({
+        let mut cfg = json!({
             "architectures": ["MambaForCausalLM"],
             "model_type": "mamba",
             "vocab_size": self.vocab_size,
@@ -321,7 +321,6 @@ impl MambaConfig {
             "time_step_max": self.time_step_max,
             "time_step_init_scheme": "random",
             "time_step_floor": self.time_step_floor,
-            "rescale_prenorm_residual": self.rescale_prenorm_residual,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": true,
             "use_mambapy": false,
@@ -330,7 +329,13 @@ impl MambaConfig {
             // `dtype` for transformers 5, `torch_dtype` for 4.x.
             "dtype": torch_dtype,
             "torch_dtype": torch_dtype,
-        })
+        });
+        for (key, value) in
+            crate::ssm::rescale_prenorm_residual_export(self.rescale_prenorm_residual)
+        {
+            cfg[key] = json!(value);
+        }
+        cfg
     }
 
     /// Reads an HF Mamba `config.json` (kiln's own or a real one).
@@ -383,7 +388,7 @@ impl MambaConfig {
             time_step_scale: f64_key("time_step_scale", 1.0)?,
             tie_word_embeddings: bool_key("tie_word_embeddings", true)?,
             initializer_range: f64_key("initializer_range", 0.1)?,
-            rescale_prenorm_residual: bool_key("rescale_prenorm_residual", false)?,
+            rescale_prenorm_residual: keys.rescale_prenorm_residual()?,
         };
         config.validate()?;
         Ok(config)

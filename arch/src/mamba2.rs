@@ -310,7 +310,7 @@ impl Mamba2Config {
                 json!({"__float__": "-Infinity"})
             }
         };
-        json!({
+        let mut cfg = json!({
             "architectures": ["Mamba2ForCausalLM"],
             "model_type": "mamba2",
             "vocab_size": self.vocab_size,
@@ -334,14 +334,19 @@ impl Mamba2Config {
             "time_step_max": self.time_step_max,
             "time_step_floor": self.time_step_floor,
             "time_step_limit": [number(limit.0), number(limit.1)],
-            "rescale_prenorm_residual": self.rescale_prenorm_residual,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": true,
             "bos_token_id": bos_token_id,
             "eos_token_id": eos_token_id,
             "dtype": torch_dtype,
             "torch_dtype": torch_dtype,
-        })
+        });
+        for (key, value) in
+            crate::ssm::rescale_prenorm_residual_export(self.rescale_prenorm_residual)
+        {
+            cfg[key] = json!(value);
+        }
+        cfg
     }
 
     /// Reads an HF Mamba-2 `config.json`. `vocab_size`, `hidden_size`, `num_hidden_layers`,
@@ -417,7 +422,7 @@ impl Mamba2Config {
             time_step_limit,
             tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
             initializer_range: f64_key("initializer_range", default_initializer_range())?,
-            rescale_prenorm_residual: bool_key("rescale_prenorm_residual", false)?,
+            rescale_prenorm_residual: keys.rescale_prenorm_residual()?,
         };
         config.validate()?;
         Ok(config)

@@ -263,6 +263,22 @@ pub(crate) fn load_conv<B: Backend>(
     }
 }
 
+/// Where kiln keeps its `rescale_prenorm_residual` init choice in an exported `config.json`.
+pub(crate) const KILN_RESCALE_PRENORM_RESIDUAL: &str = "kiln_rescale_prenorm_residual";
+
+/// How Mamba and Mamba-2 exports write `rescale_prenorm_residual`. transformers'
+/// `Mamba(2)PreTrainedModel._init_weights` runs on every `from_pretrained`, and its
+/// `out_proj.weight /= sqrt(num_hidden_layers)` under this flag is not skipped for loaded
+/// weights (the other init rules are): with the flag true, loading changes every trained
+/// `out_proj.weight`. The flag only matters for a fresh init, so exports write it `false` and keep
+/// kiln's value under [`KILN_RESCALE_PRENORM_RESIDUAL`], which transformers ignores.
+pub(crate) fn rescale_prenorm_residual_export(rescale: bool) -> [(&'static str, bool); 2] {
+    [
+        ("rescale_prenorm_residual", false),
+        (KILN_RESCALE_PRENORM_RESIDUAL, rescale),
+    ]
+}
+
 /// Typed reads of an HF `config.json` (absent and `null` keys alike count as missing).
 pub(crate) struct HfKeys<'a>(pub(crate) &'a Value);
 
@@ -319,6 +335,15 @@ impl<'a> HfKeys<'a> {
         self.get(key).map_or(Ok(default), |v| {
             v.as_bool().ok_or_else(|| Self::invalid(key, what, v))
         })
+    }
+
+    /// kiln's out_proj init choice: `kiln_rescale_prenorm_residual` when present (kiln's own
+    /// exports, see [`rescale_prenorm_residual_export`]), else HF's `rescale_prenorm_residual`.
+    pub(crate) fn rescale_prenorm_residual(&self) -> Result<bool, ArchError> {
+        match self.get(KILN_RESCALE_PRENORM_RESIDUAL) {
+            Some(_) => self.bool_or(KILN_RESCALE_PRENORM_RESIDUAL, false, "true or false"),
+            None => self.bool_or("rescale_prenorm_residual", false, "true or false"),
+        }
     }
 
     /// Unsupported unless `model_type` is the string `expected`; missing when absent.

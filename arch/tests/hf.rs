@@ -471,3 +471,49 @@ fn loaded_parameters_keep_ids_and_stay_trainable() {
     // Not bit-equal: under Autodiff burn takes the unfused attention fallback.
     assert!(max_abs_diff(&to_vec(inner.forward(x)), &from_ad) < 1e-4);
 }
+
+/// Keys of `config.json` whose init rule transformers (5.25) applies to weights that
+/// `from_pretrained` has just loaded, so that a `true` changes a trained model on load:
+/// `MambaPreTrainedModel` / `Mamba2PreTrainedModel._init_weights` divide `out_proj.weight` by
+/// `sqrt(num_hidden_layers)` under `rescale_prenorm_residual` without checking whether the
+/// weight came from the file. (Llama's and Jamba's `_init_weights` only touch weights that were
+/// not loaded.) `scripts/check_export.py` checks the loaded state dict against the file.
+const LOAD_TIME_INIT_FLAGS: [&str; 1] = ["rescale_prenorm_residual"];
+
+#[test]
+fn exported_configs_carry_no_init_flag_transformers_acts_on_at_load() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    for dir in ["llama-tiny-tied", "mamba-tiny", "mamba2-tiny", "jamba-tiny"] {
+        let text = std::fs::read_to_string(fixtures.join(dir).join("config.json")).unwrap();
+        let mut cfg = ModelConfig::from_hf_config(&serde_json::from_str(&text).unwrap()).unwrap();
+        // Every init option kiln has, on.
+        match &mut cfg {
+            ModelConfig::Llama(c) => c.scaled_residual_init = true,
+            ModelConfig::Mamba(c) => c.rescale_prenorm_residual = true,
+            ModelConfig::Mamba2(c) => c.rescale_prenorm_residual = true,
+            ModelConfig::Hybrid(_) => {}
+        }
+        let exported = cfg.to_hf_config(0, 0, "float32");
+        for flag in LOAD_TIME_INIT_FLAGS {
+            assert!(
+                exported.get(flag).is_none_or(|v| v == &json!(false)),
+                "{dir}: config.json has {flag} = {}",
+                exported[flag]
+            );
+        }
+        // kiln's own choice survives the round trip (under a key transformers ignores).
+        assert_eq!(
+            ModelConfig::from_hf_config(&exported).unwrap(),
+            cfg,
+            "{dir}"
+        );
+    }
+    // A real HF config asking for the rule keeps meaning it for a fresh kiln init.
+    let text = std::fs::read_to_string(fixtures.join("mamba-tiny/config.json")).unwrap();
+    let mut hf: serde_json::Value = serde_json::from_str(&text).unwrap();
+    hf["rescale_prenorm_residual"] = json!(true);
+    let ModelConfig::Mamba(c) = ModelConfig::from_hf_config(&hf).unwrap() else {
+        panic!("mamba-tiny is a Mamba config")
+    };
+    assert!(c.rescale_prenorm_residual);
+}
