@@ -60,7 +60,7 @@ fn smollm_recipe_has_the_published_setup() {
         eps,
         weight_decay,
         ..
-    } = r.train.optimizer;
+    } = *r.optimizer().unwrap();
     assert_eq!(
         (lr, betas, eps, weight_decay),
         (3e-3, [0.9, 0.95], 1e-8, 0.01)

@@ -71,6 +71,7 @@ pub fn run<B: Backend>(
     opts: BenchOptions,
     device: B::Device,
 ) -> Result<BenchReport> {
+    recipe.check_trainable()?;
     let config = recipe.model_config(recipe_vocab(&recipe)?)?;
     if let Some(path) = &opts.hf_config_out {
         let json = serde_json::to_string_pretty(&config.to_hf_config(0, 0, "float32"))?;
@@ -78,7 +79,7 @@ pub fn run<B: Backend>(
     }
     let t = &recipe.train;
     let shape = StepShape::from_section(t);
-    let (adamw, lr) = AdamWConfig::from_section(&t.optimizer);
+    let (adamw, lr) = AdamWConfig::from_section(recipe.optimizer()?);
     <Autodiff<B> as Backend>::seed(&device, t.seed);
     let (param_dtype, compute_dtype) = t.precision.dtypes();
     let mut model = config

@@ -238,8 +238,12 @@ pub struct TrainSection {
     #[serde(default = "default_one")]
     pub grad_accum_steps: usize,
     pub seq_len: usize,
-    pub optimizer: OptimizerSection,
-    pub schedule: ScheduleSection,
+    /// Required to train (see [`Recipe::check_trainable`]); data preparation does without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerSection>,
+    /// Required to train, like `optimizer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSection>,
     /// Global-norm gradient clipping (PyTorch `clip_grad_norm_`); `null` disables it.
     #[serde(default = "default_grad_clip")]
     pub grad_clip: Option<f64>,
@@ -532,12 +536,6 @@ impl Recipe {
             }
         }
         self.validate_model()?;
-        if t.max_steps.is_none() && t.max_tokens.is_none() {
-            return Err(invalid(
-                "train.max_steps",
-                "set train.max_steps or train.max_tokens",
-            ));
-        }
         if t.log_every_steps == 0 {
             return Err(invalid("train.log_every_steps", "must be at least 1"));
         }
@@ -560,40 +558,42 @@ impl Recipe {
                 ));
             }
         }
-        let OptimizerSection::Adamw {
+        if let Some(OptimizerSection::Adamw {
             lr,
             betas,
             eps,
             weight_decay,
             ..
-        } = &t.optimizer;
-        if !(*lr > 0.0 && lr.is_finite()) {
-            return Err(invalid("train.optimizer.lr", "must be a positive number"));
-        }
-        if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return Err(invalid(
-                "train.optimizer.betas",
-                "each beta must be in [0, 1)",
-            ));
-        }
-        if *eps <= 0.0 {
-            return Err(invalid("train.optimizer.eps", "must be positive"));
-        }
-        if *weight_decay < 0.0 {
-            return Err(invalid("train.optimizer.weight_decay", "must be >= 0"));
+        }) = &t.optimizer
+        {
+            if !(*lr > 0.0 && lr.is_finite()) {
+                return Err(invalid("train.optimizer.lr", "must be a positive number"));
+            }
+            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                return Err(invalid(
+                    "train.optimizer.betas",
+                    "each beta must be in [0, 1)",
+                ));
+            }
+            if *eps <= 0.0 {
+                return Err(invalid("train.optimizer.eps", "must be positive"));
+            }
+            if *weight_decay < 0.0 {
+                return Err(invalid("train.optimizer.weight_decay", "must be >= 0"));
+            }
         }
         match &t.schedule {
-            ScheduleSection::Cosine { min_lr_ratio, .. }
-            | ScheduleSection::Wsd { min_lr_ratio, .. }
+            Some(ScheduleSection::Cosine { min_lr_ratio, .. })
+            | Some(ScheduleSection::Wsd { min_lr_ratio, .. })
                 if !(0.0..=1.0).contains(min_lr_ratio) =>
             {
                 return Err(invalid("train.schedule.min_lr_ratio", "must be in [0, 1]"));
             }
-            ScheduleSection::Wsd {
+            Some(ScheduleSection::Wsd {
                 decay_steps,
                 decay_fraction,
                 ..
-            } => match (decay_steps, decay_fraction) {
+            }) => match (decay_steps, decay_fraction) {
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(invalid(
                         "train.schedule.decay_steps",
@@ -636,6 +636,41 @@ impl Recipe {
 
     /// The architecture-specific keys of `model` (and the training options an architecture
     /// does not support yet).
+    /// What training needs beyond [`Recipe::validate`] (data preparation does not): an optimizer,
+    /// a schedule and a length (`max_steps` or `max_tokens`).
+    pub fn check_trainable(&self) -> Result<(), RecipeError> {
+        let t = &self.train;
+        self.optimizer()?;
+        self.schedule()?;
+        if t.max_steps.is_none() && t.max_tokens.is_none() {
+            return Err(invalid(
+                "train.max_steps",
+                "set train.max_steps or train.max_tokens",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `train.optimizer`, or the error that training needs one.
+    pub fn optimizer(&self) -> Result<&OptimizerSection, RecipeError> {
+        self.train.optimizer.as_ref().ok_or_else(|| {
+            invalid(
+                "train.optimizer",
+                "is missing: training needs one, e.g. {type: adamw, lr: 3.0e-4}",
+            )
+        })
+    }
+
+    /// `train.schedule`, or the error that training needs one.
+    pub fn schedule(&self) -> Result<&ScheduleSection, RecipeError> {
+        self.train.schedule.as_ref().ok_or_else(|| {
+            invalid(
+                "train.schedule",
+                "is missing: training needs one, e.g. {type: cosine, warmup_steps: 100}",
+            )
+        })
+    }
+
     fn validate_model(&self) -> Result<(), RecipeError> {
         let m = &self.model;
         let t = &self.train;
@@ -773,7 +808,9 @@ impl Recipe {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
             (None, Some(b)) => b,
-            (None, None) => unreachable!("validate() requires one of them"),
+            // Only a recipe that passed `check_trainable` is trained; one without a length
+            // (data preparation only) has no steps.
+            (None, None) => 0,
         }
     }
 
@@ -990,7 +1027,7 @@ train:
         assert_eq!(r.train.max_steps, Some(20));
         assert_eq!(r.model.n_layers, 4);
         assert_eq!(r.eval.every_steps, 5);
-        let OptimizerSection::Adamw { lr, betas, .. } = r.train.optimizer;
+        let OptimizerSection::Adamw { lr, betas, .. } = r.train.optimizer.clone().unwrap();
         assert_eq!(lr, 3e-4);
         assert_eq!(betas, [0.8, 0.99]);
     }
@@ -1036,7 +1073,6 @@ train:
     fn cross_field_checks_name_the_key() {
         assert!(err(TINY, &["train.seq_len=128"]).contains("train.seq_len"));
         assert!(err(TINY, &["model.n_kv_heads=3"]).contains("model.n_kv_heads"));
-        assert!(err(TINY, &["train.max_steps=null"]).contains("train.max_steps"));
         assert!(err(TINY, &["model.vocab_size=100"]).contains("model.vocab_size"));
         assert!(err(TINY, &["train.optimizer.lr=-1"]).contains("train.optimizer.lr"));
         assert!(err(TINY, &["train.micro_batch_size=0"]).contains("train.micro_batch_size"));
@@ -1044,6 +1080,25 @@ train:
         assert!(
             err(TINY, &["tokenizer.special_tokens=[\"<s>\"]"]).contains("tokenizer.special_tokens")
         );
+    }
+
+    /// Data preparation needs no optimizer, schedule or length; training names what it misses.
+    #[test]
+    fn training_sections_are_checked_only_for_training() {
+        let trainable = |overrides: &[&str]| {
+            let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+            Recipe::from_yaml(TINY, "r.yaml", &o)
+                .expect("loads without the training sections")
+                .check_trainable()
+                .map_err(|e| e.to_string())
+        };
+        assert!(trainable(&[]).is_ok());
+        let e = trainable(&["train.max_steps=null"]).unwrap_err();
+        assert!(e.contains("train.max_steps"), "{e}");
+        let e = trainable(&["train.optimizer=null"]).unwrap_err();
+        assert!(e.contains("train.optimizer") && e.contains("missing"), "{e}");
+        let e = trainable(&["train.schedule=null"]).unwrap_err();
+        assert!(e.contains("train.schedule") && e.contains("missing"), "{e}");
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub fn run<B: Backend>(
     device: B::Device,
 ) -> Result<RunSummary> {
     type AB<B> = Autodiff<B>;
+    recipe.check_trainable()?;
     let dist = Dist::from_env()?;
     if dist.world_size > 1 {
         bail!(
@@ -205,10 +206,10 @@ pub fn run<B: Backend>(
     ));
 
     // ---- optimizer, schedule, loader ----------------------------------------------------------
-    let (adamw, lr) = AdamWConfig::from_section(&recipe.train.optimizer);
+    let (adamw, lr) = AdamWConfig::from_section(recipe.optimizer()?);
     let mut optimizer = AdamW::<B>::new(adamw);
     let total_steps = recipe.total_steps(dist.world_size);
-    let schedule = Schedule::new(recipe.train.schedule.clone(), lr, total_steps);
+    let schedule = Schedule::new(recipe.schedule()?.clone(), lr, total_steps);
     let t = &recipe.train;
     // Stages switch at optimizer steps; the loader counts micro-batches.
     let stages = recipe
