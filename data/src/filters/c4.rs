@@ -31,8 +31,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::spacy_en::{count_sentences, is_py_space, Splitter};
-use super::text::{py_splitlines, py_strip};
+use super::spacy_en::{count_sentences, is_py_space};
+use super::text::{py_splitlines, py_strip, with_splitter};
 use super::Fields;
 use crate::DataError;
 
@@ -115,7 +115,6 @@ impl C4 {
         let mut lower = String::new();
         let mut sentences = 0usize;
         let mut first = true;
-        let mut splitter = Splitter::default();
         for raw in py_splitlines(text) {
             let line = py_strip(raw);
             let (n_words, longest) = words_and_longest(line);
@@ -150,9 +149,10 @@ impl C4 {
             if c.filter_policy && is_policy_line(&lower) {
                 continue;
             }
-            if c.min_num_sentences.is_some() {
-                // datatrove: `len(split_into_sentences(line))`, spaCy's sentencizer.
-                sentences += count_sentences(&mut splitter, &line);
+            if c.min_num_sentences.is_some_and(|m| sentences < m) {
+                // datatrove: `len(split_into_sentences(line))`, spaCy's sentencizer. Only
+                // whether the total reaches the minimum matters, so counting stops there.
+                sentences += with_splitter(|s| count_sentences(s, &line));
             }
             if !first {
                 kept.push('\n');

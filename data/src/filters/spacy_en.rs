@@ -45,6 +45,47 @@ fn in_ranges(ranges: &[(u32, u32)], c: char) -> bool {
         .is_ok()
 }
 
+/// Membership of the ASCII characters in a range table, computed at compile time.
+const fn ascii_table(ranges: &[(u32, u32)]) -> [bool; 128] {
+    let mut t = [false; 128];
+    let mut r = 0;
+    while r < ranges.len() {
+        let (lo, hi) = ranges[r];
+        let mut c = lo;
+        while c <= hi && c < 128 {
+            t[c as usize] = true;
+            c += 1;
+        }
+        r += 1;
+    }
+    t
+}
+
+/// Python's `isspace` on ASCII: `\t` to `\r`, `\x1c` to `\x1f`, space.
+const ASCII_SPACE: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        t[c] = matches!(c as u8, b'\t'..=b'\r' | 0x1c..=b' ');
+        c += 1;
+    }
+    t
+};
+const ASCII_PUNCTUATION_SET: [bool; 128] = ascii_table(tables::PUNCTUATION_SET);
+const ASCII_PREFIX: [bool; 128] = ascii_table(tables::PREFIX_CHARS);
+const ASCII_SUFFIX: [bool; 128] = ascii_table(tables::SUFFIX_CHARS);
+const ASCII_DOT_SUFFIX_AFTER: [bool; 128] = ascii_table(tables::DOT_SUFFIX_AFTER);
+
+/// `ranges` membership with the ASCII answer from `ascii`.
+#[inline(always)]
+fn in_table(ascii: &[bool; 128], ranges: &[(u32, u32)], c: char) -> bool {
+    if c.is_ascii() {
+        ascii[c as usize]
+    } else {
+        in_ranges(ranges, c)
+    }
+}
+
 /// Python's `str.isspace()` for one character: Unicode `White_Space` plus the information
 /// separators `\x1c`–`\x1f`.
 #[inline]
@@ -65,7 +106,7 @@ pub(crate) fn is_py_alpha(c: char) -> bool {
 /// datatrove's `PUNCTUATION_SET`: a token made only of these is a "symbol", not a word.
 #[inline]
 pub(crate) fn is_datatrove_punct(c: char) -> bool {
-    in_ranges(tables::PUNCTUATION_SET, c)
+    in_table(&ASCII_PUNCTUATION_SET, tables::PUNCTUATION_SET, c)
 }
 
 /// datatrove's `TERMINAL_PUNCTUATION` (FineWeb's default line-end characters).
@@ -169,6 +210,16 @@ struct Rules {
     matcher: HashMap64<Vec<usize>>,
     /// The longest second token of a pattern, in bytes: a cheap test before a lookup.
     matcher_second_len: usize,
+    /// `CURRENCY` and `UNITS` (the suffixes after a digit) by hash, and the longest in bytes.
+    units: HashMap64<&'static str>,
+    unit_max_len: usize,
+    /// Bit `first byte · 256 + last byte` set when an exception starts and ends so: most words
+    /// need no hash.
+    special_ends: Vec<u64>,
+    /// Bit `first byte of token 1 · 256 + first byte of token 2` set when a matcher pattern
+    /// starts so, and the longest first token.
+    matcher_pairs: Vec<u64>,
+    matcher_first_len: usize,
     /// The URL rule without its private-address look-aheads, host-name form and IPv4 form (the
     /// address captured, so that private ranges can be refused as spaCy's look-aheads do).
     url_host: regex::Regex,
@@ -187,14 +238,26 @@ fn rules() -> &'static Rules {
             lens.clone().min().unwrap_or(0),
             lens.max().unwrap_or(0),
         );
+        let mut special_ends = vec![0u64; 1024];
+        for (s, _) in tables::SPECIALS {
+            set_bit(&mut special_ends, pair_key(s, s.as_bytes()[s.len() - 1]));
+        }
         let mut matcher: HashMap64<Vec<usize>> = HashMap64::default();
-        let mut matcher_second_len = 0;
+        let mut matcher_pairs = vec![0u64; 1024];
+        let (mut matcher_first_len, mut matcher_second_len) = (0, 0);
         for (i, (pattern, _)) in tables::MATCHER.iter().enumerate() {
             if pattern.len() > 1 {
                 matcher.entry(hash_str(pattern[0])).or_default().push(i);
+                set_bit(&mut matcher_pairs, pair_key(pattern[0], pattern[1].as_bytes()[0]));
+                matcher_first_len = matcher_first_len.max(pattern[0].len());
                 matcher_second_len = matcher_second_len.max(pattern[1].len());
             }
         }
+        let mut units = HashMap64::default();
+        for u in tables::CURRENCY.iter().chain(tables::UNITS) {
+            units.insert(hash_str(u), *u);
+        }
+        let unit_max_len = units.values().map(|u| u.len()).max().unwrap_or(0);
         // spaCy's URL_PATTERN (spacy/lang/tokenizer_exceptions.py, after Diego Perini's), with
         // `\w \d \S` Unicode-aware as under Python's `(?u)`.
         let lower: String = tables::ALPHA_LOWER
@@ -218,21 +281,48 @@ fn rules() -> &'static Rules {
             special_len,
             matcher,
             matcher_second_len,
+            units,
+            unit_max_len,
+            special_ends,
+            matcher_pairs,
+            matcher_first_len,
             url_host: build(&host),
             url_ip: build(ip),
         }
     })
 }
 
+/// Index of the bit for a string's first byte and another byte (see [`Rules::special_ends`]).
+#[inline(always)]
+fn pair_key(s: &str, other: u8) -> usize {
+    usize::from(s.as_bytes()[0]) << 8 | usize::from(other)
+}
+
+fn set_bit(bits: &mut [u64], i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+#[inline(always)]
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] >> (i % 64) & 1 == 1
+}
+
 impl Rules {
     #[inline]
     fn special(&self, s: &str) -> Option<&'static [&'static str]> {
-        if s.len() < self.special_len.0 || s.len() > self.special_len.1 {
+        if s.len() < self.special_len.0
+            || s.len() > self.special_len.1
+            || !bit(&self.special_ends, pair_key(s, s.as_bytes()[s.len() - 1]))
+        {
             return None;
         }
         let &i = self.specials.get(&hash_str(s))?;
         let (string, pieces) = tables::SPECIALS[i];
         (string == s).then_some(pieces)
+    }
+
+    fn is_unit(&self, s: &str) -> bool {
+        self.units.get(&hash_str(s)) == Some(&s)
     }
 
     /// spaCy's `url_match`.
@@ -284,7 +374,7 @@ fn find_prefix(s: &str) -> usize {
                 0
             }
         }
-        _ if in_ranges(tables::PREFIX_CHARS, c) => c.len_utf8(),
+        _ if in_table(&ASCII_PREFIX, tables::PREFIX_CHARS, c) => c.len_utf8(),
         _ if s.starts_with("US$") => 3,
         _ if s.starts_with("C$") || s.starts_with("A$") => 2,
         _ => 0,
@@ -293,7 +383,7 @@ fn find_prefix(s: &str) -> usize {
 
 /// Length in bytes of the suffix the suffix rules split off `s` (0: none). Python's `re.search`
 /// over `alt$|alt$|...` returns the match that starts first, i.e. the longest suffix.
-fn find_suffix(s: &str) -> usize {
+fn find_suffix(rules: &Rules, s: &str) -> usize {
     let mut rev = s.chars().rev();
     let Some(last) = rev.next() else {
         return 0;
@@ -301,7 +391,7 @@ fn find_suffix(s: &str) -> usize {
     let before = rev.next();
     let before2 = rev.next();
     let mut best = 0;
-    if in_ranges(tables::SUFFIX_CHARS, last) {
+    if in_table(&ASCII_SUFFIX, tables::SUFFIX_CHARS, last) {
         best = last.len_utf8();
     }
     for lit in tables::SUFFIX_STRINGS {
@@ -315,7 +405,8 @@ fn find_suffix(s: &str) -> usize {
             if run >= 2 {
                 best = best.max(run);
             }
-            let after_dot_class = before.is_some_and(|b| in_ranges(tables::DOT_SUFFIX_AFTER, b));
+            let after_dot_class = before
+                .is_some_and(|b| in_table(&ASCII_DOT_SUFFIX_AFTER, tables::DOT_SUFFIX_AFTER, b));
             let after_degree = before2 == Some('°') && before.is_some_and(|b| "FfCcKk".contains(b));
             let after_two_upper = before.is_some_and(is_upper) && before2.is_some_and(is_upper);
             if after_dot_class || after_degree || after_two_upper {
@@ -325,16 +416,13 @@ fn find_suffix(s: &str) -> usize {
         '+' if before.is_some_and(|b| b.is_ascii_digit()) => best = best.max(1),
         _ => {}
     }
-    // Currencies and units after a digit (`10km`, `5%`, `3$`).
-    if s.bytes().any(|b| b.is_ascii_digit()) {
-        for lit in tables::CURRENCY.iter().chain(tables::UNITS) {
-            if lit.len() > best
-                && s.len() > lit.len()
-                && s.ends_with(lit)
-                && s.as_bytes()[s.len() - lit.len() - 1].is_ascii_digit()
-            {
-                best = lit.len();
-            }
+    // Currencies and units after a digit (`10km`, `5%`, `3$`): the suffix starts right after
+    // an ASCII digit, so only those places are looked up; the first is the longest.
+    let b = s.as_bytes();
+    for d in b.len().saturating_sub(rules.unit_max_len + 1)..b.len() - 1 {
+        if b[d].is_ascii_digit() && rules.is_unit(&s[d + 1..]) {
+            best = best.max(b.len() - d - 1);
+            break;
         }
     }
     best
@@ -348,15 +436,24 @@ const HYPHENS: [&str; 7] = ["-", "–", "—", "--", "---", "——", "~"];
 /// not overlapping.
 fn find_infixes(s: &str, out: &mut Vec<(usize, usize)>) {
     out.clear();
+    // ASCII without any infix character: nothing to find.
+    if s.is_ascii() && !s.bytes().any(|b| b".,-~:<>=/+*^".contains(&b)) {
+        return;
+    }
     let mut prev: Option<char> = None;
     let mut i = 0;
     while i < s.len() {
+        let byte = s.as_bytes()[i];
+        if byte.is_ascii_alphanumeric() {
+            // No infix starts with a letter or digit.
+            prev = Some(byte as char);
+            i += 1;
+            continue;
+        }
         let c = s[i..].chars().next().expect("char boundary");
         let rest = &s[i..];
         let mut matched = 0;
-        if c.is_ascii_alphanumeric() {
-            // No infix starts with a letter or digit.
-        } else if c == '.' && rest.as_bytes().get(1) == Some(&b'.') {
+        if c == '.' && rest.as_bytes().get(1) == Some(&b'.') {
             matched = rest.bytes().take_while(|&b| b == b'.').count();
         } else if c == '…' || in_ranges(tables::ICONS, c) {
             matched = c.len_utf8();
@@ -410,7 +507,23 @@ pub(crate) struct Splitter {
     suffixes: Vec<(usize, usize)>,
     infixes: Vec<(usize, usize)>,
     matches: Vec<(usize, usize, usize)>,
+    /// Chunks already split (by hash; spaCy keeps the same cache): web text repeats its words
+    /// with their punctuation (`the`, `(see`, `3.2.1`, `example.com.`), so most chunks are a
+    /// lookup.
+    cache: HashMap64<CachedChunk>,
 }
+
+/// A chunk's tokens as the end offsets of its first pieces (the last ends at the chunk's end).
+#[derive(Clone, Copy)]
+struct CachedChunk {
+    len: u16,
+    n: u8,
+    ends: [u16; CACHED_PIECES],
+}
+
+const CACHED_PIECES: usize = 7;
+/// Entries kept before the cache is emptied (spaCy: 10,000).
+const CACHE_ENTRIES: usize = 1 << 16;
 
 impl Splitter {
     /// Calls `f(start, end)` with the byte range of every token of `text`, in order.
@@ -418,14 +531,32 @@ impl Splitter {
         let rules = rules();
         self.tokens.clear();
         let mut chunk_start = None;
-        for (i, c) in text.char_indices() {
-            if is_py_space(c) {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b < 0x80 && !ASCII_SPACE[usize::from(b)] {
+                // The common case: an ASCII character inside a chunk.
+                if chunk_start.is_none() {
+                    chunk_start = Some(i);
+                }
+                i += 1;
+                continue;
+            }
+            let (space, width) = if b < 0x80 {
+                (true, 1)
+            } else {
+                let c = text[i..].chars().next().expect("char boundary");
+                (is_py_space(c), c.len_utf8())
+            };
+            if space {
                 if let Some(start) = chunk_start.take() {
                     self.chunk(rules, text, start, i);
                 }
             } else if chunk_start.is_none() {
                 chunk_start = Some(i);
             }
+            i += width;
         }
         if let Some(start) = chunk_start {
             self.chunk(rules, text, start, text.len());
@@ -451,6 +582,46 @@ impl Splitter {
             self.tokens.push((start, end));
             return;
         }
+        // A 64-bit hash and the length name a chunk: two different chunks collide with
+        // probability ~2⁻⁶⁴.
+        let key = hash_str(s);
+        if let Some(c) = self
+            .cache
+            .get(&key)
+            .filter(|c| usize::from(c.len) == s.len())
+        {
+            let mut at = start;
+            for &e in &c.ends[..usize::from(c.n)] {
+                self.tokens.push((at, start + usize::from(e)));
+                at = start + usize::from(e);
+            }
+            self.tokens.push((at, end));
+            return;
+        }
+        self.split_chunk(rules, s);
+        if s.len() <= usize::from(u16::MAX) && self.pieces.len() <= CACHED_PIECES + 1 {
+            if self.cache.len() >= CACHE_ENTRIES {
+                self.cache.clear();
+            }
+            let mut ends = [0u16; CACHED_PIECES];
+            let n = self.pieces.len() - 1;
+            for (e, p) in ends.iter_mut().zip(&self.pieces[..n]) {
+                *e = p.1 as u16;
+            }
+            let cached = CachedChunk {
+                len: s.len() as u16,
+                n: n as u8,
+                ends,
+            };
+            self.cache.insert(key, cached);
+        }
+        self.tokens
+            .extend(self.pieces.iter().map(|&(a, b)| (start + a, start + b)));
+    }
+
+    /// spaCy's affix, exception, URL and infix rules on one chunk (not an exception itself):
+    /// its tokens as byte ranges of `s` in `self.pieces`.
+    fn split_chunk(&mut self, rules: &Rules, s: &str) {
         self.pieces.clear();
         self.suffixes.clear();
         let (mut lo, mut hi) = (0, s.len());
@@ -469,7 +640,7 @@ impl Splitter {
                 lo += pre;
                 break;
             }
-            let suf = find_suffix(&s[lo + pre..hi]);
+            let suf = find_suffix(rules, &s[lo + pre..hi]);
             if suf != 0 && lo < hi - suf && rules.special(&s[lo..hi - suf]).is_some() {
                 self.suffixes.push((hi - suf, hi));
                 hi -= suf;
@@ -513,8 +684,6 @@ impl Splitter {
             }
         }
         self.pieces.extend(self.suffixes.drain(..).rev());
-        self.tokens
-            .extend(self.pieces.iter().map(|&(a, b)| (start + a, start + b)));
     }
 
     /// spaCy's special-case matcher over the document's tokens: every run of tokens equal to an
@@ -532,8 +701,15 @@ impl Splitter {
             gap.is_empty() || gap == " "
         };
         for i in 0..tokens.len() - 1 {
-            let next = tokens[i + 1];
-            if next.1 - next.0 > rules.matcher_second_len || !adjacent(i) {
+            let (first, next) = (&text[tokens[i].0..tokens[i].1], tokens[i + 1]);
+            if first.len() > rules.matcher_first_len
+                || next.1 - next.0 > rules.matcher_second_len
+                || !bit(
+                    &rules.matcher_pairs,
+                    pair_key(first, text.as_bytes()[next.0]),
+                )
+                || !adjacent(i)
+            {
                 continue;
             }
             let Some(candidates) = rules

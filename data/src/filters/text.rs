@@ -38,13 +38,19 @@ impl Token {
     fn new(text: &str, start: usize, end: usize) -> Self {
         let word = &text[start..end];
         if word.is_ascii() {
-            let b = word.as_bytes();
+            // One table lookup per byte: bit 0 punctuation, bit 1 letter.
+            let (mut all_punct, mut any_alpha) = (1u8, 0u8);
+            for &b in word.as_bytes() {
+                let class = ASCII_CLASS[usize::from(b)];
+                all_punct &= class;
+                any_alpha |= class;
+            }
             return Token {
                 start,
                 end,
-                chars: b.len() as u32,
-                symbol: b.iter().all(|&c| is_datatrove_punct(c as char)),
-                alpha: b.iter().any(|c| c.is_ascii_alphabetic()),
+                chars: word.len() as u32,
+                symbol: all_punct & 1 == 1,
+                alpha: any_alpha & 2 == 2,
             };
         }
         let (mut chars, mut symbol, mut alpha) = (0u32, true, false);
@@ -63,16 +69,22 @@ impl Token {
     }
 }
 
+/// For each ASCII byte: bit 0 set when it is in datatrove's `PUNCTUATION_SET`, bit 1 when it is
+/// a letter.
+static ASCII_CLASS: std::sync::LazyLock<[u8; 128]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|b| {
+        let c = b as u8 as char;
+        u8::from(is_datatrove_punct(c)) | u8::from(c.is_ascii_alphabetic()) << 1
+    })
+});
+
 thread_local! {
     static SPLITTER: RefCell<Splitter> = RefCell::new(Splitter::default());
 }
 
 /// Calls `f` for every token of `text`, in order (see the module docs for the rules).
 pub(crate) fn tokenize(text: &str, mut f: impl FnMut(Token)) {
-    SPLITTER.with(|s| {
-        s.borrow_mut()
-            .split(text, |start, end| f(Token::new(text, start, end)))
-    });
+    with_splitter(|s| s.split(text, |start, end| f(Token::new(text, start, end))));
 }
 
 /// The word tokens of `text`, punctuation tokens included (the rules in the module docs).
@@ -95,7 +107,7 @@ pub fn count_words(text: &str) -> usize {
 /// The number of sentences of `text` as datatrove counts them for English
 /// (`len(split_into_sentences(text))`: spaCy's sentencizer; 1 for a text without words).
 pub fn sentences(text: &str) -> usize {
-    SPLITTER.with(|s| super::spacy_en::count_sentences(&mut s.borrow_mut(), text))
+    with_splitter(|s| super::spacy_en::count_sentences(s, text))
 }
 
 /// All tokens of `text`.
@@ -108,8 +120,13 @@ pub(crate) fn tokens(text: &str) -> Vec<Token> {
 /// Number of tokens of `text`, without storing them.
 pub(crate) fn count_tokens(text: &str) -> usize {
     let mut n = 0;
-    tokenize(text, |_| n += 1);
+    with_splitter(|s| s.split(text, |_, _| n += 1));
     n
+}
+
+/// Runs `f` with this thread's [`Splitter`] (its buffers and chunk cache are reused).
+pub(crate) fn with_splitter<R>(f: impl FnOnce(&mut Splitter) -> R) -> R {
+    SPLITTER.with(|s| f(&mut s.borrow_mut()))
 }
 
 /// Python's `len(s)`: Unicode scalar values.
