@@ -1096,7 +1096,10 @@ train:
         let e = trainable(&["train.max_steps=null"]).unwrap_err();
         assert!(e.contains("train.max_steps"), "{e}");
         let e = trainable(&["train.optimizer=null"]).unwrap_err();
-        assert!(e.contains("train.optimizer") && e.contains("missing"), "{e}");
+        assert!(
+            e.contains("train.optimizer") && e.contains("missing"),
+            "{e}"
+        );
         let e = trainable(&["train.schedule=null"]).unwrap_err();
         assert!(e.contains("train.schedule") && e.contains("missing"), "{e}");
     }
