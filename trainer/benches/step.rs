@@ -72,7 +72,7 @@ fn bench(recipe: &Recipe, steps: usize) -> Timings {
     };
     let config = recipe.model_config(vocab).expect("model config");
     let (batch, seq) = (recipe.train.micro_batch_size, recipe.train.seq_len);
-    let (adamw, lr) = AdamWConfig::from_section(&recipe.train.optimizer);
+    let (adamw, lr) = AdamWConfig::from_section(recipe.optimizer().expect("train.optimizer"));
 
     let device = Default::default();
     B::seed(&device, 1337);

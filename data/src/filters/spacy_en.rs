@@ -462,17 +462,16 @@ fn find_infixes(s: &str, out: &mut Vec<(usize, usize)>) {
             let prev_digit = prev.is_some_and(|p| p.is_ascii_digit());
             let prev_alnum = prev.is_some_and(|p| p.is_ascii_digit() || is_alpha(p));
             let next_alpha = next.is_some_and(is_alpha);
-            if prev_digit
+            // The one-character rules, in spaCy's order: an operator between digits, a dot
+            // between a lower- and an upper-case letter (or quotes), a comma between letters.
+            let operator = prev_digit
                 && "+-*^".contains(c)
-                && next.is_some_and(|n| n.is_ascii_digit() || n == '-')
-            {
-                matched = 1;
-            } else if c == '.'
+                && next.is_some_and(|n| n.is_ascii_digit() || n == '-');
+            let sentence_dot = c == '.'
                 && prev.is_some_and(|p| is_lower(p) || is_quote(p))
-                && next.is_some_and(|n| is_upper(n) || is_quote(n))
-            {
-                matched = 1;
-            } else if c == ',' && prev.is_some_and(is_alpha) && next_alpha {
+                && next.is_some_and(|n| is_upper(n) || is_quote(n));
+            let comma = c == ',' && prev.is_some_and(is_alpha) && next_alpha;
+            if operator || sentence_dot || comma {
                 matched = 1;
             } else if prev_alnum {
                 for h in HYPHENS {
