@@ -168,31 +168,24 @@ pub(crate) fn count_sentences(splitter: &mut Splitter, text: &str) -> usize {
     count.max(1)
 }
 
+const ASCII_ALPHA: [bool; 128] = ascii_table(tables::ALPHA);
+const ASCII_LOWER: [bool; 128] = ascii_table(tables::ALPHA_LOWER);
+const ASCII_UPPER: [bool; 128] = ascii_table(tables::ALPHA_UPPER);
+
+/// spaCy's `ALPHA`, `ALPHA_LOWER` and `ALPHA_UPPER` classes.
 #[inline]
 fn is_alpha(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_alphabetic()
-    } else {
-        in_ranges(tables::ALPHA, c)
-    }
+    in_table(&ASCII_ALPHA, tables::ALPHA, c)
 }
 
 #[inline]
 fn is_lower(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_lowercase()
-    } else {
-        in_ranges(tables::ALPHA_LOWER, c)
-    }
+    in_table(&ASCII_LOWER, tables::ALPHA_LOWER, c)
 }
 
 #[inline]
 fn is_upper(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_uppercase()
-    } else {
-        in_ranges(tables::ALPHA_UPPER, c)
-    }
+    in_table(&ASCII_UPPER, tables::ALPHA_UPPER, c)
 }
 
 #[inline]
