@@ -538,11 +538,12 @@ fn diverging_loss_stops_with_the_checkpoint_intact() {
     assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![10]);
 }
 
-#[test]
-fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(dir.path(), "");
-    let run = dir.path().join("run");
+/// Starts an endless tiny run, waits for three logged steps, sends `signal` with `kill` and
+/// checks the stop: exit status `status`, stderr naming `name`, exactly one checkpoint, at the
+/// step it stopped, and no export. Returns the recipe, the run directory and that step.
+fn stop_by_signal(dir: &Path, signal: &str, status: i32, name: &str) -> (PathBuf, PathBuf, u64) {
+    let recipe = tiny_recipe(dir, "");
+    let run = dir.join("run");
     let mut child = Command::new(TRAIN)
         .args([
             "--recipe",
@@ -563,19 +564,21 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     wait_while_running(&mut child, "three logged steps", || {
         run.join("metrics.jsonl").exists() && losses(&run).len() >= 3
     });
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(sent.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(status), "{signal}:\n{stderr}");
     assert!(
-        out.status.success(),
-        "Ctrl-C exits with status 0:\n{stderr}"
+        stderr.contains(&format!("{name}: finishing this step"))
+            && stderr.contains(&format!("stopped by {name}")),
+        "{signal}:\n{stderr}"
     );
     let ckpts = kiln_trainer::checkpoint::list(&run);
-    assert_eq!(ckpts.len(), 1, "exactly the Ctrl-C checkpoint: {ckpts:?}");
+    assert_eq!(ckpts.len(), 1, "exactly the {signal} checkpoint: {ckpts:?}");
     let last_logged = losses(&run).last().unwrap().0;
     assert_eq!(
         ckpts[0].0, last_logged,
@@ -585,6 +588,13 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         !run.join("export").exists(),
         "a stopped run is not exported"
     );
+    (recipe, run, last_logged)
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, run, last_logged) = stop_by_signal(dir.path(), "INT", 0, "Ctrl-C");
     // And it resumes from there.
     let out = ok(train(&[
         "--recipe",
@@ -601,6 +611,16 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     ]));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {last_logged}")));
     assert_eq!(losses(&run).last().unwrap().0, last_logged + 2);
+}
+
+/// SLURM (preemption, time limit), Kubernetes, `docker stop` and `timeout` send SIGTERM; a
+/// closed terminal sends SIGHUP. Both stop like Ctrl-C, and the exit status says which.
+#[test]
+fn sigterm_and_sighup_write_a_checkpoint_and_exit_128_plus_signal() {
+    for (signal, status) in [("TERM", 143), ("HUP", 129)] {
+        let dir = tempfile::tempdir().unwrap();
+        stop_by_signal(dir.path(), signal, status, &format!("SIG{signal}"));
+    }
 }
 
 #[test]

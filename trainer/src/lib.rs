@@ -19,5 +19,6 @@ pub mod optim;
 pub mod params;
 pub mod recipe;
 pub mod schedule;
+pub mod signals;
 pub mod step;
 pub mod train;

@@ -178,7 +178,7 @@ fn real_main() -> Result<()> {
                 .recipe
                 .context("missing --recipe (try: train --recipe recipes/tinystories-tiny.yaml)")?;
             let recipe = load_recipe(&recipe_path, &cli.run.overrides, cli.run.backend)?;
-            train::install_ctrl_c_handler();
+            kiln_trainer::signals::install();
             let backend = recipe.train.backend;
             let opts = TrainOptions {
                 out_dir: cli.run.out,
@@ -190,6 +190,12 @@ fn real_main() -> Result<()> {
             }
             if let Some(sample) = &summary.sample {
                 println!("\n--- sample (greedy) ---\n{sample}\n");
+            }
+            if let Some(signal) = summary.stop_signal {
+                let status = kiln_trainer::signals::exit_status(signal);
+                if status != 0 {
+                    std::process::exit(status);
+                }
             }
             Ok(())
         }

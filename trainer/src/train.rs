@@ -6,7 +6,6 @@
 //! checkpoints and on Ctrl-C; every other step stays on the device.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -28,24 +27,8 @@ use crate::recipe::{ExportDtype, Recipe};
 use crate::schedule::Schedule;
 use crate::step::{batch_tensors, train_step, StepOutput, StepShape};
 
-/// Set by the Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
 /// Micro-batches the data thread may prepare ahead of the training step.
 const PREFETCH_DEPTH: usize = 4;
-
-static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
-static CTRL_C_PRESSES: AtomicUsize = AtomicUsize::new(0);
-
-pub fn install_ctrl_c_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if CTRL_C_PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (press again to abort now)");
-            STOP_REQUESTED.store(true, Ordering::SeqCst);
-        } else {
-            eprintln!("\nsecond Ctrl-C: aborting without a checkpoint");
-            std::process::exit(130);
-        }
-    });
-}
 
 /// This process's place among data-parallel workers (torchrun-style `RANK` / `WORLD_SIZE`).
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +75,8 @@ pub struct RunSummary {
     pub last_loss: Option<f64>,
     pub last_val_loss: Option<f64>,
     pub stopped_early: bool,
+    /// The signal that stopped the run early (Ctrl-C, SIGTERM, SIGHUP), if one did.
+    pub stop_signal: Option<nix::sys::signal::Signal>,
     pub export_dir: Option<PathBuf>,
     pub sample: Option<String>,
 }
@@ -374,7 +359,11 @@ pub fn run<B: Backend>(
         tokens += tokens_per_step;
         interval_tokens += tokens_per_step;
 
-        let stop_now = STOP_REQUESTED.load(Ordering::SeqCst);
+        let stop_signal = crate::signals::requested();
+        let stop_now = stop_signal.is_some();
+        if stop_now {
+            crate::signals::announce();
+        }
         let last_step = step == total_steps;
         let log_due = step.is_multiple_of(t.log_every_steps) || last_step || stop_now;
         let ckpt_due = (recipe.checkpoint.every_steps > 0
@@ -489,8 +478,11 @@ pub fn run<B: Backend>(
             logger.info(&format!("checkpoint: {}", dir.display()));
         }
         pause_for_tests(&run_dir, step);
-        if stop_now {
-            logger.info("stopped by Ctrl-C; continue with --resume");
+        if let Some(signal) = stop_signal {
+            logger.info(&format!(
+                "stopped by {} at step {step}; continue with --resume",
+                crate::signals::name(signal)
+            ));
             stopped_early = true;
             break;
         }
@@ -503,6 +495,7 @@ pub fn run<B: Backend>(
         last_loss,
         last_val_loss,
         stopped_early,
+        stop_signal: crate::signals::requested().filter(|_| stopped_early),
         export_dir: None,
         sample: None,
     };
