@@ -623,6 +623,40 @@ fn sigterm_and_sighup_write_a_checkpoint_and_exit_128_plus_signal() {
     }
 }
 
+/// `train ... 2>&1 | head -3`: the reader goes away after three lines. Training must go on to the
+/// end, with every metrics line, the checkpoint and the export written.
+#[test]
+fn closed_output_pipes_do_not_stop_training() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    let mut child = Command::new(TRAIN)
+        .args([
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close stdout at once, and stderr after three lines.
+    drop(child.stdout.take());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    for _ in 0..3 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+    }
+    drop(stderr);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(losses(&run).len(), 30, "every step in metrics.jsonl");
+    assert!(run.join("export/model.safetensors").is_file());
+    assert_eq!(kiln_trainer::checkpoint::list(&run).last().unwrap().0, 30);
+}
+
 #[test]
 fn tokenizer_model_mismatch_is_refused() {
     let (_, run) = shared_run();

@@ -38,7 +38,7 @@ impl Progress for BarProgress {
         }
         match &self.bar {
             Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
+            None => crate::metrics::log_line(msg),
         }
     }
 

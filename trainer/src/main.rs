@@ -18,6 +18,7 @@ use kiln_arch::SafetensorsDtype;
 use kiln_trainer::bench::BenchOptions;
 use kiln_trainer::data_cmd::{run_data, DataMode};
 use kiln_trainer::generate::{generate, SampleOptions};
+use kiln_trainer::metrics::out_line;
 use kiln_trainer::model_io::{export_model, load_model_dir};
 use kiln_trainer::recipe::{BackendKind, Recipe};
 use kiln_trainer::train::{self, TrainOptions};
@@ -186,10 +187,10 @@ fn real_main() -> Result<()> {
             };
             let summary = with_backend!(backend, run_training(recipe, opts))?;
             if let Some(dir) = &summary.export_dir {
-                println!("exported to {}", dir.display());
+                out_line(&format!("exported to {}", dir.display()));
             }
             if let Some(sample) = &summary.sample {
-                println!("\n--- sample (greedy) ---\n{sample}\n");
+                out_line(&format!("\n--- sample (greedy) ---\n{sample}\n"));
             }
             if let Some(signal) = summary.stop_signal {
                 let status = kiln_trainer::signals::exit_status(signal);

@@ -17,6 +17,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 
+/// Writes a line to stderr and ignores failure: a closed pipe (`train ... 2>&1 | head -3`) or a
+/// full terminal buffer must never stop training (`eprintln!` panics on such an error). The run's
+/// record is `metrics.jsonl` and TensorBoard, which are written regardless.
+pub fn log_line(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// [`log_line`] for stdout.
+pub fn out_line(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{msg}");
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainRecord {
     pub step: u64,
@@ -88,7 +102,7 @@ impl Logger {
     pub fn info(&self, msg: &str) {
         match &self.bar {
             Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
+            None => log_line(msg),
         }
     }
 
@@ -133,7 +147,7 @@ impl Logger {
                 bar.set_message(format!("loss {:.4} {:.0} tok/s", r.loss, r.tokens_per_s));
                 bar.println(line);
             }
-            None => eprintln!("{line}"),
+            None => log_line(&line),
         }
         Ok(())
     }

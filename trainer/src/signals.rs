@@ -73,10 +73,10 @@ pub fn announce() {
     } else {
         ""
     };
-    eprintln!(
+    crate::metrics::log_line(&format!(
         "\n{}: finishing this step, writing a checkpoint, then exiting{abort}",
         name(signal)
-    );
+    ));
 }
 
 /// "Ctrl-C" for SIGINT, the signal's name otherwise.

@@ -128,7 +128,7 @@ pub fn run<B: Backend>(
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let say = |msg: &str| {
         if dist.is_main() {
-            eprintln!("{msg}");
+            metrics::log_line(msg);
         }
     };
 
@@ -507,7 +507,7 @@ pub fn run<B: Backend>(
             ExportDtype::Bf16 => kiln_arch::SafetensorsDtype::Bf16,
         };
         export_model(&valid, &config, &tokenizer, &export_dir, dtype)?;
-        eprintln!("export: {}", export_dir.display());
+        metrics::log_line(&format!("export: {}", export_dir.display()));
         if !recipe.export.sample_prompt.is_empty() {
             let text = sample_text(
                 &valid,
