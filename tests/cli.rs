@@ -657,6 +657,56 @@ fn closed_output_pipes_do_not_stop_training() {
     assert_eq!(kiln_trainer::checkpoint::list(&run).last().unwrap().0, 30);
 }
 
+/// `train export --out` never overwrites a checkpoint, a run directory or unrelated files
+/// unless `--force`; an earlier export is replaced.
+#[test]
+fn export_refuses_to_overwrite_checkpoints_and_run_directories() {
+    let (_, run) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the run's last checkpoint, to aim at.
+    let (_, ckpt) = kiln_trainer::checkpoint::list(run).pop().unwrap();
+    let target = dir.path().join("ckpt-copy");
+    std::fs::create_dir_all(&target).unwrap();
+    for e in std::fs::read_dir(&ckpt).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), target.join(e.file_name())).unwrap();
+    }
+    let model_before = std::fs::read(target.join("model.safetensors")).unwrap();
+    let export = |out: &Path, force: bool| {
+        let mut args = vec![
+            "export",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if force {
+            args.push("--force");
+        }
+        train(&args)
+    };
+    fails_with(
+        export(&target, false),
+        &["ckpt-copy", "checkpoint", "--force"],
+    );
+    assert_eq!(
+        std::fs::read(target.join("model.safetensors")).unwrap(),
+        model_before
+    );
+    assert!(target.join("state.json").is_file());
+    fails_with(export(run, false), &["run directory", "--force"]);
+    let other = dir.path().join("notes");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("todo.txt"), "keep me").unwrap();
+    fails_with(export(&other, false), &["not empty", "todo.txt"]);
+    // An empty directory, an earlier export, or --force are fine.
+    let fresh = dir.path().join("fresh");
+    ok(export(&fresh, false));
+    ok(export(&fresh, false));
+    ok(export(&other, true));
+    assert!(other.join("model.safetensors").is_file() && other.join("todo.txt").is_file());
+}
+
 #[test]
 fn tokenizer_model_mismatch_is_refused() {
     let (_, run) = shared_run();

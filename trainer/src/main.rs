@@ -94,6 +94,10 @@ enum Command {
         out: PathBuf,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
+        /// Write into --out even if it is a checkpoint, a run directory or another non-empty
+        /// directory that is not an export (refused otherwise).
+        #[arg(long)]
+        force: bool,
     },
     /// Generate text from a model directory (export, checkpoint, run dir or Hugging Face Llama).
     Generate {
@@ -218,7 +222,9 @@ fn real_main() -> Result<()> {
             checkpoint,
             out,
             dtype,
+            force,
         }) => {
+            kiln_trainer::model_io::check_export_target(&out, force)?;
             let dtype = match dtype {
                 DtypeArg::F32 => SafetensorsDtype::F32,
                 DtypeArg::Bf16 => SafetensorsDtype::Bf16,

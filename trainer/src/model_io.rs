@@ -113,6 +113,52 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
     })
 }
 
+/// The files an export directory holds ([`export_model`]); a directory with only these (and at
+/// least `config.json`) is an export, which `train export` may overwrite.
+const EXPORT_FILES: [&str; 5] = [
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// Refuses an export target that would destroy something: a checkpoint (`state.json`), a run
+/// directory (`ckpt/`, `metrics.jsonl`), or any other non-empty directory that is not an export,
+/// unless `force`. An absent or empty directory, or an earlier export, is fine.
+pub fn check_export_target(out: &Path, force: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(()); // absent (or unreadable: creating it reports that)
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() || force {
+        return Ok(());
+    }
+    let has = |n: &str| names.iter().any(|x| x == n);
+    let what = if has("state.json") {
+        "is a training checkpoint (it has state.json): exporting into it would overwrite its \
+         model and config, and the run could no longer resume from it"
+            .to_string()
+    } else if has("ckpt") || has("metrics.jsonl") {
+        "is a run directory (it has ckpt/ or metrics.jsonl)".to_string()
+    } else if has("config.json") && names.iter().all(|n| EXPORT_FILES.contains(&n.as_str())) {
+        return Ok(()); // an earlier export: replaced
+    } else {
+        let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+        format!(
+            "is not empty and not an export (it holds {})",
+            shown.join(", ")
+        )
+    };
+    bail!(
+        "--out {} {what}; choose another directory, or pass --force to write into it anyway",
+        out.display()
+    )
+}
+
 /// Writes `model.safetensors`, `config.json`, `generation_config.json`, `tokenizer.json` and
 /// `tokenizer_config.json` so that `transformers`' `AutoModelForCausalLM` / `AutoTokenizer` load the
 /// directory as it is.
