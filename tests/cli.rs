@@ -707,6 +707,75 @@ fn export_refuses_to_overwrite_checkpoints_and_run_directories() {
     assert!(other.join("model.safetensors").is_file() && other.join("todo.txt").is_file());
 }
 
+/// Sampling settings are checked and named; `--top-k 0` means no top-k, as in transformers.
+#[test]
+fn generate_checks_its_sampling_settings() {
+    let (_, run) = shared_run();
+    let export = run.join("export");
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            export.to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        train(&args)
+    };
+    fails_with(gen(&["--temperature", "-1"]), &["--temperature", "-1"]);
+    fails_with(gen(&["--temperature", "NaN"]), &["--temperature"]);
+    fails_with(gen(&["--top-p", "0"]), &["--top-p", "(0, 1]"]);
+    fails_with(gen(&["--top-p", "1.5"]), &["--top-p"]);
+    let no_top_k = ok(gen(&["--temperature", "1"])).stdout;
+    assert_eq!(
+        ok(gen(&["--temperature", "1", "--top-k", "0"])).stdout,
+        no_top_k
+    );
+}
+
+/// `train eval` of a model whose weights are not finite is an error, not `null` and status 0.
+#[test]
+fn eval_of_a_non_finite_model_is_an_error() {
+    let (_, run) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    for e in std::fs::read_dir(run.join("export")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), export.join(e.file_name())).unwrap();
+    }
+    let mut tensors: Vec<_> = kiln_arch::read_safetensors(export.join("model.safetensors"))
+        .unwrap()
+        .into_values()
+        .collect();
+    let norm = tensors
+        .iter_mut()
+        .find(|t| t.name == "model.norm.weight")
+        .unwrap();
+    norm.data[0] = f32::NAN;
+    kiln_arch::write_safetensors(
+        export.join("model.safetensors"),
+        &tensors,
+        kiln_arch::SafetensorsDtype::F32,
+    )
+    .unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "Once upon a time, a little cat found a red ball.").unwrap();
+    let out = train(&[
+        "eval",
+        "--model",
+        export.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+    ]);
+    fails_with(out, &["not finite", "export"]);
+}
+
 #[test]
 fn tokenizer_model_mismatch_is_refused() {
     let (_, run) = shared_run();

@@ -93,6 +93,12 @@ pub fn evaluate<B: Backend>(
         i += b;
     }
     let loss = nll / count as f64;
+    if !loss.is_finite() {
+        bail!(
+            "the loss of {} is {loss}: its weights (or logits) are not finite",
+            loaded.dir.display()
+        );
+    }
     Ok(EvalResult {
         loss,
         perplexity: loss.exp(),

@@ -18,6 +18,26 @@ pub struct SampleOptions {
 }
 
 impl SampleOptions {
+    /// Checks the sampling settings as `train generate` takes them; `top_k: Some(0)` means no
+    /// top-k, as in transformers. The error names the command-line flag.
+    pub fn validated(mut self) -> Result<Self, String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!(
+                "--temperature {} must be a finite number >= 0 (0 = greedy)",
+                self.temperature
+            ));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(format!("--top-p {p} must be in (0, 1]"));
+            }
+        }
+        if self.top_k == Some(0) {
+            self.top_k = None;
+        }
+        Ok(self)
+    }
+
     pub fn greedy(max_new_tokens: usize) -> Self {
         Self {
             max_new_tokens,

@@ -107,12 +107,14 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 200)]
         max_new_tokens: usize,
-        /// 0 = greedy.
-        #[arg(long, default_value_t = 0.8)]
+        /// Softmax temperature, a finite number >= 0; 0 = greedy.
+        #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
         temperature: f64,
+        /// Sample among the k most likely tokens only (0 = no top-k, as in transformers).
         #[arg(long)]
         top_k: Option<usize>,
-        #[arg(long)]
+        /// Sample among the most likely tokens whose probabilities reach p, in (0, 1].
+        #[arg(long, allow_negative_numbers = true)]
         top_p: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -246,7 +248,9 @@ fn real_main() -> Result<()> {
                 top_k,
                 top_p,
                 seed,
-            };
+            }
+            .validated()
+            .map_err(anyhow::Error::msg)?;
             run_generate::<burn::backend::Flex>(&model, &prompt, &opts, Default::default())
         }
         Some(Command::Bench {
