@@ -518,7 +518,8 @@ fn diverging_loss_stops_with_the_checkpoint_intact() {
     ));
     let weights = run.join("ckpt/step-000010/model.safetensors");
     let before = std::fs::read(&weights).unwrap();
-    // Continue with an absurd learning rate: the loss becomes non-finite within two steps.
+    // Continue with an absurd learning rate: the loss or the gradient becomes non-finite within
+    // two steps.
     let exploding = [
         "--resume",
         "--set",
@@ -530,7 +531,7 @@ fn diverging_loss_stops_with_the_checkpoint_intact() {
     ];
     fails_with(
         train(&[&["--recipe", r, "--out", o][..], &exploding].concat()),
-        &["diverged", "step-000010", "intact"],
+        &["not finite", "step-000010", "has finite values"],
     );
     // The good checkpoint is untouched and no non-finite one was written.
     assert_eq!(std::fs::read(&weights).unwrap(), before);
@@ -774,6 +775,86 @@ fn eval_of_a_non_finite_model_is_an_error() {
         text.to_str().unwrap(),
     ]);
     fails_with(out, &["not finite", "export"]);
+}
+
+/// Every tensor of every safetensors file under `dir` (checkpoints, export) is finite.
+fn assert_all_written_tensors_finite(dir: &Path) {
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "safetensors") {
+                files += 1;
+                for (name, t) in kiln_arch::read_safetensors(&p).unwrap() {
+                    assert!(
+                        t.data.iter().all(|x| x.is_finite()),
+                        "{}: {name} is not finite",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(files > 0, "no safetensors under {}", dir.display());
+}
+
+/// lr 1000 (the repro): a step's gradient norm turns NaN while its loss is finite. No
+/// checkpoint or export with a non-finite value may be written, whatever the policy.
+#[test]
+fn nonfinite_steps_never_reach_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = |name: &str, policy: &str| {
+        let out = dir.path().join(name);
+        let result = train(&[
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.optimizer.lr=1000",
+            "--set",
+            "train.max_steps=40",
+            "--set",
+            "checkpoint.every_steps=1",
+            "--set",
+            "checkpoint.keep_last=100",
+            "--set",
+            &format!("train.on_nonfinite={policy}"),
+        ]);
+        (out, result)
+    };
+    // stop (the default): the run ends at the first non-finite step, naming it and the last
+    // checkpoint, which is finite.
+    let (out, result) = run("stop", "stop");
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    fails_with(
+        result,
+        &[
+            "not finite",
+            "the update was not applied",
+            "train.on_nonfinite",
+        ],
+    );
+    assert!(stderr.contains("has finite values"), "{stderr}");
+    assert!(!out.join("export").exists());
+    assert_all_written_tensors_finite(&out);
+    // skip_step: the bad steps are dropped and logged; the run goes on (or gives up after too
+    // many in a row), and everything written stays finite.
+    let (out, result) = run("skip", "skip_step");
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(
+        stderr.contains("(train.on_nonfinite: skip_step)"),
+        "{stderr}"
+    );
+    assert!(
+        result.status.success() || stderr.contains("in a row"),
+        "{stderr}"
+    );
+    assert_all_written_tensors_finite(&out);
 }
 
 #[test]

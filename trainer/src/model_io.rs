@@ -169,13 +169,19 @@ pub fn export_model<B: Backend>(
     out: &Path,
     dtype: SafetensorsDtype,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let eot = tokenizer.eot_id()?;
     let torch_dtype = match dtype {
         SafetensorsDtype::F32 => "float32",
         SafetensorsDtype::Bf16 => "bfloat16",
     };
     let tensors = model.to_hf_tensors();
+    if let Some(bad) = crate::params::first_nonfinite(&tensors) {
+        bail!(
+            "not exporting to {}: `{bad}` has non-finite values",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_safetensors(out.join("model.safetensors"), &tensors, dtype)?;
     let cfg = config.to_hf_config(eot, eot, torch_dtype);
     write_json(&out.join("config.json"), &cfg)?;

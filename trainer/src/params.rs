@@ -78,6 +78,14 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
     }
 }
 
+/// The name of the first tensor holding a NaN or an infinity, if any.
+pub fn first_nonfinite(tensors: &[HfTensor]) -> Option<&str> {
+    tensors
+        .iter()
+        .find(|t| !t.data.iter().all(|x| x.is_finite()))
+        .map(|t| t.name.as_str())
+}
+
 /// Every float parameter with its name, in burn's layout (the checkpoint format).
 pub fn named_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<HfTensor> {
     let mut v = Collect {

@@ -260,7 +260,25 @@ pub struct TrainSection {
     /// and recompute the block in the backward pass (one extra forward, much less memory).
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// What a step whose loss or gradient norm is NaN or infinite does. Either way its update is
+    /// not applied, and no checkpoint or export with non-finite values is ever written.
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
 }
+
+/// `train.on_nonfinite`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// End the run with an error naming the step and the last checkpoint (default).
+    #[default]
+    Stop,
+    /// Drop that step's update, log it and go on; [`MAX_CONSECUTIVE_SKIPS`] in a row stop the run.
+    SkipStep,
+}
+
+/// Consecutive skipped steps after which `skip_step` gives up (the weights are not recovering).
+pub const MAX_CONSECUTIVE_SKIPS: u64 = 16;
 
 fn default_backend() -> BackendKind {
     BackendKind::Flex

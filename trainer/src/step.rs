@@ -2,8 +2,10 @@
 //! clipping, AdamW. Shared by the training loop and `train bench`, so the benchmark times exactly
 //! what training runs.
 //!
-//! Nothing here reads a value back to the host: the loss and the gradient norm are returned as
-//! device tensors, and the caller decides when to look at them (log steps only).
+//! The loss and the gradient norm are returned as device tensors. The one value read back per step
+//! is the guard against non-finite steps (`guard_nonfinite`): the loss and the gradient norm,
+//! before the update, so that a NaN or infinite gradient never reaches the weights or the AdamW
+//! moments.
 
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
@@ -38,6 +40,9 @@ pub struct StepShape {
     pub grad_clip: Option<f64>,
     /// Per-block activation checkpointing ([`Model::backward_checkpointed`]).
     pub activation_checkpointing: bool,
+    /// Read the loss and gradient norm back before the update (one host sync per step) and
+    /// leave the weights and optimizer state untouched when either is not finite.
+    pub guard_nonfinite: bool,
 }
 
 impl StepShape {
@@ -49,6 +54,7 @@ impl StepShape {
             grad_accum_steps: t.grad_accum_steps,
             grad_clip: t.grad_clip,
             activation_checkpointing: t.activation_checkpointing,
+            guard_nonfinite: true,
         }
     }
 }
@@ -59,6 +65,9 @@ pub struct StepOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Global gradient norm before clipping, `[1]` (`None` when no parameter has a gradient).
     pub grad_norm: Option<Tensor<B, 1>>,
+    /// With [`StepShape::guard_nonfinite`]: `Some((loss, grad_norm))` when one of them was not
+    /// finite and the update was not applied.
+    pub skipped_nonfinite: Option<(f64, f64)>,
 }
 
 /// Runs one optimizer step. `next_batch` is called `grad_accum_steps` times for
@@ -98,12 +107,31 @@ pub fn train_step<B: Backend>(
         .expect("grad_accum_steps >= 1")
         .div_scalar(accum as f64);
     let grad_norm = grad_sq_norm(&model, &grads).map(|s| s.sqrt());
+    if shape.guard_nonfinite {
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        let norm_value: f64 = grad_norm
+            .clone()
+            .map_or(0.0, |n| n.into_scalar().elem::<f64>());
+        if !(loss_value.is_finite() && norm_value.is_finite()) {
+            let out = StepOutput {
+                loss,
+                grad_norm,
+                skipped_nonfinite: Some((loss_value, norm_value)),
+            };
+            return (model, out);
+        }
+    }
     let scale = match (shape.grad_clip, &grad_norm) {
         (Some(c), Some(n)) => Some(clip_factor(n.clone(), c)),
         _ => None,
     };
     let model = optimizer.step(lr, model, grads, scale);
-    (model, StepOutput { loss, grad_norm })
+    let out = StepOutput {
+        loss,
+        grad_norm,
+        skipped_nonfinite: None,
+    };
+    (model, out)
 }
 
 #[cfg(test)]
@@ -168,6 +196,7 @@ mod tests {
             grad_accum_steps: 2,
             grad_clip: Some(1.0),
             activation_checkpointing,
+            guard_nonfinite: true,
         };
         let mut k = 0u32;
         let mut next_batch = || {
@@ -258,6 +287,7 @@ mod tests {
                 grad_accum_steps: accum,
                 grad_clip: None,
                 activation_checkpointing: false,
+                guard_nonfinite: false,
             };
             let mut batch = || (0..2 * 9).map(|i| (i * 5) % 97).collect();
             let (_, out) = train_step(model, &mut optimizer, 1e-2, shape, &mut batch, &device);
@@ -269,6 +299,59 @@ mod tests {
         assert!(
             (l1 - l2).abs() < 1e-5 && (n1 - n2).abs() < 1e-4 * n1,
             "{l1} {n1} vs {l2} {n2}"
+        );
+    }
+
+    /// A step whose loss or gradient is not finite leaves the weights and the optimizer state
+    /// as they were (the guard reads both before the update).
+    #[test]
+    fn a_nonfinite_step_changes_nothing() {
+        let device = Default::default();
+        let model = {
+            let _rng = lock_backend_rng();
+            <Autodiff<Flex> as Backend>::seed(&device, 7);
+            tiny().init::<Autodiff<Flex>>(&device)
+        };
+        let mut tensors: std::collections::HashMap<String, kiln_arch::HfTensor> =
+            crate::params::named_tensors(&model)
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect();
+        let norm = tensors.get_mut("norm.weight").expect("final norm");
+        norm.data[3] = f32::NAN;
+        let model = crate::params::load_named_tensors(model, &tensors, "test").unwrap();
+        let before = crate::params::named_tensors(&model);
+        let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_embeddings: true,
+        });
+        let shape = StepShape {
+            micro_batch_size: 2,
+            seq_len: 8,
+            grad_accum_steps: 1,
+            grad_clip: Some(1.0),
+            activation_checkpointing: false,
+            guard_nonfinite: true,
+        };
+        let mut batch = || (0..2 * 9).map(|i| (i * 5) % 97).collect();
+        let (model, out) = train_step(model, &mut optimizer, 1e-2, shape, &mut batch, &device);
+        let (loss, _) = out.skipped_nonfinite.expect("the step is refused");
+        assert!(loss.is_nan());
+        let after = crate::params::named_tensors(&model);
+        for (a, b) in before.iter().zip(&after) {
+            let same = a
+                .data
+                .iter()
+                .zip(&b.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{} changed", a.name);
+        }
+        assert!(
+            optimizer.state_tensors().is_empty(),
+            "no AdamW moments were made"
         );
     }
 }

@@ -22,8 +22,8 @@ use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
 use crate::model_io::{export_model, load_model_dir};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::params::{load_named_tensors, named_tensors};
-use crate::recipe::{ExportDtype, Recipe};
+use crate::params::{first_nonfinite, load_named_tensors, named_tensors};
+use crate::recipe::{ExportDtype, OnNonFinite, Recipe, MAX_CONSECUTIVE_SKIPS};
 use crate::schedule::Schedule;
 use crate::step::{batch_tensors, train_step, StepOutput, StepShape};
 
@@ -312,11 +312,20 @@ pub fn run<B: Backend>(
             world_size: dist.world_size,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         };
+        // Never write a checkpoint that could not be trained on (the step guard keeps NaN out of
+        // the weights; this also covers values that overflow on their own).
+        let (model_tensors, optimizer_tensors) = (named_tensors(model), optimizer.state_tensors());
+        if let Some(bad) = first_nonfinite(&model_tensors).or(first_nonfinite(&optimizer_tensors)) {
+            bail!(
+                "not writing the checkpoint of step {step}: `{bad}` has non-finite values ({})",
+                last_good(&run_dir)
+            );
+        }
         let dir = checkpoint::save(
             &run_dir,
             &CheckpointFiles {
-                model: &named_tensors(model),
-                optimizer: &optimizer.state_tensors(),
+                model: &model_tensors,
+                optimizer: &optimizer_tensors,
                 state: &state,
                 hf_config: &config.to_hf_config(eot, eot, "float32"),
                 recipe_yaml: &recipe_yaml,
@@ -338,6 +347,7 @@ pub fn run<B: Backend>(
     let mut last_val_loss = None;
     let mut last_saved = resumed_from;
     let mut stopped_early = false;
+    let mut consecutive_skips = 0u64;
 
     while step < total_steps {
         let lr = schedule.lr_at(step);
@@ -354,10 +364,34 @@ pub fn run<B: Backend>(
         let StepOutput {
             loss: step_loss,
             grad_norm,
+            skipped_nonfinite,
         } = out;
         step += 1;
         tokens += tokens_per_step;
         interval_tokens += tokens_per_step;
+        if let Some((loss, norm)) = skipped_nonfinite {
+            let what = format!(
+                "step {step}: loss {loss}, grad_norm {norm}: not finite, the update was not applied"
+            );
+            consecutive_skips += 1;
+            if t.on_nonfinite == OnNonFinite::Stop {
+                bail!(
+                    "{what}; training stopped ({}). Lower train.optimizer.lr, check the data, or \
+                     set train.on_nonfinite: skip_step",
+                    last_good(&run_dir)
+                );
+            }
+            if consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                bail!(
+                    "{what}; {consecutive_skips} steps in a row were not finite, training stopped \
+                     ({}). Lower train.optimizer.lr or check the data",
+                    last_good(&run_dir)
+                );
+            }
+            logger.info(&format!("{what} (train.on_nonfinite: skip_step)"));
+        } else {
+            consecutive_skips = 0;
+        }
 
         let stop_signal = crate::signals::requested();
         let stop_now = stop_signal.is_some();
@@ -373,12 +407,12 @@ pub fn run<B: Backend>(
         if log_due || ckpt_due {
             // Host sync: read the loss (also guards checkpoints against NaN weights).
             let loss: f64 = step_loss.into_scalar().elem();
-            if !loss.is_finite() {
-                let kept = checkpoint::latest(&run_dir)
-                    .map_or("no checkpoint was written yet".into(), |p| {
-                        format!("the last good checkpoint {} is intact", p.display())
-                    });
-                bail!("loss is {loss} at step {step}: training diverged ({kept}); lower train.optimizer.lr or check the data");
+            if !loss.is_finite() && skipped_nonfinite.is_none() {
+                bail!(
+                    "loss is {loss} at step {step}: training diverged ({}); lower \
+                     train.optimizer.lr or check the data",
+                    last_good(&run_dir)
+                );
             }
             last_loss = Some(loss);
             if log_due && dist.is_main() {
@@ -598,6 +632,17 @@ fn check_same_model(ckpt_dir: &Path, recipe: &Recipe) -> Result<()> {
 
 /// Test hook: with `KILN_PAUSE_AFTER_STEP=N`, the process writes `<run>/paused-at-N` after step N and
 /// sleeps, so that a test can SIGKILL it at a known point and check that resume is exact.
+/// Names the newest checkpoint of the run. Every checkpoint kiln writes has finite weights and
+/// optimizer state (checked before writing), so it is a good one to resume from.
+fn last_good(run_dir: &Path) -> String {
+    checkpoint::latest(run_dir).map_or("no checkpoint was written yet".into(), |p| {
+        format!(
+            "the last checkpoint, {}, has finite values: --resume continues from it",
+            p.display()
+        )
+    })
+}
+
 fn pause_for_tests(run_dir: &Path, step: u64) {
     let Ok(v) = std::env::var("KILN_PAUSE_AFTER_STEP") else {
         return;
