@@ -857,6 +857,57 @@ fn nonfinite_steps_never_reach_a_checkpoint() {
     assert_all_written_tensors_finite(&out);
 }
 
+/// Two processes on one run directory: the second is refused with the holder's PID; once the
+/// holder is killed (its lock left behind), the next run takes the stale lock over and resumes.
+#[test]
+fn a_run_directory_is_locked_by_its_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    let args = [
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+        "--set",
+        "checkpoint.every_steps=2",
+    ];
+    let mut holder = Command::new(TRAIN)
+        .args(args)
+        .env("KILN_PAUSE_AFTER_STEP", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = run.join("paused-at-4");
+    wait_while_running(&mut holder, "step 4", || marker.exists());
+    let lock = std::fs::read_to_string(run.join("lock")).unwrap();
+    assert!(
+        lock.starts_with(&format!("pid {} host ", holder.id())),
+        "{lock}"
+    );
+    fails_with(
+        train(&args),
+        &[
+            "in use by another training run",
+            &format!("PID {}", holder.id()),
+        ],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(run.join("lock").exists(), "SIGKILL leaves the lock behind");
+    let out = ok(train(&args));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("taking over") && stderr.contains("is gone"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resumed from"), "{stderr}");
+    assert!(!run.join("lock").exists(), "released at the end");
+    assert_eq!(losses(&run).last().unwrap().0, 30);
+}
+
 #[test]
 fn tokenizer_model_mismatch_is_refused() {
     let (_, run) = shared_run();

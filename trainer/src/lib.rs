@@ -18,6 +18,7 @@ pub mod model_io;
 pub mod optim;
 pub mod params;
 pub mod recipe;
+pub mod run_lock;
 pub mod schedule;
 pub mod signals;
 pub mod step;

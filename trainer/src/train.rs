@@ -24,6 +24,7 @@ use crate::model_io::{export_model, load_model_dir};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::params::{first_nonfinite, load_named_tensors, named_tensors};
 use crate::recipe::{ExportDtype, OnNonFinite, Recipe, MAX_CONSECUTIVE_SKIPS};
+use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
 use crate::step::{batch_tensors, train_step, StepOutput, StepShape};
 
@@ -117,13 +118,6 @@ pub fn run<B: Backend>(
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("checkpoints").join(&recipe.name));
-    let latest = checkpoint::latest(&run_dir);
-    if latest.is_some() && !opts.resume {
-        bail!(
-            "{} already has checkpoints; pass --resume to continue that run, or --out DIR to start a new one",
-            run_dir.display()
-        );
-    }
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let say = |msg: &str| {
@@ -131,6 +125,15 @@ pub fn run<B: Backend>(
             metrics::log_line(msg);
         }
     };
+    // One process per run directory, held until the run ends (released on drop).
+    let _lock = RunLock::acquire(&run_dir, say)?;
+    let latest = checkpoint::latest(&run_dir);
+    if latest.is_some() && !opts.resume {
+        bail!(
+            "{} already has checkpoints; pass --resume to continue that run, or --out DIR to start a new one",
+            run_dir.display()
+        );
+    }
 
     // ---- data and tokenizer ----------------------------------------------------------------
     let prepared = crate::data_cmd::prepare(
