@@ -150,6 +150,17 @@ mod tests {
         BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// AdamW with β 0.9/0.95 and eps 1e-8, as the recipes use.
+    fn adamw(weight_decay: f64, decay_embeddings: bool) -> AdamW<Flex> {
+        AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay,
+            decay_embeddings,
+        })
+    }
+
     fn tiny() -> ModelConfig {
         ModelConfig::Llama(LlamaConfig {
             vocab_size: 97,
@@ -183,13 +194,7 @@ mod tests {
         let mut model = tiny()
             .init::<Autodiff<Flex>>(&device)
             .with_precision(param, compute);
-        let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            decay_embeddings: true,
-        });
+        let mut optimizer = adamw(0.1, true);
         let shape = StepShape {
             micro_batch_size: 4,
             seq_len: 16,
@@ -274,13 +279,7 @@ mod tests {
             <Autodiff<Flex> as Backend>::seed(&device, 3);
             let model = tiny().init::<Autodiff<Flex>>(&device);
             drop(rng);
-            let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.0,
-                decay_embeddings: false,
-            });
+            let mut optimizer = adamw(0.0, false);
             let shape = StepShape {
                 micro_batch_size: 2,
                 seq_len: 8,
@@ -321,13 +320,7 @@ mod tests {
         norm.data[3] = f32::NAN;
         let model = crate::params::load_named_tensors(model, &tensors, "test").unwrap();
         let before = crate::params::named_tensors(&model);
-        let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            decay_embeddings: true,
-        });
+        let mut optimizer = adamw(0.1, true);
         let shape = StepShape {
             micro_batch_size: 2,
             seq_len: 8,

@@ -408,15 +408,9 @@ pub fn run<B: Backend>(
             || last_step
             || stop_now;
         if log_due || ckpt_due {
-            // Host sync: read the loss (also guards checkpoints against NaN weights).
+            // A non-finite loss never gets here unnoticed: `train_step`'s guard refused the step
+            // (above). The value was already read back by the guard, so this is no extra sync.
             let loss: f64 = step_loss.into_scalar().elem();
-            if !loss.is_finite() && skipped_nonfinite.is_none() {
-                bail!(
-                    "loss is {loss} at step {step}: training diverged ({}); lower \
-                     train.optimizer.lr or check the data",
-                    last_good(&run_dir)
-                );
-            }
             last_loss = Some(loss);
             if log_due && dist.is_main() {
                 let position = loader.state();

@@ -31,8 +31,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::spacy_en::{count_sentences, is_py_space};
-use super::text::{py_splitlines, py_strip, with_splitter};
+use super::spacy_en::is_py_space;
+use super::text::{py_splitlines, py_strip, sentences as count_sentences};
 use super::Fields;
 use crate::DataError;
 
@@ -152,7 +152,7 @@ impl C4 {
             if c.min_num_sentences.is_some_and(|m| sentences < m) {
                 // datatrove: `len(split_into_sentences(line))`, spaCy's sentencizer. Only
                 // whether the total reaches the minimum matters, so counting stops there.
-                sentences += with_splitter(|s| count_sentences(s, &line));
+                sentences += count_sentences(&line);
             }
             if !first {
                 kept.push('\n');
