@@ -501,6 +501,92 @@ fn existing_run_needs_resume_and_corrupt_checkpoints_are_named() {
     );
 }
 
+/// Same-size bit rot in the newest checkpoint: `--resume` and `generate` name the damaged file and
+/// the newest intact checkpoint, delete nothing, and `--resume-from` continues from the intact one
+/// with the damaged one set aside. A resume past `max_steps` says so.
+#[test]
+fn damaged_newest_checkpoint_is_named_and_resume_from_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let r = recipe.to_str().unwrap();
+    let run = dir.path().join("run");
+    let o = run.to_str().unwrap();
+    let steps = |n: &str| ["--set".to_string(), format!("train.max_steps={n}")];
+    let args = |extra: &[&str], n: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["--recipe", r, "--set", "export.enabled=false"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(steps(n));
+        v
+    };
+    let run_train = |a: Vec<String>| train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(run_train(args(&["--out", o], "20")));
+    let weights = run.join("ckpt/step-000020/model.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    let mut rotten = good.clone();
+    let middle = rotten.len() / 2;
+    rotten[middle] ^= 0x04;
+    std::fs::write(&weights, &rotten).unwrap();
+
+    fails_with(
+        run_train(args(&["--out", o, "--resume"], "30")),
+        &[
+            "step-000020 is damaged",
+            "model.safetensors has xxh3",
+            "--resume-from",
+            "step-000010",
+        ],
+    );
+    fails_with(
+        train(&["generate", "--model", o, "--prompt", "Once"]),
+        &["step-000020 is damaged", "step-000010"],
+    );
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        rotten,
+        "nothing is deleted"
+    );
+
+    // A checkpoint directory without state.json is reported too, never skipped silently.
+    std::fs::rename(
+        run.join("ckpt/step-000020/state.json"),
+        dir.path().join("state.json"),
+    )
+    .unwrap();
+    fails_with(
+        run_train(args(&["--out", o, "--resume"], "30")),
+        &["state.json is missing", "step-000010"],
+    );
+
+    let from = run.join("ckpt/step-000010");
+    let out = ok(run_train(args(
+        &["--resume-from", from.to_str().unwrap()],
+        "20",
+    )));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("resumed from") && stderr.contains("(step 10)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("set aside"), "{stderr}");
+    assert!(run
+        .join("ckpt/set-aside-step-000020/model.safetensors")
+        .is_file());
+    let ckpts: Vec<u64> = kiln_trainer::checkpoint::list(&run)
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(ckpts, [10, 20]);
+    kiln_trainer::checkpoint::verify(&run.join("ckpt/step-000020")).unwrap();
+
+    fails_with(
+        run_train(args(&["--out", o, "--resume"], "15")),
+        &["at step 20, past this recipe's 15 steps", "train.max_steps"],
+    );
+}
+
 #[test]
 fn diverging_loss_stops_with_the_checkpoint_intact() {
     let dir = tempfile::tempdir().unwrap();

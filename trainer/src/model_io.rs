@@ -61,9 +61,21 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
     }
     // A run directory: use its newest checkpoint.
     if dir.join("ckpt").is_dir() && !dir.join("config.json").is_file() {
-        let latest = checkpoint::latest(dir)
-            .with_context(|| format!("{} has no complete checkpoint under ckpt/", dir.display()))?;
-        return load_model_dir(&latest, device);
+        let newest = checkpoint::newest_intact(dir).map_err(|damaged| match damaged.intact {
+            Some(intact) => anyhow::anyhow!(
+                "{}; the newest intact checkpoint is {}: name it instead of the run directory",
+                damaged.error,
+                intact.display()
+            ),
+            None => anyhow::anyhow!(
+                "{}; no checkpoint of {} verifies",
+                damaged.error,
+                dir.display()
+            ),
+        })?;
+        let newest =
+            newest.with_context(|| format!("{} has no checkpoint under ckpt/", dir.display()))?;
+        return load_model_dir(&newest, device);
     }
     let config = read_hf_config(dir)?;
     let tokenizer = read_tokenizer(dir)?;
