@@ -561,11 +561,10 @@ pub fn write_signatures(path: &Path, sigs: &[Signature]) -> Result<(), DataError
             ),
         ));
     }
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
+    let pending = crate::shard::PendingFile::for_path(path);
+    let tmp = pending.path();
     let write = || -> std::io::Result<()> {
-        let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut w = BufWriter::new(std::fs::File::create(tmp)?);
         w.write_all(&SIGNATURE_MAGIC)?;
         w.write_all(&SIGNATURE_VERSION.to_le_bytes())?;
         w.write_all(&(bands as u32).to_le_bytes())?;
@@ -578,8 +577,8 @@ pub fn write_signatures(path: &Path, sigs: &[Signature]) -> Result<(), DataError
         }
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     };
-    write().map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    write().map_err(|e| DataError::io(tmp, e))?;
+    pending.commit(path)
 }
 
 /// Reads a file written by [`write_signatures`]. A file of another kind, another version, or of

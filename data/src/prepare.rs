@@ -62,7 +62,7 @@ use crate::config::{DataConfig, SourceConfig, SourceKind};
 use crate::dedup::{read_signatures, write_signatures, Deduper, Duplicate, Signature, Signer};
 use crate::filters::FilterChain;
 use crate::report::SourceReport;
-use crate::shard::{convert_raw_tokens, read_doc_index, write_doc_index, ShardWriter};
+use crate::shard::{convert_raw_tokens, read_doc_index, write_doc_index, PendingFile, ShardWriter};
 use crate::sources::{expand_paths, read_documents, DocumentReader};
 use crate::tokenizer::EOT;
 use crate::{DataError, Document, Shard, StoryGenerator, TextTokenizer};
@@ -478,9 +478,9 @@ impl Plan {
                 ));
                 let t = Instant::now();
                 let tok = TextTokenizer::train_bpe(sample.iter(), *vocab_size, special_tokens)?;
-                let tmp = path.with_extension("json.tmp");
-                tok.save(&tmp)?;
-                fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
+                let pending = PendingFile::for_path(&path);
+                tok.save(pending.path())?;
+                pending.commit(&path)?;
                 progress.line(&format!(
                     "data: tokenizer trained in {:.1}s: {} tokens{}",
                     t.elapsed().as_secs_f64(),
@@ -1514,13 +1514,13 @@ impl Iterator for UnitDocs {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| DataError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    let pending = PendingFile::for_path(path);
+    let tmp = pending.path();
+    let mut f = fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
+    f.write_all(bytes).map_err(|e| DataError::io(tmp, e))?;
+    f.sync_all().map_err(|e| DataError::io(tmp, e))?;
+    drop(f);
+    pending.commit(path)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), DataError> {

@@ -78,9 +78,10 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
     header[1] = version;
     header[2] = tokens.len() as i32;
 
-    let tmp = tmp_path(path);
-    let io = |e| DataError::io(&tmp, e);
-    let file = File::create(&tmp).map_err(io)?;
+    let pending = PendingFile::for_path(path);
+    let tmp = pending.path();
+    let io = |e| DataError::io(tmp, e);
+    let file = File::create(tmp).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     for word in header {
         w.write_all(&word.to_le_bytes()).map_err(io)?;
@@ -96,10 +97,10 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
     }
     let file = w
         .into_inner()
-        .map_err(|e| DataError::io(&tmp, e.into_error()))?;
+        .map_err(|e| DataError::io(tmp, e.into_error()))?;
     file.sync_all().map_err(io)?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    pending.commit(path)
 }
 
 /// Writes one shard token by token, without holding it in memory: the tokens stream to
@@ -107,6 +108,8 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
 /// (the count), syncs and renames, so a shard that exists under its name is complete.
 pub struct ShardWriter {
     path: PathBuf,
+    /// Removes the `.tmp` file if the shard is never finished.
+    pending: PendingFile,
     tmp: PathBuf,
     out: BufWriter<File>,
     version: i32,
@@ -116,13 +119,15 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(path: &Path, vocab_size: usize) -> Result<Self, DataError> {
-        let tmp = tmp_path(path);
+        let pending = PendingFile::for_path(path);
+        let tmp = pending.path().to_path_buf();
         let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_BYTES])
             .map_err(|e| DataError::io(&tmp, e))?;
         Ok(ShardWriter {
             path: path.to_path_buf(),
+            pending,
             tmp,
             out,
             version: version_for_vocab(vocab_size),
@@ -189,7 +194,7 @@ impl ShardWriter {
         file.write_all(&header).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        self.pending.commit(&self.path)?;
         Ok(self.path)
     }
 }
@@ -258,13 +263,50 @@ pub fn convert_raw_tokens(
     Ok((shards, total as u64))
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
+}
+
+/// The `.tmp` file a write goes to before it is renamed into place. Dropped without
+/// [`PendingFile::commit`] (the write failed: a full disk, a bad token), it removes the file, so a
+/// failed data preparation leaves no partial `.tmp` behind.
+pub(crate) struct PendingFile {
+    tmp: Option<PathBuf>,
+}
+
+impl PendingFile {
+    /// The pending file for `path` (`path.tmp`).
+    pub(crate) fn for_path(path: &Path) -> Self {
+        Self {
+            tmp: Some(tmp_path(path)),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.tmp.as_deref().expect("set until committed")
+    }
+
+    /// Renames the finished file to `path`.
+    pub(crate) fn commit(mut self, path: &Path) -> Result<(), DataError> {
+        let tmp = self.tmp.take().expect("set until committed");
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DataError::io(path, e)
+        })
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// A read-only, memory-mapped shard.
@@ -419,16 +461,16 @@ pub const DOC_INDEX_MAGIC: &[u8; 8] = b"KILNIDX1";
 /// leading `<|endoftext|>` sits in the shard. A document that began in the previous shard has no
 /// entry, so offset 0 is listed only when a document starts there.
 pub fn write_doc_index(path: &Path, doc_starts: &[u64]) -> Result<(), DataError> {
-    let tmp = tmp_path(path);
-    let io = |e| DataError::io(&tmp, e);
+    let pending = PendingFile::for_path(path);
+    let io = |e| DataError::io(pending.path(), e);
     let mut bytes = Vec::with_capacity(16 + 8 * doc_starts.len());
     bytes.extend_from_slice(DOC_INDEX_MAGIC);
     bytes.extend_from_slice(&(doc_starts.len() as u64).to_le_bytes());
     for s in doc_starts {
         bytes.extend_from_slice(&s.to_le_bytes());
     }
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    std::fs::write(pending.path(), &bytes).map_err(io)?;
+    pending.commit(path)
 }
 
 /// Reads an index written by [`write_doc_index`]; a foreign or truncated file is an error.
