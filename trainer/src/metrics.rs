@@ -64,8 +64,46 @@ pub struct EvalRecord {
 
 pub struct Logger {
     jsonl: File,
-    tb: tensorboard_rs::summary_writer::SummaryWriter,
+    jsonl_path: PathBuf,
+    /// Whether the last `metrics.jsonl` write failed (warned once until one succeeds again).
+    jsonl_failing: bool,
+    /// `None` once writing the event file failed: TensorBoard is then off for the rest of the run.
+    tb: Option<tensorboard_rs::summary_writer::SummaryWriter>,
+    tb_dir: PathBuf,
     bar: Option<ProgressBar>,
+}
+
+/// What tensorboard-rs's writer thread panicked with (it `expect`s every write), caught by
+/// [`quiet_tensorboard_panics`] instead of printed.
+static TB_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// tensorboard-rs writes event files on a thread that panics on any I/O error (a full disk), and
+/// every later call then panics too. Its panics are recorded here rather than printed; the logger
+/// turns them into one warning that names the directory, and training goes on.
+fn quiet_tensorboard_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let from_tensorboard = info
+                .location()
+                .is_some_and(|l| l.file().contains("tensorboard"));
+            if !from_tensorboard {
+                return previous(info);
+            }
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let mut failure = TB_FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+            // The first panic (the writer thread's, with the I/O error) says the most.
+            if failure.as_deref().is_none_or(str::is_empty) {
+                *failure = Some(message);
+            }
+        }));
+    });
 }
 
 impl Logger {
@@ -75,15 +113,26 @@ impl Logger {
         run_dir: &Path,
         total_steps: u64,
         resume_step: Option<u64>,
-    ) -> std::io::Result<Self> {
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
         let path = run_dir.join("metrics.jsonl");
         if let Some(step) = resume_step {
-            truncate_after(&path, step)?;
+            truncate_after(&path, step)
+                .with_context(|| format!("cannot rewrite {} for the resume", path.display()))?;
         }
-        let jsonl = OpenOptions::new().create(true).append(true).open(&path)?;
+        let jsonl = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let tb_dir = run_dir.join("tb");
-        std::fs::create_dir_all(&tb_dir)?;
-        let tb = tensorboard_rs::summary_writer::SummaryWriter::new(&tb_dir);
+        std::fs::create_dir_all(&tb_dir)
+            .with_context(|| format!("cannot create {}", tb_dir.display()))?;
+        quiet_tensorboard_panics();
+        let tb = std::panic::catch_unwind(|| {
+            tensorboard_rs::summary_writer::SummaryWriter::new(&tb_dir)
+        })
+        .ok();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total_steps);
             bar.set_style(
@@ -95,7 +144,16 @@ impl Logger {
             bar.set_position(resume_step.unwrap_or(0));
             bar
         });
-        Ok(Self { jsonl, tb, bar })
+        let mut logger = Self {
+            jsonl,
+            jsonl_path: path,
+            jsonl_failing: false,
+            tb,
+            tb_dir,
+            bar,
+        };
+        logger.with_tb(|_| {});
+        Ok(logger)
     }
 
     /// A line for the user, printed above the progress bar when there is one.
@@ -112,19 +170,45 @@ impl Logger {
         }
     }
 
-    pub fn train(&mut self, r: &TrainRecord) -> std::io::Result<()> {
-        self.write_json(r)?;
+    /// Runs `f` on the TensorBoard writer unless it failed before; if it fails now, warns once
+    /// (naming the directory and the error) and turns TensorBoard off for the rest of the run.
+    fn with_tb(&mut self, f: impl FnOnce(&mut tensorboard_rs::summary_writer::SummaryWriter)) {
+        let panicked = match self.tb.as_mut() {
+            Some(tb) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tb))).is_err(),
+            None => false,
+        };
+        let failure = TB_FAILURE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let failed = panicked || failure.is_some() || self.tb.is_none();
+        if failed && !self.tb_dir.as_os_str().is_empty() {
+            // Dropping a writer whose thread died panics (it joins with `expect`): leak it.
+            std::mem::forget(self.tb.take());
+            self.info(&format!(
+                "warning: writing TensorBoard events under {} failed ({}): TensorBoard logging is \
+                 off for the rest of this run; training and metrics.jsonl go on",
+                self.tb_dir.display(),
+                failure
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "the writer stopped".into())
+            ));
+            // Warned once: an empty path marks it.
+            self.tb_dir = PathBuf::new();
+        }
+    }
+
+    pub fn train(&mut self, r: &TrainRecord) {
+        self.write_json(r);
         let step = r.step as usize;
-        self.tb.add_scalar("train/loss", r.loss as f32, step);
-        self.tb.add_scalar("train/lr", r.lr as f32, step);
-        if let Some(g) = r.grad_norm {
-            self.tb.add_scalar("train/grad_norm", g as f32, step);
-        }
-        self.tb
-            .add_scalar("train/tokens_per_s", r.tokens_per_s as f32, step);
-        if let Some(m) = r.mfu {
-            self.tb.add_scalar("train/mfu", m as f32, step);
-        }
+        self.with_tb(|tb| {
+            tb.add_scalar("train/loss", r.loss as f32, step);
+            tb.add_scalar("train/lr", r.lr as f32, step);
+            if let Some(g) = r.grad_norm {
+                tb.add_scalar("train/grad_norm", g as f32, step);
+            }
+            tb.add_scalar("train/tokens_per_s", r.tokens_per_s as f32, step);
+            if let Some(m) = r.mfu {
+                tb.add_scalar("train/mfu", m as f32, step);
+            }
+        });
         let device_mem = r
             .device_mem_mb
             .map_or(String::new(), |m| format!(" | gpu mem {m:.0}MB"));
@@ -149,18 +233,23 @@ impl Logger {
             }
             None => log_line(&line),
         }
-        Ok(())
     }
 
-    pub fn eval(&mut self, r: &EvalRecord) -> std::io::Result<()> {
-        self.write_json(r)?;
-        self.tb
-            .add_scalar("val/loss", r.val_loss as f32, r.step as usize);
+    pub fn eval(&mut self, r: &EvalRecord) {
+        self.write_json(r);
+        let step = r.step as usize;
+        let by_source = r.val_loss_by_source.len() > 1;
+        self.with_tb(|tb| {
+            tb.add_scalar("val/loss", r.val_loss as f32, step);
+            if by_source {
+                for (name, loss) in &r.val_loss_by_source {
+                    tb.add_scalar(&format!("val/loss/{name}"), *loss as f32, step);
+                }
+            }
+        });
         let mut per_source = String::new();
-        if r.val_loss_by_source.len() > 1 {
+        if by_source {
             for (name, loss) in &r.val_loss_by_source {
-                self.tb
-                    .add_scalar(&format!("val/loss/{name}"), *loss as f32, r.step as usize);
                 per_source += &format!(" | {name} {loss:.4}");
             }
         }
@@ -168,23 +257,50 @@ impl Logger {
             "step {:>6} | val_loss {:.4} | val_ppl {:.2}{per_source}",
             r.step, r.val_loss, r.val_ppl
         ));
-        Ok(())
     }
 
     /// Any other JSON record (e.g. generated samples).
-    pub fn record(&mut self, v: &Value) -> std::io::Result<()> {
+    pub fn record(&mut self, v: &Value) {
         self.write_json(v)
     }
 
-    fn write_json<T: Serialize>(&mut self, r: &T) -> std::io::Result<()> {
-        let mut line = serde_json::to_string(r).map_err(std::io::Error::other)?;
+    /// Appends one line to `metrics.jsonl`. A failed write (a full disk) is a warning naming the
+    /// file, not the end of the run: the checkpoint that follows either succeeds or fails with
+    /// its own error, keeping the earlier ones. A partly written line is cut off again, so that
+    /// the file stays valid JSONL.
+    fn write_json<T: Serialize>(&mut self, r: &T) {
+        let mut line = serde_json::to_string(r).expect("records serialise");
         line.push('\n');
-        self.jsonl.write_all(line.as_bytes())?;
-        self.jsonl.flush()
+        let before = self.jsonl.metadata().map(|m| m.len()).ok();
+        let result = self
+            .jsonl
+            .write_all(line.as_bytes())
+            .and_then(|()| self.jsonl.flush());
+        match result {
+            Ok(()) => self.jsonl_failing = false,
+            Err(e) => {
+                if let Some(len) = before {
+                    let _ = self.jsonl.set_len(len);
+                }
+                if !self.jsonl_failing {
+                    self.info(&format!(
+                        "warning: cannot write {}: {e}; this record is lost, training goes on",
+                        self.jsonl_path.display()
+                    ));
+                }
+                self.jsonl_failing = true;
+            }
+        }
     }
 
     pub fn finish(mut self) {
-        self.tb.flush();
+        self.with_tb(|tb| tb.flush());
+        if let Some(tb) = self.tb.take() {
+            // Joins the writer thread, which panics if the final write failed.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(tb))).is_err() {
+                self.with_tb(|_| {});
+            }
+        }
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
