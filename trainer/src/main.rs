@@ -1,7 +1,7 @@
 //! `train`: the kiln command line.
 //!
 //! ```text
-//! train --recipe recipes/tinystories-tiny.yaml [--set train.max_steps=20]... [--out DIR] [--resume]
+//! train --recipe recipes/tinystories-tiny.yaml [--set train.max_steps=20]... [--out DIR] [--resume | --resume-from DIR]
 //! train data --recipe R [--shard I/N | --tokenizer-only]   prepare data and tokenizer only
 //! train export --checkpoint DIR --out DIR [--dtype f32|bf16]
 //! train generate --model DIR --prompt "..." [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
@@ -49,9 +49,13 @@ struct RunArgs {
     /// Run directory (default: checkpoints/<recipe name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from the run directory's latest complete checkpoint.
+    /// Continue from the run directory's newest checkpoint (refused if its files do not verify).
     #[arg(long)]
     resume: bool,
+    /// Continue from this checkpoint (<run>/ckpt/step-N; the run directory is <run> unless --out
+    /// says otherwise). The run's checkpoints after it are set aside, not deleted.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    resume_from: Option<PathBuf>,
     /// Backend (overrides train.backend).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
@@ -190,6 +194,7 @@ fn real_main() -> Result<()> {
             let opts = TrainOptions {
                 out_dir: cli.run.out,
                 resume: cli.run.resume,
+                resume_from: cli.run.resume_from,
             };
             let summary = with_backend!(backend, run_training(recipe, opts))?;
             if let Some(dir) = &summary.export_dir {
@@ -342,6 +347,23 @@ fn run_generate<B: Backend>(
     let eot = tokenizer.eot_id()?;
     let mut ids = vec![eot];
     ids.extend(tokenizer.encode(prompt)?);
+    if let Some(context) = loaded.config.max_seq_len() {
+        if ids.len() > context {
+            kiln_trainer::metrics::log_line(&format!(
+                "note: the prompt is {} tokens, more than the model's context of {context}: only its \
+                 last {context} tokens are used",
+                ids.len()
+            ));
+        } else if ids.len() + opts.max_new_tokens > context {
+            kiln_trainer::metrics::log_line(&format!(
+                "note: the prompt ({} tokens) + --max-new-tokens {} exceed the model's context of \
+                 {context} tokens: beyond it, generation continues on a sliding window of the most \
+                 recent tokens",
+                ids.len(),
+                opts.max_new_tokens
+            ));
+        }
+    }
     let new = generate(
         &loaded.model,
         &loaded.config,
@@ -357,6 +379,13 @@ fn run_generate<B: Backend>(
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
+        let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+        if cores > 0 && n > cores {
+            kiln_trainer::metrics::log_line(&format!(
+                "warning: train.threads = {n} is more than the {cores} cores this process may use: \
+                 the extra threads compete for them and make steps slower"
+            ));
+        }
         kiln_arch::layers::set_num_threads(n);
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -65,7 +65,10 @@ impl Dist {
 
 pub struct TrainOptions {
     pub out_dir: Option<PathBuf>,
+    /// Continue from the run directory's newest checkpoint (an error if it is damaged).
     pub resume: bool,
+    /// Continue from this checkpoint directory; checkpoints of the run after it are set aside.
+    pub resume_from: Option<PathBuf>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -114,9 +117,14 @@ pub fn run<B: Backend>(
             dist.world_size
         );
     }
+    // `--resume-from <run>/ckpt/step-N` continues that run unless --out names another one.
     let run_dir = opts
         .out_dir
         .clone()
+        .or_else(|| {
+            let ckpt_root = opts.resume_from.as_deref()?.parent()?;
+            (ckpt_root.file_name()? == "ckpt").then(|| ckpt_root.parent().map(Path::to_path_buf))?
+        })
         .unwrap_or_else(|| PathBuf::from("checkpoints").join(&recipe.name));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
@@ -127,13 +135,35 @@ pub fn run<B: Backend>(
     };
     // One process per run directory, held until the run ends (released on drop).
     let _lock = RunLock::acquire(&run_dir, say)?;
-    let latest = checkpoint::latest(&run_dir);
-    if latest.is_some() && !opts.resume {
+    if checkpoint::newest(&run_dir).is_some() && !opts.resume && opts.resume_from.is_none() {
         bail!(
             "{} already has checkpoints; pass --resume to continue that run, or --out DIR to start a new one",
             run_dir.display()
         );
     }
+
+    // Checked before data preparation (which can take long): a damaged checkpoint is named now.
+    let resume_dir = match (&opts.resume_from, opts.resume) {
+        (Some(dir), _) => {
+            checkpoint::verify(dir)?;
+            Some(dir.clone())
+        }
+        (None, true) => checkpoint::newest_intact(&run_dir).map_err(|damaged| {
+            let advice = match &damaged.intact {
+                Some(intact) => format!(
+                    "the newest intact checkpoint is {}: continue from it with --resume-from {} \
+                     (the checkpoints after it are set aside), or restore the damaged files",
+                    intact.display(),
+                    intact.display()
+                ),
+                None => "no checkpoint of this run verifies: restore the damaged files, or start \
+                         a new run with another --out"
+                    .into(),
+            };
+            anyhow::anyhow!("{}; {advice}", damaged.error)
+        })?,
+        (None, false) => None,
+    };
 
     // ---- data and tokenizer ----------------------------------------------------------------
     let prepared = crate::data_cmd::prepare(
@@ -258,29 +288,55 @@ pub fn run<B: Backend>(
     let mut tokens = 0u64;
     let mut elapsed_before = 0.0;
     let mut resumed_from = None;
-    if opts.resume {
-        match &latest {
-            Some(dir) => {
-                let ckpt = checkpoint::load(dir)?;
-                check_same_model(dir, &recipe)?;
-                model = load_named_tensors(
-                    model,
-                    &ckpt.model,
-                    &dir.join("model.safetensors").display().to_string(),
-                )?;
-                optimizer
-                    .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
-                    .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
-                loader
-                    .restore(&ckpt.state.loader)
-                    .with_context(|| format!("{}: loader state", dir.display()))?;
-                step = ckpt.state.step;
-                tokens = ckpt.state.tokens;
-                elapsed_before = ckpt.state.elapsed_s;
-                resumed_from = Some(step);
-                say(&format!("resumed from {} (step {step})", dir.display()));
+    let resume_ckpt = resume_dir.as_deref().map(checkpoint::load).transpose()?;
+    match resume_ckpt {
+        Some(ckpt) => {
+            let dir = &ckpt.dir;
+            check_same_model(dir, &recipe)?;
+            model = load_named_tensors(
+                model,
+                &ckpt.model,
+                &dir.join("model.safetensors").display().to_string(),
+            )?;
+            optimizer
+                .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
+            loader
+                .restore(&ckpt.state.loader)
+                .with_context(|| format!("{}: loader state", dir.display()))?;
+            step = ckpt.state.step;
+            tokens = ckpt.state.tokens;
+            elapsed_before = ckpt.state.elapsed_s;
+            resumed_from = Some(step);
+            say(&format!("resumed from {} (step {step})", dir.display()));
+            if opts.resume_from.is_some() && dist.is_main() {
+                for (from, to) in checkpoint::set_aside_after(&run_dir, step)? {
+                    say(&format!(
+                        "set aside {} (newer than the checkpoint resumed from) as {}",
+                        from.display(),
+                        to.display()
+                    ));
+                }
             }
-            None => say("--resume: no checkpoint yet, starting from step 0"),
+        }
+        None if opts.resume => say("--resume: no checkpoint yet, starting from step 0"),
+        None => {}
+    }
+    if let Some(at) = resumed_from {
+        if at > total_steps {
+            bail!(
+                "the checkpoint is at step {at}, past this recipe's {total_steps} steps \
+                 (train.max_steps / train.max_tokens): nothing to train, and the learning-rate \
+                 schedule would not match. Raise train.max_steps above {at} to train on, or export \
+                 the checkpoint with `train export --checkpoint {}`",
+                run_dir.display()
+            );
+        }
+        if at == total_steps {
+            say(&format!(
+                "the run is already complete (step {at} of {total_steps}): nothing to train; raise \
+                 train.max_steps to train on"
+            ));
         }
     }
     // Precision last: loading replaces parameters with f32 tensors.
@@ -450,7 +506,7 @@ pub fn run<B: Backend>(
                         .iter()
                         .map(|c| (c.name.clone(), c.epoch))
                         .collect(),
-                })?;
+                });
                 interval_start = Instant::now();
                 interval_tokens = 0;
             }
@@ -478,7 +534,7 @@ pub fn run<B: Backend>(
                 val_ppl: val_loss.exp(),
                 tokens,
                 val_loss_by_source: by_source.into_iter().collect(),
-            })?;
+            });
             for i in 0..recipe.eval.samples {
                 let text = sample_text(
                     &valid,
@@ -496,7 +552,7 @@ pub fn run<B: Backend>(
                     &device,
                 )?;
                 logger.info(&format!("sample: {text}"));
-                logger.record(&serde_json::json!({"step": step, "sample": text}))?;
+                logger.record(&serde_json::json!({"step": step, "sample": text}));
             }
             // Evaluation time does not count towards training throughput.
             interval_start += pause.elapsed();
@@ -604,18 +660,30 @@ fn check_same_model(ckpt_dir: &Path, recipe: &Recipe) -> Result<()> {
     if saved.model != recipe.model {
         let a = serde_yaml_ng::to_value(&saved.model)?;
         let b = serde_yaml_ng::to_value(&recipe.model)?;
-        let key = a
-            .as_mapping()
-            .and_then(|am| {
-                am.iter()
-                    .find(|(k, v)| b.get(*k) != Some(*v))
-                    .and_then(|(k, _)| k.as_str().map(str::to_string))
+        // The first key that differs, whichever side has it (an optional key set on one side only).
+        let (am, bm) = (a.as_mapping(), b.as_mapping());
+        let keys = am.into_iter().chain(bm).flat_map(|m| m.keys());
+        let differs = keys
+            .filter(|k| a.get(*k) != b.get(*k))
+            .find_map(|k| k.as_str().map(str::to_string));
+        let show = |v: &serde_yaml_ng::Value, key: &str| {
+            v.get(key).map_or("not set".into(), |v| {
+                serde_yaml_ng::to_string(v).map_or("?".into(), |s| s.trim().to_string())
             })
-            .unwrap_or_else(|| "?".into());
-        bail!(
-            "cannot resume: model.{key} differs from the checkpoint's recipe ({})",
-            ckpt_dir.join("recipe.yaml").display()
-        );
+        };
+        match differs {
+            Some(key) => bail!(
+                "cannot resume: model.{key} is {} in the checkpoint's recipe ({}) but {} now; \
+                 a different model cannot continue this run (use another --out)",
+                show(&a, &key),
+                ckpt_dir.join("recipe.yaml").display(),
+                show(&b, &key)
+            ),
+            None => bail!(
+                "cannot resume: the model section differs from the checkpoint's recipe ({})",
+                ckpt_dir.join("recipe.yaml").display()
+            ),
+        }
     }
     if saved.data != recipe.data || saved.tokenizer != recipe.tokenizer {
         bail!(
@@ -627,19 +695,21 @@ fn check_same_model(ckpt_dir: &Path, recipe: &Recipe) -> Result<()> {
     Ok(())
 }
 
-/// Test hook: with `KILN_PAUSE_AFTER_STEP=N`, the process writes `<run>/paused-at-N` after step N and
-/// sleeps, so that a test can SIGKILL it at a known point and check that resume is exact.
 /// Names the newest checkpoint of the run. Every checkpoint kiln writes has finite weights and
 /// optimizer state (checked before writing), so it is a good one to resume from.
 fn last_good(run_dir: &Path) -> String {
-    checkpoint::latest(run_dir).map_or("no checkpoint was written yet".into(), |p| {
-        format!(
-            "the last checkpoint, {}, has finite values: --resume continues from it",
-            p.display()
-        )
-    })
+    checkpoint::list(run_dir)
+        .pop()
+        .map_or("no checkpoint was written yet".into(), |(_, p)| {
+            format!(
+                "the last checkpoint, {}, has finite values: --resume continues from it",
+                p.display()
+            )
+        })
 }
 
+/// Test hook: with `KILN_PAUSE_AFTER_STEP=N`, the process writes `<run>/paused-at-N` after step N and
+/// sleeps, so that a test can SIGKILL it at a known point and check that resume is exact.
 fn pause_for_tests(run_dir: &Path, step: u64) {
     let Ok(v) = std::env::var("KILN_PAUSE_AFTER_STEP") else {
         return;
