@@ -49,8 +49,13 @@ impl SampleOptions {
     }
 }
 
-/// Generates up to `max_new_tokens` after `prompt`, stopping early at `stop` or at the model's context
-/// length. Returns only the new tokens.
+/// Generates up to `max_new_tokens` after `prompt`, stopping early at `stop`. Returns only the new
+/// tokens.
+///
+/// A model with a context length (attention) sees at most that many tokens: an over-long prompt is
+/// cut to its end, and when prompt + new tokens outgrow the context, generation slides on: the cache
+/// is rebuilt from the last 3/4 of the context (so the rebuild costs one prompt pass every quarter
+/// context, and the model always sees between 3/4 and all of its context).
 pub fn generate<B: Backend>(
     model: &Model<B>,
     config: &ModelConfig,
@@ -70,8 +75,16 @@ pub fn generate<B: Backend>(
     let mut cache = model.new_cache(1);
     let mut out = Vec::new();
     let mut input: Vec<u32> = prompt.to_vec();
+    // Every token so far, for rebuilding the window.
+    let mut seen: Vec<u32> = prompt.to_vec();
     let mut position = 0usize;
-    while out.len() < opts.max_new_tokens && position + input.len() <= max_ctx {
+    while out.len() < opts.max_new_tokens {
+        if position + input.len() > max_ctx {
+            let keep = (max_ctx * 3 / 4).max(1);
+            input = seen[seen.len() - keep..].to_vec();
+            cache = model.new_cache(1);
+            position = 0;
+        }
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(
                 input.iter().map(|&t| t as i64).collect::<Vec<_>>(),
@@ -94,6 +107,7 @@ pub fn generate<B: Backend>(
         if Some(next) == stop {
             break;
         }
+        seen.push(next);
         input = vec![next];
     }
     out
