@@ -28,8 +28,17 @@ pub enum RecipeError {
         key: String,
         message: String,
     },
+    #[error("{origin}: not valid YAML: {message}")]
+    Syntax { origin: String, message: String },
     #[error("--set {arg}: expected KEY=VALUE with a dotted key such as train.max_steps=20")]
     BadOverride { arg: String },
+    #[error(
+        "--set {arg}: the value is not valid YAML ({message}); quote text that contains YAML \
+         syntax, e.g. --set 'eval.sample_prompt=\"a: b\"'"
+    )]
+    BadOverrideValue { arg: String, message: String },
+    #[error("--set {arg}: {message}")]
+    BadOverrideIndex { arg: String, message: String },
     #[error(
         "--set {arg}: `{key}` is not a section (it holds a value), cannot set a key inside it"
     )]
@@ -510,22 +519,31 @@ impl Recipe {
         origin: &str,
         overrides: &[String],
     ) -> Result<Recipe, RecipeError> {
-        // First the file as written, so errors carry its line numbers.
-        let recipe: Recipe = parse_typed(serde_yaml_ng::Deserializer::from_str(text), origin)?;
+        // YAML syntax first (bad indentation, an unclosed bracket): its error has the line, and
+        // reading such a file as a recipe would only report a confusing type or missing key.
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| RecipeError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        // The file as written, so that errors carry its line numbers.
+        let as_written = parse_typed(serde_yaml_ng::Deserializer::from_str(text), origin);
         let recipe = if overrides.is_empty() {
-            recipe
+            as_written?
         } else {
-            let mut value: Value =
-                serde_yaml_ng::from_str(text).map_err(|e| RecipeError::Parse {
-                    origin: origin.to_string(),
-                    key: String::new(),
-                    message: e.to_string(),
-                })?;
             for arg in overrides {
                 apply_override(&mut value, arg)?;
             }
-            let origin = format!("{origin} (after --set {})", overrides.join(" --set "));
-            parse_typed(value, &origin)?
+            let with_origin = format!("{origin} (after --set {})", overrides.join(" --set "));
+            match parse_typed(value, &with_origin) {
+                Ok(recipe) => recipe,
+                // The same key is wrong in the file itself: that error points at its line.
+                Err(e) => {
+                    return Err(match as_written {
+                        Err(file_error) if parse_key(&file_error) == parse_key(&e) => file_error,
+                        _ => e,
+                    })
+                }
+            }
         };
         recipe.validate()?;
         Ok(recipe)
@@ -652,8 +670,6 @@ impl Recipe {
         Ok(())
     }
 
-    /// The architecture-specific keys of `model` (and the training options an architecture
-    /// does not support yet).
     /// What training needs beyond [`Recipe::validate`] (data preparation does not): an optimizer,
     /// a schedule and a length (`max_steps` or `max_tokens`).
     pub fn check_trainable(&self) -> Result<(), RecipeError> {
@@ -665,6 +681,17 @@ impl Recipe {
                 "train.max_steps",
                 "set train.max_steps or train.max_tokens",
             ));
+        }
+        for (key, value) in [
+            ("train.max_steps", t.max_steps),
+            ("train.max_tokens", t.max_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    key,
+                    "is 0: there would be nothing to train (to only prepare data, run `train data`)",
+                ));
+            }
         }
         Ok(())
     }
@@ -689,6 +716,8 @@ impl Recipe {
         })
     }
 
+    /// The architecture-specific keys of `model` (and the training options an architecture
+    /// does not support yet).
     fn validate_model(&self) -> Result<(), RecipeError> {
         let m = &self.model;
         let t = &self.train;
@@ -710,6 +739,28 @@ impl Recipe {
                 Ok(())
             }
         };
+        // Values every architecture reads; checked here so that a typo fails before data
+        // preparation, naming the recipe key (not the Hugging Face one).
+        if !(m.norm_eps.is_finite() && m.norm_eps > 0.0) {
+            return Err(invalid(
+                "model.norm_eps",
+                format!("{} must be a finite number > 0, e.g. 1.0e-5", m.norm_eps),
+            ));
+        }
+        if !(m.init_std.is_finite() && m.init_std >= 0.0) {
+            return Err(invalid(
+                "model.init_std",
+                format!("{} must be a finite number >= 0, e.g. 0.02", m.init_std),
+            ));
+        }
+        if let Some(theta) = m.rope_theta {
+            if !(theta.is_finite() && theta > 1.0) {
+                return Err(invalid(
+                    "model.rope_theta",
+                    format!("{theta} must be a finite number > 1, e.g. 10000"),
+                ));
+            }
+        }
         match m.arch {
             Arch::Llama => {
                 let n_heads = required("n_heads", m.n_heads)?;
@@ -928,6 +979,13 @@ impl Recipe {
     }
 }
 
+fn parse_key(e: &RecipeError) -> Option<&str> {
+    match e {
+        RecipeError::Parse { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
 fn parse_typed<'de, D: serde::Deserializer<'de>>(de: D, origin: &str) -> Result<Recipe, RecipeError>
 where
     D::Error: std::fmt::Display,
@@ -956,10 +1014,40 @@ pub fn apply_override(root: &mut Value, arg: &str) -> Result<(), RecipeError> {
     if key.is_empty() || key.split('.').any(str::is_empty) {
         return Err(bad());
     }
-    let value: Value = serde_yaml_ng::from_str(raw).map_err(|_| bad())?;
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| RecipeError::BadOverrideValue {
+        arg: arg.to_string(),
+        message: e.to_string(),
+    })?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
+        // A list item by position: data.sources.0.weight=2.
+        if node.is_sequence() {
+            let list = node.as_sequence_mut().expect("checked above");
+            let len = list.len();
+            let index_error = |what: &str| RecipeError::BadOverrideIndex {
+                arg: arg.to_string(),
+                message: format!(
+                    "`{}` is a list of {len} items: {what} (address an item by its position, \
+                     from 0, e.g. {}.0.weight=2; or replace the whole list, e.g. {}='[...]')",
+                    parts[..i].join("."),
+                    parts[..i].join("."),
+                    parts[..i].join(".")
+                ),
+            };
+            let index: usize = part
+                .parse()
+                .map_err(|_| index_error(&format!("`{part}` is not a position")))?;
+            let item = list
+                .get_mut(index)
+                .ok_or_else(|| index_error(&format!("there is no item {index}")))?;
+            if i + 1 == parts.len() {
+                *item = value;
+                return Ok(());
+            }
+            node = item;
+            continue;
+        }
         if !node.is_mapping() {
             if node.is_null() {
                 *node = Value::Mapping(Default::default());
