@@ -499,6 +499,19 @@ fn existing_run_needs_resume_and_corrupt_checkpoints_are_named() {
         ]),
         &["model.n_layers"],
     );
+    // An optional key the checkpoint's recipe does not set is named too, with both values.
+    fails_with(
+        train(&[
+            "--recipe",
+            r,
+            "--out",
+            o,
+            "--resume",
+            "--set",
+            "model.rope_theta=500000",
+        ]),
+        &["model.rope_theta is not set", "500000.0 now"],
+    );
 }
 
 /// Same-size bit rot in the newest checkpoint: `--resume` and `generate` name the damaged file and
@@ -585,6 +598,50 @@ fn damaged_newest_checkpoint_is_named_and_resume_from_continues() {
         run_train(args(&["--out", o, "--resume"], "15")),
         &["at step 20, past this recipe's 15 steps", "train.max_steps"],
     );
+}
+
+/// `metrics.jsonl` on a full disk (`/dev/full`: every write fails with ENOSPC) and a TensorBoard
+/// directory where no file can be created (`/sys`): each is one warning naming the path, and the
+/// run trains to the end, checkpoints and exports. (Also: `train.threads` above the cores warns.)
+#[cfg(target_os = "linux")]
+#[test]
+fn unwritable_logs_warn_with_their_path_and_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::symlink("/dev/full", run.join("metrics.jsonl")).unwrap();
+    std::os::unix::fs::symlink("/sys", run.join("tb")).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let out = ok(train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "train.max_steps=12",
+        "--set",
+        &format!("train.threads={}", cores + 1),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned = |needle: &str| stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        warned("warning: cannot write"),
+        1,
+        "one warning while it keeps failing:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("metrics.jsonl") && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    assert_eq!(warned("writing TensorBoard events under"), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("more than the {cores} cores")),
+        "threads above the cores warn:\n{stderr}"
+    );
+    assert!(run.join("ckpt/step-000012/model.safetensors").is_file());
+    assert!(run.join("export/model.safetensors").is_file());
 }
 
 #[test]

@@ -502,6 +502,44 @@ mod tests {
         i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
     }
 
+    /// A full disk (`/dev/full` behind the `.tmp` name) and a writer dropped after an error both
+    /// leave no `.tmp` file, and the error names the file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn failed_writes_leave_no_tmp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_000000.bin");
+        std::os::unix::fs::symlink("/dev/full", tmp_path(&path)).unwrap();
+        let e = write_shard(&path, &[1, 2, 3], 50257)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train_000000.bin.tmp"), "{e}");
+        assert!(!tmp_path(&path).exists() && !tmp_path(&path).is_symlink());
+        assert!(!path.exists());
+
+        std::os::unix::fs::symlink("/dev/full", tmp_path(&path)).unwrap();
+        let mut w = ShardWriter::create(&path, 50257).unwrap();
+        w.push(&[5; 1000]).unwrap(); // buffered
+        assert!(w.finish().is_err());
+        assert!(
+            !tmp_path(&path).is_symlink(),
+            "the failed shard's .tmp is removed"
+        );
+
+        let mut w = ShardWriter::create(&path, 300).unwrap();
+        assert!(w.push(&[5, 301]).is_err());
+        drop(w);
+        assert!(
+            !tmp_path(&path).exists(),
+            "an abandoned shard's .tmp is removed"
+        );
+
+        let index = dir.path().join("train_000000.idx");
+        std::os::unix::fs::symlink("/dev/full", tmp_path(&index)).unwrap();
+        assert!(write_doc_index(&index, &[0, 5]).is_err());
+        assert!(!tmp_path(&index).is_symlink());
+    }
+
     #[test]
     fn u16_round_trip_and_llm_c_header() {
         let dir = tempfile::tempdir().unwrap();

@@ -173,6 +173,70 @@ pub fn sample(logits: &[f32], opts: &SampleOptions, rng: &mut impl Rng) -> u32 {
 mod tests {
     use super::*;
 
+    /// Past the context (16 here) generation goes on with a sliding window instead of stopping,
+    /// and up to the context it is the same as before.
+    #[test]
+    fn generation_slides_past_the_context() {
+        use burn::backend::Flex;
+        use kiln_arch::LlamaConfig;
+        let config = ModelConfig::Llama(LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 8,
+            max_position_embeddings: 16,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            initializer_range: 0.5,
+            layer_sharing: false,
+            scaled_residual_init: false,
+        });
+        let device = Default::default();
+        let model: Model<Flex> = config.init(&device);
+        let prompt = [1, 2, 3, 4, 5, 6];
+        let long = generate(
+            &model,
+            &config,
+            &prompt,
+            &SampleOptions::greedy(40),
+            None,
+            &device,
+        );
+        assert_eq!(long.len(), 40);
+        let short = generate(
+            &model,
+            &config,
+            &prompt,
+            &SampleOptions::greedy(11),
+            None,
+            &device,
+        );
+        assert_eq!(short, long[..11]);
+        // An over-long prompt keeps its end.
+        let prompt: Vec<u32> = (0..30).map(|i| i % 50).collect();
+        let cut = generate(
+            &model,
+            &config,
+            &prompt,
+            &SampleOptions::greedy(3),
+            None,
+            &device,
+        );
+        let end = generate(
+            &model,
+            &config,
+            &prompt[14..],
+            &SampleOptions::greedy(3),
+            None,
+            &device,
+        );
+        assert_eq!(cut, end);
+    }
+
     #[test]
     fn greedy_takes_argmax() {
         let opts = SampleOptions::greedy(1);

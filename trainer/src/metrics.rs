@@ -187,6 +187,7 @@ impl Logger {
                  off for the rest of this run; training and metrics.jsonl go on",
                 self.tb_dir.display(),
                 failure
+                    .map(|m| m.trim_start_matches([':', ' ']).to_string())
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "the writer stopped".into())
             ));
@@ -284,7 +285,7 @@ impl Logger {
                 }
                 if !self.jsonl_failing {
                     self.info(&format!(
-                        "warning: cannot write {}: {e}; this record is lost, training goes on",
+                        "warning: cannot write {}: {e}; records are lost until it can be written again; training goes on",
                         self.jsonl_path.display()
                     ));
                 }

@@ -34,7 +34,7 @@ pub enum RecipeError {
     BadOverride { arg: String },
     #[error(
         "--set {arg}: the value is not valid YAML ({message}); quote text that contains YAML \
-         syntax, e.g. --set 'eval.sample_prompt=\"a: b\"'"
+         syntax, e.g. --set 'eval.sample_prompt=\"[Once\"'"
     )]
     BadOverrideValue { arg: String, message: String },
     #[error("--set {arg}: {message}")]
@@ -1166,6 +1166,93 @@ train:
         assert!(e.contains("not a section"), "{e}");
         let e = err(TINY, &["train.max_steps=ten"]);
         assert!(e.contains("train.max_steps"), "{e}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_come_first_with_their_line() {
+        // Bad indentation: a key at a deeper level than its siblings.
+        let text = TINY.replace("  n_heads: 4\n", "     n_heads: 4\n");
+        let e = err(&text, &[]);
+        assert!(e.contains("not valid YAML") && e.contains("line 7"), "{e}");
+        // An unclosed flow sequence.
+        let text = TINY.replace("seq_len: 32", "seq_len: [32");
+        let e = err(&text, &["train.max_steps=3"]);
+        assert!(e.contains("not valid YAML") && e.contains("line"), "{e}");
+        assert!(!e.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn override_values_and_list_items() {
+        let e = err(TINY, &["train.optimizer.betas=[0.9, 0.95"]);
+        assert!(e.contains("not valid YAML") && e.contains("betas"), "{e}");
+        let o = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+        let r = Recipe::from_yaml(
+            TINY,
+            "r.yaml",
+            &o(&["data.sources.0.tokens=1234", "data.sources.0.weight=2"]),
+        )
+        .unwrap();
+        assert_eq!(r.data.sources[0].tokens, Some(1234));
+        assert_eq!(r.data.sources[0].weight, 2.0);
+        let e = err(TINY, &["data.sources.3.tokens=1"]);
+        assert!(
+            e.contains("data.sources") && e.contains("list of 1 items") && e.contains("no item 3"),
+            "{e}"
+        );
+        let e = err(TINY, &["data.sources.first.tokens=1"]);
+        assert!(e.contains("not a position"), "{e}");
+        // A type error in an item names it by position.
+        let e = err(TINY, &["data.sources.0.tokens=many"]);
+        assert!(e.contains("data.sources[0].tokens"), "{e}");
+    }
+
+    /// Values that used to panic after data preparation (llama) or train to NaN (state-space
+    /// models) are refused at load, naming the recipe key.
+    #[test]
+    fn model_values_are_checked_at_load_for_every_architecture() {
+        for (key, bad) in [
+            ("model.norm_eps", "0"),
+            ("model.norm_eps", "-1"),
+            ("model.init_std", "-1"),
+            ("model.init_std", ".nan"),
+            ("model.rope_theta", "1"),
+            ("model.rope_theta", "-5"),
+        ] {
+            let e = err(TINY, &[&format!("{key}={bad}")]);
+            assert!(
+                e.contains(&format!("recipe key `{key}`")),
+                "{key}={bad}: {e}"
+            );
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        for name in [
+            "tinystories-mamba2.yaml",
+            "tinystories-hybrid.yaml",
+            "tinystories-mamba.yaml",
+        ] {
+            for (key, bad) in [("model.norm_eps", "-1"), ("model.init_std", "-1")] {
+                let e = Recipe::load(&root.join(name), &[format!("{key}={bad}")])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!("recipe key `{key}`")),
+                    "{name} {key}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_length_runs_are_refused() {
+        for key in ["train.max_steps", "train.max_tokens"] {
+            let o = vec![format!("{key}=0")];
+            let e = Recipe::from_yaml(TINY, "r.yaml", &o)
+                .unwrap()
+                .check_trainable()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("nothing to train"), "{e}");
+        }
     }
 
     #[test]
