@@ -377,6 +377,25 @@ fn generation_is_deterministic() {
         gen("5", "1.0"),
         "sampling is deterministic for a seed"
     );
+    // A prompt beyond the context (64 tokens): a note says only its end is used.
+    let out = ok(train(&[
+        "generate",
+        "--model",
+        export.to_str().unwrap(),
+        "--prompt",
+        &"Once upon a time there was a dog. ".repeat(12),
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "3",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only its last 64 tokens are used"), "{stderr}");
+    // (That it goes on past the context is `generate::tests::generation_slides_past_the_context`:
+    // here a sampled end-of-text may stop it early.)
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Once upon a time"));
 }
 
 #[test]
