@@ -40,14 +40,14 @@ struct Cli {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Recipe file (YAML).
+    /// Recipe file (YAML); see recipes/README.md for every key.
     #[arg(long)]
     recipe: Option<PathBuf>,
     /// Override a recipe key, e.g. --set train.max_steps=20 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Run directory (default: checkpoints/<recipe name>).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue from the run directory's newest checkpoint (refused if its files do not verify).
     #[arg(long)]
@@ -78,8 +78,10 @@ enum DtypeArg {
 enum Command {
     /// Prepare the recipe's data (tokenizer and shards) without training.
     Data {
+        /// Recipe file (YAML); only its data and tokenizer sections are used.
         #[arg(long)]
         recipe: PathBuf,
+        /// Override a recipe key, e.g. --set data.sources.0.max_documents=1000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
         /// Worker I of N: prepare only every N-th input file (cluster array jobs); a final
@@ -92,10 +94,14 @@ enum Command {
     },
     /// Export a checkpoint (or a run directory's latest) as a Hugging Face model directory.
     Export {
-        #[arg(long)]
+        /// A checkpoint (<run>/ckpt/step-N) or a run directory (its newest checkpoint).
+        #[arg(long, value_name = "DIR")]
         checkpoint: PathBuf,
-        #[arg(long)]
+        /// Directory to write: config.json, model.safetensors, generation_config.json and the
+        /// tokenizer files, as transformers' from_pretrained reads them.
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Weight dtype in model.safetensors.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
         /// Write into --out even if it is a checkpoint, a run directory or another non-empty
@@ -105,10 +111,15 @@ enum Command {
     },
     /// Generate text from a model directory (export, checkpoint, run dir or Hugging Face Llama).
     Generate {
-        #[arg(long)]
+        /// An export, a checkpoint, a run directory (newest checkpoint) or a Hugging Face
+        /// Llama/Mamba/Mamba-2/Jamba directory with tokenizer.json.
+        #[arg(long, value_name = "DIR")]
         model: PathBuf,
+        /// Text to continue.
         #[arg(long)]
         prompt: String,
+        /// Tokens to generate at most (fewer if the model ends the text). Past the model's
+        /// context, generation continues on a sliding window.
         #[arg(long, default_value_t = 200)]
         max_new_tokens: usize,
         /// Softmax temperature, a finite number >= 0; 0 = greedy.
@@ -120,13 +131,16 @@ enum Command {
         /// Sample among the most likely tokens whose probabilities reach p, in (0, 1].
         #[arg(long, allow_negative_numbers = true)]
         top_p: Option<f64>,
+        /// Sampling seed (the same seed gives the same text).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
     /// Time the recipe's training step on random tokens (one JSON line; see scripts/bench).
     Bench {
+        /// Recipe file (YAML): its model and train sections set what is timed.
         #[arg(long)]
         recipe: PathBuf,
+        /// Override a recipe key, e.g. --set train.seq_len=2048 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
         /// Backend (overrides train.backend).
@@ -144,9 +158,11 @@ enum Command {
     },
     /// Loss and perplexity of a model on a text file (one JSON line).
     Eval {
-        #[arg(long)]
+        /// Model directory, as for `generate`.
+        #[arg(long, value_name = "DIR")]
         model: PathBuf,
-        #[arg(long)]
+        /// UTF-8 text file, tokenized with the model's tokenizer and cut into windows.
+        #[arg(long, value_name = "FILE")]
         text: PathBuf,
         /// Window length (default: the model's context).
         #[arg(long)]
