@@ -392,7 +392,10 @@ fn generation_is_deterministic() {
         "3",
     ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("only its last 64 tokens are used"), "{stderr}");
+    assert!(
+        stderr.contains("only its last 64 tokens are used"),
+        "{stderr}"
+    );
     // (That it goes on past the context is `generate::tests::generation_slides_past_the_context`:
     // here a sampled end-of-text may stop it early.)
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Once upon a time"));
@@ -969,7 +972,7 @@ fn assert_all_written_tensors_finite(dir: &Path) {
 fn nonfinite_steps_never_reach_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "");
-    let run = |name: &str, policy: &str| {
+    let run = |name: &str, policy: &str, keep_last: usize| {
         let out = dir.path().join(name);
         let result = train(&[
             "--recipe",
@@ -983,7 +986,7 @@ fn nonfinite_steps_never_reach_a_checkpoint() {
             "--set",
             "checkpoint.every_steps=1",
             "--set",
-            "checkpoint.keep_last=100",
+            &format!("checkpoint.keep_last={keep_last}"),
             "--set",
             &format!("train.on_nonfinite={policy}"),
         ]);
@@ -991,7 +994,8 @@ fn nonfinite_steps_never_reach_a_checkpoint() {
     };
     // stop (the default): the run ends at the first non-finite step, naming it and the last
     // checkpoint, which is finite.
-    let (out, result) = run("stop", "stop");
+    // Pruning to 2 checkpoints keeps the last finite one.
+    let (out, result) = run("stop", "stop", 2);
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
     fails_with(
         result,
@@ -1004,9 +1008,12 @@ fn nonfinite_steps_never_reach_a_checkpoint() {
     assert!(stderr.contains("has finite values"), "{stderr}");
     assert!(!out.join("export").exists());
     assert_all_written_tensors_finite(&out);
+    let kept = kiln_trainer::checkpoint::list(&out);
+    assert!(!kept.is_empty() && kept.len() <= 2, "{kept:?}");
+    kiln_trainer::checkpoint::verify(&kept.last().unwrap().1).unwrap();
     // skip_step: the bad steps are dropped and logged; the run goes on (or gives up after too
     // many in a row), and everything written stays finite.
-    let (out, result) = run("skip", "skip_step");
+    let (out, result) = run("skip", "skip_step", 100);
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
     assert!(
         stderr.contains("(train.on_nonfinite: skip_step)"),
