@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
+
+use crate::layers::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -312,7 +314,7 @@ pub(crate) fn load_linear<B: Backend>(lin: Linear<B>, t: &HfTensor) -> Linear<B>
             vec![d_in, d_out],
             transpose(&t.data, d_out, d_in),
         ),
-        bias: lin.bias,
+        ..lin
     }
 }
 
@@ -323,10 +325,12 @@ pub(crate) fn load_linear_at<B: Backend>(
     tensors: &HashMap<String, HfTensor>,
     prefix: &str,
 ) -> Linear<B> {
-    let Linear { weight, bias } = load_linear(lin, &tensors[&format!("{prefix}.weight")]);
+    let lin = load_linear(lin, &tensors[&format!("{prefix}.weight")]);
     Linear {
-        weight,
-        bias: bias.map(|b| load_param(b, &tensors[&format!("{prefix}.bias")])),
+        bias: lin
+            .bias
+            .map(|b| load_param(b, &tensors[&format!("{prefix}.bias")])),
+        ..lin
     }
 }
 

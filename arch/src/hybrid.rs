@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ParamId};
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -42,8 +42,8 @@ use crate::hf::{
     load_param, HfTensor,
 };
 use crate::layers::{
-    causal_attention, fused_enabled, linear_2d, linear_no_bias, repeat_kv, rope_attention,
-    Attention, KvCache, Mlp, RmsNorm,
+    causal_attention, fused_enabled, repeat_kv, rope_attention, Attention, Builder, KvCache,
+    Linear, Mlp, RmsNorm,
 };
 use crate::llama::Materialize;
 use crate::mamba::{mamba_mixer_hf_layout, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
@@ -426,6 +426,13 @@ impl HybridConfig {
     /// initializer_range)` (HF), norms 1, Mamba mixers by [`MambaConfig::init`]'s rules.
     /// Panics if [`HybridConfig::validate`] fails.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Hybrid<B> {
+        self.init_with(&Builder::new(device))
+    }
+
+    /// [`HybridConfig::init`] through a builder whose plan may give the projections adapters or
+    /// quantizers (the base weights are the same either way).
+    pub fn init_with<B: Backend>(&self, vb: &Builder<B>) -> Hybrid<B> {
+        let device = vb.device;
         if let Err(e) = self.validate() {
             panic!("invalid hybrid config: {e}");
         }
@@ -436,29 +443,34 @@ impl HybridConfig {
         let layers = self
             .layout()
             .into_iter()
-            .map(|kind| HybridLayer {
-                input_layernorm: RmsNorm::new(d, eps, device),
-                self_attn: (kind == LayerKind::Attention).then(|| Attention {
-                    q_proj: linear_no_bias(d, nh * hd, std, device),
-                    k_proj: linear_no_bias(d, nkv * hd, std, device),
-                    v_proj: linear_no_bias(d, nkv * hd, std, device),
-                    o_proj: linear_no_bias(nh * hd, d, std, device),
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                }),
-                mamba: (kind == LayerKind::Mamba).then(|| JambaMamba {
-                    mixer: mamba_cfg.init_mixer(device),
-                    dt_layernorm: RmsNorm::new(self.mamba_dt_rank, eps, device),
-                    b_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
-                    c_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
-                }),
-                pre_ff_layernorm: RmsNorm::new(d, eps, device),
-                feed_forward: Mlp {
-                    gate_proj: linear_no_bias(d, ffn, std, device),
-                    up_proj: linear_no_bias(d, ffn, std, device),
-                    down_proj: linear_no_bias(ffn, d, std, device),
-                },
+            .enumerate()
+            .map(|(i, kind)| {
+                let layer = vb.pp("layers").pp(i);
+                let (attn, mlp) = (layer.pp("self_attn"), layer.pp("feed_forward"));
+                HybridLayer {
+                    input_layernorm: RmsNorm::new(d, eps, device),
+                    self_attn: (kind == LayerKind::Attention).then(|| Attention {
+                        q_proj: attn.linear_normal("q_proj", d, nh * hd, std),
+                        k_proj: attn.linear_normal("k_proj", d, nkv * hd, std),
+                        v_proj: attn.linear_normal("v_proj", d, nkv * hd, std),
+                        o_proj: attn.linear_normal("o_proj", nh * hd, d, std),
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                    }),
+                    mamba: (kind == LayerKind::Mamba).then(|| JambaMamba {
+                        mixer: mamba_cfg.init_mixer(&layer.pp("mamba").pp("mixer")),
+                        dt_layernorm: RmsNorm::new(self.mamba_dt_rank, eps, device),
+                        b_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
+                        c_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
+                    }),
+                    pre_ff_layernorm: RmsNorm::new(d, eps, device),
+                    feed_forward: Mlp {
+                        gate_proj: mlp.linear_normal("gate_proj", d, ffn, std),
+                        up_proj: mlp.linear_normal("up_proj", d, ffn, std),
+                        down_proj: mlp.linear_normal("down_proj", ffn, d, std),
+                    },
+                }
             })
             .collect();
         let model = Hybrid {
@@ -468,7 +480,7 @@ impl HybridConfig {
             layers,
             final_layernorm: RmsNorm::new(d, eps, device),
             lm_head: (!self.tie_word_embeddings)
-                .then(|| linear_no_bias(d, self.vocab_size, std, device)),
+                .then(|| vb.linear_normal("lm_head", d, self.vocab_size, std)),
             config: self.clone(),
             compute_dtype: FloatDType::F32,
         };
@@ -520,20 +532,23 @@ fn attention_no_rope<B: Backend>(
     if past.is_none() && fused_enabled(&x) {
         // Training / evaluation on the CPU: kiln's fused attention kernel (without RoPE), whose
         // backward beats burn's unfused one.
-        let q = linear_2d(&attn.q_proj, x.clone()).reshape([b, s, nh * hd]);
-        let k = linear_2d(&attn.k_proj, x.clone()).reshape([b, s, nkv * hd]);
-        let v = linear_2d(&attn.v_proj, x).reshape([b, s, nkv * hd]);
+        let q = attn.q_proj.forward(x.clone()).reshape([b, s, nh * hd]);
+        let k = attn.k_proj.forward(x.clone()).reshape([b, s, nkv * hd]);
+        let v = attn.v_proj.forward(x).reshape([b, s, nkv * hd]);
         let y = rope_attention(q, k.clone(), v.clone(), None, nh, nkv, hd); // [b, s, nh·hd]
         let heads = |t: Tensor<B, 3>| t.reshape([b, s, nkv, hd]).swap_dims(1, 2); // [b, nkv, s, hd]
         let cache = KvCache {
             k: heads(k),
             v: heads(v),
         };
-        let out = linear_2d(&attn.o_proj, y.reshape([b * s, nh * hd])).reshape([b, s, d]);
+        let out = attn
+            .o_proj
+            .forward(y.reshape([b * s, nh * hd]))
+            .reshape([b, s, d]);
         return (out, cache);
     }
     let heads = |lin: &Linear<B>, n: usize| {
-        linear_2d(lin, x.clone())
+        lin.forward(x.clone())
             .reshape([b, s, n, hd])
             .swap_dims(1, 2) // [b, n, s, hd]
     };
@@ -552,7 +567,7 @@ fn attention_no_rope<B: Backend>(
     };
     let y = causal_attention(q, repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv)); // [b, nh, s, hd]
     let y = y.swap_dims(1, 2).reshape([b * s, nh * hd]);
-    (linear_2d(&attn.o_proj, y).reshape([b, s, d]), cache)
+    (attn.o_proj.forward(y).reshape([b, s, d]), cache)
 }
 
 /// One layer: `h += mixer(input_layernorm(h)); h += feed_forward(pre_ff_layernorm(h))`. Exactly

@@ -10,7 +10,6 @@
 //! none), RoPE scaling variants (linear/NTK/YaRN/llama3: `from_hf_config` rejects them).
 
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
@@ -20,8 +19,10 @@ use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 mod fused;
 pub(crate) mod fused_mamba;
 pub mod fused_scan;
+mod linear;
 
 pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};
+pub use linear::{AdapterPlan, Builder, FakeQuant, Linear, LoraPlan, LowRank, Targets};
 
 /// `t` as `dtype`; no cast op is recorded when it already is.
 pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
@@ -40,51 +41,6 @@ pub fn float_dtype<B: Backend, const D: usize>(t: &Tensor<B, D>) -> FloatDType {
         DType::F64 => FloatDType::F64,
         _ => FloatDType::F32,
     }
-}
-
-/// `x` `[n, d_in]` through a bias-free or biased linear layer -> `[n, d_out]`, in `x`'s dtype.
-///
-/// Mixed precision lives here: when `x` is in the compute dtype (bf16) and the master weight in
-/// f32, the weight is cast for the matmul and its gradient is cast back to f32 by autodiff.
-pub fn linear_2d<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let dtype = float_dtype(&x);
-    let weight = linear.weight.val(); // [d_in, d_out]
-    if weight.dtype() == x.dtype() {
-        return linear.forward(x);
-    }
-    let y = x.matmul(weight.cast(dtype)); // [n, d_out]
-    match &linear.bias {
-        Some(bias) => y + to_dtype(bias.val(), dtype).unsqueeze::<2>(),
-        None => y,
-    }
-}
-
-/// `linear` on the rows of `x` `[b, s, d_in]` -> `[b, s, d_out]`, as one 2-D matmul.
-///
-/// Same values as `linear.forward(x)`; but burn's 3-D linear is a batched matmul against the
-/// broadcast weight whose weight gradient is a per-batch matmul followed by a sum over the batch,
-/// where the 2-D form is a single `[d_in, b·s] × [b·s, d_out]` product.
-fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, s, d] = x.dims();
-    let y = linear_2d(linear, x.reshape([b * s, d])); // [b·s, d_out]
-    let d_out = y.dims()[1];
-    y.reshape([b, s, d_out])
-}
-
-/// A bias-free linear layer `[d_in] -> [d_out]` with weights drawn from `normal(0, std)`.
-///
-/// burn keeps the default row layout, i.e. the weight is stored `[d_in, d_out]`; the HF mapping
-/// (`hf.rs`) transposes to PyTorch's `[d_out, d_in]`.
-pub fn linear_no_bias<B: Backend>(
-    d_in: usize,
-    d_out: usize,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
-    LinearConfig::new(d_in, d_out)
-        .with_bias(false)
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
-        .init(device)
 }
 
 /// Root-mean-square layer norm: `y = weight * (x * rsqrt(mean(x²) + eps))`.
@@ -337,9 +293,9 @@ impl<B: Backend> Attention<B> {
         let split_heads = |t: Tensor<B, 3>, heads: usize| {
             t.reshape([b, s, heads, hd]).swap_dims(1, 2) // [b, heads, s, hd]
         };
-        let q = split_heads(linear_rows(&self.q_proj, x.clone()), nh); // [b, nh, s, hd]
-        let k = split_heads(linear_rows(&self.k_proj, x.clone()), nkv); // [b, nkv, s, hd]
-        let v = split_heads(linear_rows(&self.v_proj, x), nkv); // [b, nkv, s, hd]
+        let q = split_heads(self.q_proj.forward_rows(x.clone()), nh); // [b, nh, s, hd]
+        let k = split_heads(self.k_proj.forward_rows(x.clone()), nkv); // [b, nkv, s, hd]
+        let v = split_heads(self.v_proj.forward_rows(x), nkv); // [b, nkv, s, hd]
         let q = rope.apply(q, offset);
         let k = rope.apply(k, offset);
 
@@ -359,7 +315,7 @@ impl<B: Backend> Attention<B> {
         let v = repeat_kv(v, nh / nkv); // [b, nh, t, hd]
         let y = causal_attention(q, k, v); // [b, nh, s, hd]
         let y = y.swap_dims(1, 2).reshape([b, s, nh * hd]); // [b, s, nh * hd]
-        (linear_rows(&self.o_proj, y), cache) // [b, s, d]
+        (self.o_proj.forward_rows(y), cache) // [b, s, d]
     }
 
     /// [`Attention::forward`] for positions `0..s` without a KV cache (training, evaluation):
@@ -370,9 +326,9 @@ impl<B: Backend> Attention<B> {
         if !fused::enabled(&x) || s > table_len {
             return self.forward(x, rope, None).0;
         }
-        let q = linear_rows(&self.q_proj, x.clone()); // [b, s, nh * hd]
-        let k = linear_rows(&self.k_proj, x.clone()); // [b, s, nkv * hd]
-        let v = linear_rows(&self.v_proj, x); // [b, s, nkv * hd]
+        let q = self.q_proj.forward_rows(x.clone()); // [b, s, nh * hd]
+        let k = self.k_proj.forward_rows(x.clone()); // [b, s, nkv * hd]
+        let v = self.v_proj.forward_rows(x); // [b, s, nkv * hd]
         let y = fused::rope_attention(
             q,
             k,
@@ -382,7 +338,7 @@ impl<B: Backend> Attention<B> {
             self.n_kv_heads,
             self.head_dim,
         ); // [b, s, nh * hd]
-        linear_rows(&self.o_proj, y) // [b, s, d]
+        self.o_proj.forward_rows(y) // [b, s, d]
     }
 }
 
@@ -400,10 +356,10 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[b, s, d] -> [b, s, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = linear_rows(&self.gate_proj, x.clone()); // [b, s, ffn]
-        let up = linear_rows(&self.up_proj, x); // [b, s, ffn]
+        let gate = self.gate_proj.forward_rows(x.clone()); // [b, s, ffn]
+        let up = self.up_proj.forward_rows(x); // [b, s, ffn]
         let hidden = silu_mul(gate, up); // [b, s, ffn]
-        linear_rows(&self.down_proj, hidden) // [b, s, d]
+        self.down_proj.forward_rows(hidden) // [b, s, d]
     }
 }
 

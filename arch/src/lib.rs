@@ -67,7 +67,10 @@ use serde_json::Value;
 pub use error::ArchError;
 pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
 pub use hybrid::{Hybrid, HybridCache, HybridConfig};
-pub use layers::{float_dtype, to_dtype, KvCache, RmsNorm, Rope};
+pub use layers::{
+    float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, KvCache, Linear, LoraPlan, LowRank,
+    RmsNorm, Rope, Targets,
+};
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
 pub use mamba2::{Mamba2, Mamba2Cache, Mamba2Config};
@@ -182,11 +185,17 @@ impl ModelConfig {
     /// Fresh weights (init rules on the architecture's config, e.g. [`LlamaConfig::init`]).
     /// Panics on an invalid config: call [`ModelConfig::validate`] where configs are read.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Model<B> {
+        self.init_with(&Builder::new(device))
+    }
+
+    /// A fresh model whose linear layers carry what `builder`'s plan gives them (adapters,
+    /// quantizers); the base weights are those of [`ModelConfig::init`] with the same seed.
+    pub fn init_with<B: Backend>(&self, builder: &Builder<B>) -> Model<B> {
         match self {
-            Self::Llama(c) => Model::Llama(c.init(device)),
-            Self::Mamba(c) => Model::Mamba(c.init(device)),
-            Self::Mamba2(c) => Model::Mamba2(c.init(device)),
-            Self::Hybrid(c) => Model::Hybrid(c.init(device)),
+            Self::Llama(c) => Model::Llama(c.init_with(builder)),
+            Self::Mamba(c) => Model::Mamba(c.init_with(builder)),
+            Self::Mamba2(c) => Model::Mamba2(c.init_with(builder)),
+            Self::Hybrid(c) => Model::Hybrid(c.init_with(builder)),
         }
     }
 }

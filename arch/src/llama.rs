@@ -14,7 +14,7 @@
 //!   (`o_proj`, `down_proj`) start with std `initializer_range / sqrt(2 · effective_layers)`.
 
 use burn::module::{Initializer, Module, ModuleVisitor, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear};
+use burn::nn::{Embedding, EmbeddingConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::layers::{
-    float_dtype, linear_2d, linear_no_bias, to_dtype, Attention, KvCache, Mlp, RmsNorm, Rope,
+    float_dtype, to_dtype, Attention, Builder, KvCache, Linear, Mlp, RmsNorm, Rope,
 };
 
 /// Llama hyper-parameters, keyed by the HF `config.json` names.
@@ -468,9 +468,16 @@ impl LlamaConfig {
     ///
     /// Panics if [`LlamaConfig::validate`] fails: validate configs where they are read.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        self.init_with(&Builder::new(device))
+    }
+
+    /// [`LlamaConfig::init`] through a builder whose plan may give the projections adapters or
+    /// quantizers (the base weights are the same either way).
+    pub fn init_with<B: Backend>(&self, vb: &Builder<B>) -> Llama<B> {
         if let Err(e) = self.validate() {
             panic!("invalid Llama config: {e}");
         }
+        let device = vb.device;
         let (d, hd) = (self.hidden_size, self.head_dim);
         let (nh, nkv) = (self.num_attention_heads, self.num_key_value_heads);
         let std = self.initializer_range;
@@ -479,24 +486,31 @@ impl LlamaConfig {
         } else {
             std
         };
+        let ffn = self.intermediate_size;
         let layers = (0..self.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                input_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
-                self_attn: Attention {
-                    q_proj: linear_no_bias(d, nh * hd, std, device),
-                    k_proj: linear_no_bias(d, nkv * hd, std, device),
-                    v_proj: linear_no_bias(d, nkv * hd, std, device),
-                    o_proj: linear_no_bias(nh * hd, d, residual_std, device),
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                },
-                post_attention_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
-                mlp: Mlp {
-                    gate_proj: linear_no_bias(d, self.intermediate_size, std, device),
-                    up_proj: linear_no_bias(d, self.intermediate_size, std, device),
-                    down_proj: linear_no_bias(self.intermediate_size, d, residual_std, device),
-                },
+            .map(|i| {
+                let (attn, mlp) = (
+                    vb.pp("layers").pp(i).pp("self_attn"),
+                    vb.pp("layers").pp(i).pp("mlp"),
+                );
+                DecoderLayer {
+                    input_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
+                    self_attn: Attention {
+                        q_proj: attn.linear_normal("q_proj", d, nh * hd, std),
+                        k_proj: attn.linear_normal("k_proj", d, nkv * hd, std),
+                        v_proj: attn.linear_normal("v_proj", d, nkv * hd, std),
+                        o_proj: attn.linear_normal("o_proj", nh * hd, d, residual_std),
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                    },
+                    post_attention_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
+                    mlp: Mlp {
+                        gate_proj: mlp.linear_normal("gate_proj", d, ffn, std),
+                        up_proj: mlp.linear_normal("up_proj", d, ffn, std),
+                        down_proj: mlp.linear_normal("down_proj", ffn, d, residual_std),
+                    },
+                }
             })
             .collect();
         let model = Llama {
@@ -506,7 +520,7 @@ impl LlamaConfig {
             layers,
             norm: RmsNorm::new(d, self.rms_norm_eps, device),
             lm_head: (!self.tie_word_embeddings)
-                .then(|| linear_no_bias(d, self.vocab_size, std, device)),
+                .then(|| vb.linear_normal("lm_head", d, self.vocab_size, std)),
             rotary_emb: Rope::new(self.rope_theta, hd, self.max_position_embeddings, device),
             config: self.clone(),
             compute_dtype: FloatDType::F32,
@@ -688,7 +702,7 @@ impl<B: Backend> Llama<B> {
         let d = self.config.hidden_size;
         let h = h.reshape([b * s, d]); // [b·s, d]
         let logits = match &self.lm_head {
-            Some(head) => linear_2d(head, h), // [b·s, vocab]
+            Some(head) => head.forward(h), // [b·s, vocab]
             // Tied: logits = h · E^T with E = embed_tokens.weight [vocab, d].
             None => h.matmul(to_dtype(self.embed_tokens.weight.val(), compute).transpose()), // [b·s, vocab]
         };

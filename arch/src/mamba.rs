@@ -38,7 +38,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
-use burn::nn::{Embedding, Linear, PaddingConfig1d};
+use burn::nn::{Embedding, PaddingConfig1d};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
@@ -51,7 +51,7 @@ use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
 };
-use crate::layers::{float_dtype, linear_2d, to_dtype, RmsNorm};
+use crate::layers::{float_dtype, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
     residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
@@ -413,15 +413,22 @@ impl MambaConfig {
     /// Parameters are created eagerly, in this order, from the backend's RNG: a clone of a fresh
     /// model is an identical copy. Panics if [`MambaConfig::validate`] fails.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Mamba<B> {
+        self.init_with(&Builder::new(device))
+    }
+
+    /// [`MambaConfig::init`] through a builder whose plan may give the projections adapters or
+    /// quantizers (the base weights are the same either way).
+    pub fn init_with<B: Backend>(&self, vb: &Builder<B>) -> Mamba<B> {
+        let device = vb.device;
         if let Err(e) = self.validate() {
             panic!("invalid Mamba config: {e}");
         }
         let (d, v) = (self.hidden_size, self.vocab_size);
         let std = self.initializer_range;
         let layers = (0..self.num_hidden_layers)
-            .map(|_| MambaBlock {
+            .map(|i| MambaBlock {
                 norm: RmsNorm::new(d, self.layer_norm_epsilon, device),
-                mixer: self.init_mixer(device),
+                mixer: self.init_mixer(&vb.pp("layers").pp(i).pp("mixer")),
             })
             .collect();
         Mamba {
@@ -430,10 +437,8 @@ impl MambaConfig {
             },
             layers,
             norm_f: RmsNorm::new(d, self.layer_norm_epsilon, device),
-            lm_head: (!self.tie_word_embeddings).then(|| Linear {
-                weight: normal_param([d, v], std, device),
-                bias: None,
-            }),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| vb.linear("lm_head", normal_param([d, v], std, device), None)),
             config: self.clone(),
             // Measured on CPU (flex), the sequential form trains 3–7× faster than the chunked
             // one (`scan_timing` in tests/mamba.rs); the chunked form is for backends where
@@ -443,7 +448,8 @@ impl MambaConfig {
         }
     }
 
-    pub(crate) fn init_mixer<B: Backend>(&self, device: &B::Device) -> MambaMixer<B> {
+    pub(crate) fn init_mixer<B: Backend>(&self, vb: &Builder<B>) -> MambaMixer<B> {
+        let device = vb.device;
         let (d, e, n, r, k) = (
             self.hidden_size,
             self.intermediate_size(),
@@ -480,10 +486,11 @@ impl MambaConfig {
             .collect();
 
         MambaMixer {
-            in_proj: Linear {
-                weight: uniform_param([d, 2 * e], torch_default(d), device),
-                bias: self.use_bias.then(|| zeros(2 * e)),
-            },
+            in_proj: vb.linear(
+                "in_proj",
+                uniform_param([d, 2 * e], torch_default(d), device),
+                self.use_bias.then(|| zeros(2 * e)),
+            ),
             conv1d: Conv1d {
                 weight: uniform_param([e, 1, k], torch_default(k), device),
                 bias: self
@@ -496,23 +503,26 @@ impl MambaConfig {
                 // Unused: the forward pads explicitly (with the cached state when generating).
                 padding: PaddingConfig1d::Valid,
             },
-            x_proj: Linear {
-                weight: uniform_param([e, r + 2 * n], torch_default(e), device),
-                bias: None,
-            },
-            dt_proj: Linear {
-                weight: uniform_param([r, e], self.time_step_scale / (r as f64).sqrt(), device),
-                bias: Some(Param::from_tensor(Tensor::from_data(
+            x_proj: vb.linear(
+                "x_proj",
+                uniform_param([e, r + 2 * n], torch_default(e), device),
+                None,
+            ),
+            dt_proj: vb.linear(
+                "dt_proj",
+                uniform_param([r, e], self.time_step_scale / (r as f64).sqrt(), device),
+                Some(Param::from_tensor(Tensor::from_data(
                     TensorData::new(dt_bias, [e]),
                     device,
                 ))),
-            },
+            ),
             A_log: Param::from_tensor(Tensor::from_data(TensorData::new(a_log, [e, n]), device)),
             D: Param::from_tensor(Tensor::ones([e], device)),
-            out_proj: Linear {
-                weight: uniform_param([e, d], torch_default(e) / out_scale, device),
-                bias: self.use_bias.then(|| zeros(d)),
-            },
+            out_proj: vb.linear(
+                "out_proj",
+                uniform_param([e, d], torch_default(e) / out_scale, device),
+                self.use_bias.then(|| zeros(d)),
+            ),
             state_size: n,
             time_step_rank: r,
             conv_kernel: k,
@@ -693,7 +703,10 @@ impl<B: Backend> MambaMixer<B> {
             None => (None, None),
         };
 
-        let xz = linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, 2 * e]);
+        let xz = self
+            .in_proj
+            .forward(u.reshape([b * l, d]))
+            .reshape([b, l, 2 * e]);
         let z = xz.clone().narrow(2, e, e); // gate [b, l, E]
         let (x, conv_state) = causal_conv_silu(
             &self.conv1d,
@@ -702,7 +715,7 @@ impl<B: Backend> MambaMixer<B> {
             conv_past,
         ); // [b, l, E]
 
-        let dbc = linear_2d(&self.x_proj, x.clone().reshape([b * l, e])); // [b·l, R + 2N]
+        let dbc = self.x_proj.forward(x.clone().reshape([b * l, e])); // [b·l, R + 2N]
         let (delta, b_in, c_out) = (
             dbc.clone().narrow(1, 0, r), // δ [b·l, R]
             dbc.clone().narrow(1, r, n), // B [b·l, N]
@@ -720,7 +733,7 @@ impl<B: Backend> MambaMixer<B> {
         // inputs are cast up here, its gated output cast back to the compute dtype below.
         let compute = float_dtype(&x);
         let f32 = FloatDType::F32;
-        let dt = to_dtype(linear_2d(&self.dt_proj, delta), f32); // [b·l, E]
+        let dt = to_dtype(self.dt_proj.forward(delta), f32); // [b·l, E]
         let dt = softplus(dt).reshape([b, l, e]); // Δ > 0
         let b_in = to_dtype(b_in, f32).reshape([b, l, n]); // B [b, l, N]
         let c_out = to_dtype(c_out, f32).reshape([b, l, n]); // C [b, l, N]
@@ -758,7 +771,10 @@ impl<B: Backend> MambaMixer<B> {
             (y + x * skip.reshape([1, 1, e])) * silu(z)
         };
         let y = to_dtype(y, compute);
-        let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
+        let out = self
+            .out_proj
+            .forward(y.reshape([b * l, e]))
+            .reshape([b, l, d]);
         (
             out,
             MambaLayerState {

@@ -38,7 +38,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::Conv1d;
-use burn::nn::{Embedding, Linear, PaddingConfig1d};
+use burn::nn::{Embedding, PaddingConfig1d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,7 @@ use crate::hf::{
     check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
     load_param, HfTensor,
 };
-use crate::layers::{float_dtype, linear_2d, silu_mul, to_dtype, RmsNorm};
+use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
     residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
@@ -440,14 +440,21 @@ impl Mamba2Config {
     ///
     /// Panics if [`Mamba2Config::validate`] fails.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Mamba2<B> {
+        self.init_with(&Builder::new(device))
+    }
+
+    /// [`Mamba2Config::init`] through a builder whose plan may give the projections adapters or
+    /// quantizers (the base weights are the same either way).
+    pub fn init_with<B: Backend>(&self, vb: &Builder<B>) -> Mamba2<B> {
+        let device = vb.device;
         if let Err(e) = self.validate() {
             panic!("invalid Mamba-2 config: {e}");
         }
         let (d, v) = (self.hidden_size, self.vocab_size);
         let layers = (0..self.num_hidden_layers)
-            .map(|_| Mamba2Block {
+            .map(|i| Mamba2Block {
                 norm: RmsNorm::new(d, self.layer_norm_epsilon, device),
-                mixer: self.init_mixer(device),
+                mixer: self.init_mixer(&vb.pp("layers").pp(i).pp("mixer")),
             })
             .collect();
         Mamba2 {
@@ -456,9 +463,12 @@ impl Mamba2Config {
             },
             layers,
             norm_f: RmsNorm::new(d, self.layer_norm_epsilon, device),
-            lm_head: (!self.tie_word_embeddings).then(|| Linear {
-                weight: normal_param([d, v], self.initializer_range, device),
-                bias: None,
+            lm_head: (!self.tie_word_embeddings).then(|| {
+                vb.linear(
+                    "lm_head",
+                    normal_param([d, v], self.initializer_range, device),
+                    None,
+                )
             }),
             config: self.clone(),
             scan: SsdMode::Chunked {
@@ -468,7 +478,8 @@ impl Mamba2Config {
         }
     }
 
-    fn init_mixer<B: Backend>(&self, device: &B::Device) -> Mamba2Mixer<B> {
+    fn init_mixer<B: Backend>(&self, vb: &Builder<B>) -> Mamba2Mixer<B> {
+        let device = vb.device;
         let (d, e, h, k) = (
             self.hidden_size,
             self.intermediate_size(),
@@ -506,10 +517,11 @@ impl Mamba2Config {
             Param::from_tensor(Tensor::from_data(TensorData::new(values, [h]), device))
         };
         Mamba2Mixer {
-            in_proj: Linear {
-                weight: uniform_param([d, proj], torch_default(d), device),
-                bias: self.use_bias.then(|| zeros(proj)),
-            },
+            in_proj: vb.linear(
+                "in_proj",
+                uniform_param([d, proj], torch_default(d), device),
+                self.use_bias.then(|| zeros(proj)),
+            ),
             conv1d: Conv1d {
                 weight: uniform_param([conv, 1, k], torch_default(k), device),
                 bias: self
@@ -526,10 +538,11 @@ impl Mamba2Config {
             A_log: vec_param(a_log),
             D: Param::from_tensor(Tensor::ones([h], device)),
             norm: RmsNorm::new(e, self.layer_norm_epsilon, device),
-            out_proj: Linear {
-                weight: uniform_param([e, d], torch_default(e) / out_scale, device),
-                bias: self.use_bias.then(|| zeros(d)),
-            },
+            out_proj: vb.linear(
+                "out_proj",
+                uniform_param([e, d], torch_default(e) / out_scale, device),
+                self.use_bias.then(|| zeros(d)),
+            ),
             num_heads: h,
             head_dim: self.head_dim,
             n_groups: self.n_groups,
@@ -624,8 +637,10 @@ impl<B: Backend> Mamba2Mixer<B> {
             Some(s) => (Some(s.conv), Some(s.ssm)),
             None => (None, None),
         };
-        let proj =
-            linear_2d(&self.in_proj, u.reshape([b * l, d])).reshape([b, l, e + conv_dim + h]);
+        let proj = self
+            .in_proj
+            .forward(u.reshape([b * l, d]))
+            .reshape([b, l, e + conv_dim + h]);
         let z = proj.clone().narrow(2, 0, e);
         let (xbc, conv_state) = causal_conv_silu(
             &self.conv1d,
@@ -663,7 +678,10 @@ impl<B: Backend> Mamba2Mixer<B> {
         }; // [b, l, H, P]
         let y = y + x * to_dtype(self.D.val(), f32).reshape([1, 1, h, 1]);
         let y = to_dtype(self.gated_norm(y.reshape([b, l, e]), z), compute);
-        let out = linear_2d(&self.out_proj, y.reshape([b * l, e])).reshape([b, l, d]);
+        let out = self
+            .out_proj
+            .forward(y.reshape([b * l, e]))
+            .reshape([b, l, d]);
         (
             out,
             Mamba2LayerState {

@@ -7,14 +7,14 @@ use std::collections::HashMap;
 
 use burn::module::{Param, ParamId};
 use burn::nn::conv::Conv1d;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, FloatDType, Tensor};
 use serde_json::Value;
 
 use crate::error::ArchError;
 use crate::hf::{export_param, load_param, HfTensor};
-use crate::layers::{float_dtype, fused_enabled, fused_mamba, linear_2d, to_dtype, RmsNorm};
+use crate::layers::{float_dtype, fused_enabled, fused_mamba, to_dtype, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 
 /// Depthwise causal convolution (kernel `k`, weight `[C, 1, K]`, optional bias `[C]`) on `x`
@@ -160,7 +160,7 @@ pub(crate) fn norm_head_logits<B: Backend>(
     let [b, l, d] = h.dims();
     let h = norm.forward_as(h, compute).reshape([b * l, d]); // [b·l, d]
     let logits = match lm_head {
-        Some(head) => linear_2d(head, h),
+        Some(head) => head.forward(h),
         None => h.matmul(to_dtype(embedding.weight.val(), compute).transpose()),
     }; // [b·l, vocab]
     to_dtype(logits.reshape([b, l, vocab_size]), FloatDType::F32)

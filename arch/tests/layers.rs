@@ -228,7 +228,7 @@ fn attention_layer_matches_reference_with_gqa_and_cache() {
     let out = to_vec(out); // [s, d]
 
     // Reference. burn Linear weights are [in, out].
-    let w = |lin: &burn::nn::Linear<B>| to_vec(lin.weight.val());
+    let w = |lin: &kiln_arch::Linear<B>| to_vec(lin.weight.val());
     let (wq, wk, wv, wo) = (
         w(&attn.q_proj),
         w(&attn.k_proj),
