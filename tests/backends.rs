@@ -35,10 +35,12 @@ use burn::cubecl::config::cache::CacheConfig;
 use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
 use burn::prelude::*;
 use kiln_arch::{HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, Model, ModelConfig};
+use kiln_data::Batch;
 use kiln_trainer::loss::cross_entropy;
+use kiln_trainer::objective::{batch_tensors, NextToken, SingleWorker};
 use kiln_trainer::optim::{AdamW, AdamWConfig};
 use kiln_trainer::params::{load_named_tensors, named_tensors};
-use kiln_trainer::step::{batch_tensors, train_step, StepShape};
+use kiln_trainer::step::{train_step, StepShape};
 
 const LOGITS_TOL: f32 = 1e-4;
 const TRAIN_TOL: f64 = 1e-3;
@@ -187,7 +189,7 @@ fn batch_ids(vocab: usize) -> Vec<u32> {
 
 /// [`batch_ids`] as (inputs `[2, 32]`, targets `[2, 32]`) tensors.
 fn batch<B: Backend>(vocab: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    batch_tensors::<B>(&batch_ids(vocab), 2, 32, device)
+    batch_tensors::<B>(&batch_ids(vocab), None, 2, 32, device)
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -329,6 +331,7 @@ fn train_steps<I: Backend>(
         grad_accum_steps: 1,
         grad_clip: Some(1.0),
         activation_checkpointing: false,
+        guard_nonfinite: false,
     };
     let mut out = Vec::new();
     for _ in 0..5 {
@@ -337,7 +340,9 @@ fn train_steps<I: Backend>(
             &mut opt,
             1e-2,
             shape,
-            &mut || batch_ids(config.vocab_size()),
+            &NextToken,
+            &mut SingleWorker,
+            &mut || Batch::from(batch_ids(config.vocab_size())),
             device,
         );
         model = next;

@@ -48,6 +48,7 @@
 //!
 //! This crate does not depend on burn: batches are plain `Vec<u32>`.
 
+pub mod batch;
 pub mod config;
 pub mod dedup;
 pub mod document;
@@ -64,6 +65,7 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod webgen;
 
+pub use batch::Batch;
 pub use config::{DataConfig, SourceConfig, SourceKind, StageConfig, TokenFormat};
 pub use dedup::{DedupConfig, Deduper, MinHashConfig};
 pub use document::Document;

@@ -447,8 +447,8 @@ impl std::fmt::Debug for MixLoader {
 impl BatchSource for MixLoader {
     type State = MixState;
 
-    fn next_batch(&mut self) -> Vec<u32> {
-        MixLoader::next_batch(self)
+    fn next_batch(&mut self) -> crate::Batch {
+        MixLoader::next_batch(self).into()
     }
 
     fn state(&self) -> MixState {
@@ -938,7 +938,7 @@ mod tests {
         // Through a prefetcher: same batches, and its state is that of the batch handed out.
         let mut pre = Prefetcher::new(make(1).unwrap(), 3);
         for (i, b) in all[1].iter().enumerate() {
-            assert_eq!(&pre.next(), b);
+            assert_eq!(&pre.next().tokens, b);
             assert_eq!(pre.state(), states[i + 1]);
         }
     }

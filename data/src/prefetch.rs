@@ -16,7 +16,7 @@
 //! # let shards: Vec<std::path::PathBuf> = vec![];
 //! let loader = TokenLoader::new(&shards, 8, 256, 1234, 0, 1)?;
 //! let mut batches = Prefetcher::new(loader, 4);
-//! let batch: Vec<u32> = batches.next(); // same as loader.next_batch() would give
+//! let batch: Batch = batches.next(); // the tokens loader.next_batch() would give, as a Batch
 //! let resume_from: LoaderState = batches.state(); // save this with the checkpoint
 //! # let _ = (batch, resume_from);
 //! # Ok(()) }
@@ -26,7 +26,7 @@ use std::any::Any;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use crate::{LoaderState, TokenLoader};
+use crate::{Batch, LoaderState, TokenLoader};
 
 /// Name of the producer thread (shows up in debuggers, `top -H` and panic messages).
 pub const PREFETCH_THREAD_NAME: &str = "kiln-data-prefetch";
@@ -41,8 +41,8 @@ pub trait BatchSource: Send + 'static {
     /// `next_batch` continues with the batch that would have come next.
     type State: Clone + Send + 'static;
 
-    /// The next batch, as token ids.
-    fn next_batch(&mut self) -> Vec<u32>;
+    /// The next micro-batch.
+    fn next_batch(&mut self) -> Batch;
 
     /// The current position (after the last batch returned by `next_batch`).
     fn state(&self) -> Self::State;
@@ -51,8 +51,8 @@ pub trait BatchSource: Send + 'static {
 impl BatchSource for TokenLoader {
     type State = LoaderState;
 
-    fn next_batch(&mut self) -> Vec<u32> {
-        TokenLoader::next_batch(self)
+    fn next_batch(&mut self) -> Batch {
+        TokenLoader::next_batch(self).into()
     }
 
     fn state(&self) -> LoaderState {
@@ -71,7 +71,7 @@ impl BatchSource for TokenLoader {
 /// the next call to [`Prefetcher::next`] panics with the source's message.
 pub struct Prefetcher<S: BatchSource> {
     /// `None` only during `drop`.
-    rx: Option<Receiver<(Vec<u32>, S::State)>>,
+    rx: Option<Receiver<(Batch, S::State)>>,
     /// `None` once the thread has been joined (after it panicked, or in `drop`).
     handle: Option<JoinHandle<()>>,
     /// Source position after the last batch returned by `next`.
@@ -91,7 +91,7 @@ impl<S: BatchSource> Prefetcher<S> {
     pub fn new(mut source: S, depth: usize) -> Self {
         let depth = depth.max(1);
         let state = source.state();
-        let (tx, rx) = sync_channel::<(Vec<u32>, S::State)>(depth);
+        let (tx, rx) = sync_channel::<(Batch, S::State)>(depth);
         let handle = std::thread::Builder::new()
             .name(PREFETCH_THREAD_NAME.into())
             .spawn(move || loop {
@@ -121,7 +121,7 @@ impl<S: BatchSource> Prefetcher<S> {
         clippy::should_implement_trait,
         reason = "the stream never ends, so an Iterator's Option would only add an unwrap per step"
     )]
-    pub fn next(&mut self) -> Vec<u32> {
+    pub fn next(&mut self) -> Batch {
         let rx = self.rx.as_ref().expect("receiver is present until drop");
         match rx.recv() {
             Ok((batch, state)) => {
@@ -219,10 +219,10 @@ mod tests {
 
     impl BatchSource for Counting {
         type State = LoaderState;
-        fn next_batch(&mut self) -> Vec<u32> {
+        fn next_batch(&mut self) -> Batch {
             let b = self.inner.next_batch();
             self.produced.fetch_add(1, Ordering::SeqCst);
-            b
+            b.into()
         }
         fn state(&self) -> LoaderState {
             self.inner.state()
@@ -248,7 +248,11 @@ mod tests {
             assert_eq!(pre.depth(), depth.max(1));
             // 70 batches cross two epoch boundaries (29 steps per epoch).
             for i in 0..70 {
-                assert_eq!(pre.next(), plain.next_batch(), "batch {i}, depth {depth}");
+                assert_eq!(
+                    pre.next().tokens,
+                    plain.next_batch(),
+                    "batch {i}, depth {depth}"
+                );
                 assert_eq!(pre.state(), plain.state(), "state after batch {i}");
             }
             assert_eq!(pre.state().epoch, 2);
@@ -262,7 +266,7 @@ mod tests {
         let mut pre = Prefetcher::new(restored, 2);
         assert_eq!(pre.state(), plain.state(), "state before any next");
         for _ in 0..10 {
-            assert_eq!(pre.next(), plain.next_batch());
+            assert_eq!(pre.next().tokens, plain.next_batch());
         }
     }
 
@@ -284,7 +288,7 @@ mod tests {
             );
             let mut plain = loader(&paths);
             for b in &all[..k] {
-                assert_eq!(&pre.next(), b);
+                assert_eq!(&pre.next().tokens, b);
                 plain.next_batch();
             }
             // Let the thread fill the queue: it is now `depth + 1` batches ahead.
@@ -310,7 +314,7 @@ mod tests {
             resumed.restore(state).unwrap();
             for (i, b) in all[k..].iter().enumerate() {
                 assert_eq!(&resumed.next_batch(), b, "resume after {k}, batch {i}");
-                assert_eq!(&pre.next(), b, "prefetcher after {k}, batch {i}");
+                assert_eq!(&pre.next().tokens, b, "prefetcher after {k}, batch {i}");
             }
         }
     }
@@ -329,8 +333,8 @@ mod tests {
 
     impl BatchSource for Flagged {
         type State = LoaderState;
-        fn next_batch(&mut self) -> Vec<u32> {
-            self.inner.next_batch()
+        fn next_batch(&mut self) -> Batch {
+            self.inner.next_batch().into()
         }
         fn state(&self) -> LoaderState {
             self.inner.state()
@@ -377,12 +381,12 @@ mod tests {
 
     impl BatchSource for Failing {
         type State = u32;
-        fn next_batch(&mut self) -> Vec<u32> {
+        fn next_batch(&mut self) -> Batch {
             if self.n == self.ok {
                 panic!("shard vanished at batch {}", self.n);
             }
             self.n += 1;
-            vec![self.n]
+            vec![self.n].into()
         }
         fn state(&self) -> u32 {
             self.n
@@ -393,8 +397,8 @@ mod tests {
     fn producer_panic_is_reported_by_next() {
         let mut pre = Prefetcher::new(Failing { ok: 2, n: 0 }, 4);
         assert_eq!(pre.state(), 0);
-        assert_eq!(pre.next(), vec![1]);
-        assert_eq!(pre.next(), vec![2]);
+        assert_eq!(pre.next().tokens, vec![1]);
+        assert_eq!(pre.next().tokens, vec![2]);
         assert_eq!(pre.state(), 2);
         let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pre.next()))
             .expect_err("next must panic once the source has panicked");

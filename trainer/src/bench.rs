@@ -16,10 +16,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::metrics;
+use crate::objective::{NextToken, SingleWorker};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::recipe::Recipe;
 use crate::step::{train_step, StepShape};
-use kiln_data::TokenizerSpec;
+use kiln_data::{Batch, TokenizerSpec};
 
 pub struct BenchOptions {
     /// Timed steps (the median is reported).
@@ -89,13 +90,25 @@ pub fn run<B: Backend>(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed);
     let vocab = config.vocab_size() as u32;
     let window = t.micro_batch_size * (t.seq_len + 1);
-    let mut next_batch = || (0..window).map(|_| rng.random_range(0..vocab)).collect();
+    let mut next_batch = || {
+        let tokens: Vec<u32> = (0..window).map(|_| rng.random_range(0..vocab)).collect();
+        Batch::from(tokens)
+    };
 
     let mut times = Vec::with_capacity(opts.steps);
     let mut loss = f64::NAN;
     for i in 0..opts.warmup + opts.steps.max(1) {
         let start = Instant::now();
-        let (next, out) = train_step(model, &mut optimizer, lr, shape, &mut next_batch, &device);
+        let (next, out) = train_step(
+            model,
+            &mut optimizer,
+            lr,
+            shape,
+            &NextToken,
+            &mut SingleWorker,
+            &mut next_batch,
+            &device,
+        );
         model = next;
         loss = out.loss.into_scalar().elem(); // waits for the device
         if i >= opts.warmup {

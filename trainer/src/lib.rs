@@ -15,6 +15,7 @@ pub mod generate;
 pub mod loss;
 pub mod metrics;
 pub mod model_io;
+pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod recipe;

@@ -21,14 +21,22 @@ use kiln_arch::layers::{fused_enabled, recast};
 use kiln_arch::simd::{exp, simd};
 use rayon::prelude::*;
 
-/// Sum of −log p(target) over all positions. logits `[batch, seq, vocab]`, targets `[batch, seq]` → `[1]`.
+/// Target id of a position that is not trained on (transformers' label -100): it adds nothing to
+/// the loss and gets no gradient.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Sum of −log p(target) over the positions whose target is not [`IGNORE_INDEX`].
+/// logits `[batch, seq, vocab]`, targets `[batch, seq]` → `[1]`.
 pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     if fused_enabled(&logits) {
         return fused_nll_sum(logits, targets);
     }
     let [batch, seq, vocab] = logits.dims();
-    let log_probs = log_softmax(logits.reshape([batch * seq, vocab]), 1); // [batch·seq, vocab]
-    let picked = log_probs.gather(1, targets.reshape([batch * seq, 1])); // [batch·seq, 1]
+    let n = batch * seq;
+    let ignored = targets.clone().equal_elem(IGNORE_INDEX).reshape([n, 1]); // [n, 1]
+    let targets = targets.reshape([n, 1]).mask_fill(ignored.clone(), 0); // [n, 1]
+    let log_probs = log_softmax(logits.reshape([n, vocab]), 1); // [n, vocab]
+    let picked = log_probs.gather(1, targets).mask_fill(ignored, 0.0); // [n, 1]
     picked.sum().neg()
 }
 
@@ -39,6 +47,9 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int
 }
 
 type Ad = Autodiff<Flex>;
+
+/// [`IGNORE_INDEX`] in the fused path's host-side targets.
+const IGNORED: usize = usize::MAX;
 
 /// Rows of at least this many elements per rayon task.
 const MIN_ELEMS_PER_TASK: usize = 64 * 1024;
@@ -77,6 +88,9 @@ fn nll_forward(logits: &[f32], targets: &[usize], vocab: usize) -> (Vec<f32>, f6
                     let mut total = 0.0f64;
                     for (k, lse) in lse.iter_mut().enumerate() {
                         let r = c * min_rows + k;
+                        if targets[r] == IGNORED {
+                            continue;
+                        }
                         let x = &logits[r * vocab..(r + 1) * vocab];
                         let (max, sum) = max_and_sum_exp(x);
                         *lse = max + sum.ln();
@@ -104,6 +118,10 @@ fn nll_backward_in_place(buf: &mut [f32], lse: &[f32], targets: &[usize], vocab:
                 || {
                     for (k, row) in rows.chunks_exact_mut(vocab).enumerate() {
                         let r = c * min_rows + k;
+                        if targets[r] == IGNORED {
+                            row.fill(0.0);
+                            continue;
+                        }
                         let l = lse[r];
                         for v in row.iter_mut() {
                             *v = g * exp(*v - l);
@@ -196,6 +214,9 @@ fn fused_nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -
         .expect("targets as i64")
         .into_iter()
         .map(|t| {
+            if t == IGNORE_INDEX {
+                return IGNORED;
+            }
             assert!(
                 (0..vocab as i64).contains(&t),
                 "cross_entropy: target {t} outside the vocabulary (0..{vocab})"
@@ -288,5 +309,63 @@ mod tests {
             &g_generic.into_data(),
             burn::tensor::Tolerance::absolute(1e-6),
         );
+    }
+
+    /// Targets of -100 add nothing and get no gradient, in the fused path and the generic one
+    /// (run here on a backend the fused path does not take: `Autodiff<Flex>` with f64 logits is
+    /// not fused, so the generic ops run).
+    #[test]
+    fn ignored_targets_add_nothing_fused_and_generic() {
+        type AB = Autodiff<Flex>;
+        let device = Default::default();
+        let (b, s, v) = (2, 3, 5);
+        let values: Vec<f32> = (0..b * s * v)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.25)
+            .collect();
+        let kept = [0i64, 4, 1, 3, 2, 0];
+        let masked = [0i64, IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX, 0];
+        let run = |ids: &[i64], generic: bool| {
+            let x = Tensor::<AB, 3>::from_data(TensorData::new(values.clone(), [b, s, v]), &device)
+                .require_grad();
+            let t = Tensor::<AB, 2, Int>::from_data(TensorData::new(ids.to_vec(), [b, s]), &device);
+            let logits = if generic {
+                // f64 logits: not the fused kernel's dtype.
+                x.clone().cast(burn::tensor::FloatDType::F64)
+            } else {
+                x.clone().mul_scalar(1.0)
+            };
+            let loss = nll_sum(logits, t);
+            let g: Vec<f32> = x
+                .grad(&loss.backward())
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let l: f64 = loss.into_scalar().elem();
+            (l, g)
+        };
+        for generic in [false, true] {
+            let (all, _) = run(&kept, generic);
+            let (part, g) = run(&masked, generic);
+            // Only positions 0, 2 and 5 count: the same as summing those rows of the full loss.
+            let row_loss = |r: usize| {
+                let x = &values[r * v..(r + 1) * v];
+                let lse = x.iter().map(|&a| (a as f64).exp()).sum::<f64>().ln();
+                lse - x[kept[r] as usize] as f64
+            };
+            let expected: f64 = [0, 2, 5].iter().map(|&r| row_loss(r)).sum();
+            assert!(
+                (part - expected).abs() < 1e-4,
+                "generic={generic}: {part} vs {expected}"
+            );
+            assert!(part < all);
+            for r in [1, 3, 4] {
+                assert!(
+                    g[r * v..(r + 1) * v].iter().all(|&x| x == 0.0),
+                    "row {r} has a gradient"
+                );
+            }
+            assert!(g[..v].iter().any(|&x| x != 0.0));
+        }
     }
 }

@@ -10,25 +10,11 @@
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use kiln_arch::Model;
+use kiln_data::Batch;
 
-use crate::loss::cross_entropy;
+use crate::objective::{batch_tensors, GradSync, Objective};
 use crate::optim::{accumulate_grads, clip_factor, grad_sq_norm, AdamW};
-
-/// `[batch, seq + 1]` token windows → (inputs `[batch, seq]`, targets `[batch, seq]`).
-pub fn batch_tensors<B: Backend>(
-    tokens: &[u32],
-    batch: usize,
-    seq_len: usize,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [batch, seq_len + 1]), device);
-    let inputs = all.clone().slice([0..batch, 0..seq_len]);
-    let targets = all.slice([0..batch, 1..seq_len + 1]);
-    (inputs, targets)
-}
 
 /// The shape of a step and its clipping threshold.
 #[derive(Debug, Clone, Copy)]
@@ -70,25 +56,42 @@ pub struct StepOutput<B: Backend> {
     pub skipped_nonfinite: Option<(f64, f64)>,
 }
 
-/// Runs one optimizer step. `next_batch` is called `grad_accum_steps` times for
-/// `[micro_batch_size, seq_len + 1]` token windows. Each micro-batch loss is divided by the number
-/// of micro-batches, so the accumulated gradient is the mean (as PyTorch users expect).
-pub fn train_step<B: Backend>(
+/// Runs one optimizer step. `next_batch` is called `grad_accum_steps` times for micro-batches of
+/// `[micro_batch_size, seq_len + 1]` token windows. The loss is `objective`'s mean over every
+/// counted target of the step (see [`Objective`]); with no loss mask that is the mean of the
+/// micro-batch means, as PyTorch users expect. `sync` combines the accumulated gradients across
+/// workers before the norm is taken and clipped.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step<B: Backend, O: Objective>(
     model: Model<Autodiff<B>>,
     optimizer: &mut AdamW<B>,
     lr: f64,
     shape: StepShape,
-    next_batch: &mut dyn FnMut() -> Vec<u32>,
+    objective: &O,
+    sync: &mut dyn GradSync<B>,
+    next_batch: &mut dyn FnMut() -> Batch,
     device: &B::Device,
 ) -> (Model<Autodiff<B>>, StepOutput<B>) {
-    let accum = shape.grad_accum_steps;
+    let (rows, seq_len) = (shape.micro_batch_size, shape.seq_len);
+    // The micro-batches are drawn first (token ids only) so that the normaliser, the step's
+    // counted targets, is known before the first backward pass.
+    let batches: Vec<Batch> = (0..shape.grad_accum_steps).map(|_| next_batch()).collect();
+    let counted: usize = batches
+        .iter()
+        .map(|b| objective.counted(b, rows, seq_len))
+        .sum();
+    let normaliser = counted.max(1) as f64;
     let mut grads = GradientsParams::new();
     let mut loss_sum: Option<Tensor<B, 1>> = None;
-    for _ in 0..accum {
-        let batch = next_batch();
-        let (inputs, targets) =
-            batch_tensors::<Autodiff<B>>(&batch, shape.micro_batch_size, shape.seq_len, device);
-        let scaled_loss = |logits| cross_entropy(logits, targets).div_scalar(accum as f64); // [1]
+    for batch in &batches {
+        let (inputs, targets) = batch_tensors::<Autodiff<B>>(
+            &batch.tokens,
+            batch.loss_mask.as_deref(),
+            rows,
+            seq_len,
+            device,
+        );
+        let scaled_loss = |logits| objective.loss_sum(logits, targets).div_scalar(normaliser); // [1]
         let (scaled, micro) = if shape.activation_checkpointing {
             model.backward_checkpointed(inputs, scaled_loss)
         } else {
@@ -97,15 +100,13 @@ pub fn train_step<B: Backend>(
             (loss.inner(), grads)
         };
         accumulate_grads(&model, &mut grads, micro);
-        let detached = scaled.mul_scalar(accum as f64);
         loss_sum = Some(match loss_sum {
-            Some(s) => s + detached,
-            None => detached,
+            Some(s) => s + scaled,
+            None => scaled,
         });
     }
-    let loss = loss_sum
-        .expect("grad_accum_steps >= 1")
-        .div_scalar(accum as f64);
+    let loss = loss_sum.expect("grad_accum_steps >= 1");
+    let grads = sync.sync(&model, grads);
     let grad_norm = grad_sq_norm(&model, &grads).map(|s| s.sqrt());
     if shape.guard_nonfinite {
         let loss_value: f64 = loss.clone().into_scalar().elem();
@@ -141,6 +142,7 @@ mod tests {
     use burn::tensor::{DType, FloatDType};
     use kiln_arch::{LlamaConfig, ModelConfig};
 
+    use crate::objective::{NextToken, SingleWorker};
     use crate::optim::AdamWConfig;
 
     /// The backend's seed is process-wide: tests running in parallel would interleave their
@@ -206,12 +208,24 @@ mod tests {
         let mut k = 0u32;
         let mut next_batch = || {
             k += 1;
-            (0..4 * 17).map(|i| (i * 7 + k % 2) % 97).collect()
+            Batch::from(
+                (0..4 * 17)
+                    .map(|i| (i * 7 + k % 2) % 97)
+                    .collect::<Vec<u32>>(),
+            )
         };
         let mut out = Vec::new();
         for _ in 0..steps {
-            let (next, step) =
-                train_step(model, &mut optimizer, 1e-2, shape, &mut next_batch, &device);
+            let (next, step) = train_step(
+                model,
+                &mut optimizer,
+                1e-2,
+                shape,
+                &NextToken,
+                &mut SingleWorker,
+                &mut next_batch,
+                &device,
+            );
             model = next;
             out.push(step.loss.into_scalar().elem::<f32>());
         }
@@ -288,8 +302,17 @@ mod tests {
                 activation_checkpointing: false,
                 guard_nonfinite: false,
             };
-            let mut batch = || (0..2 * 9).map(|i| (i * 5) % 97).collect();
-            let (_, out) = train_step(model, &mut optimizer, 1e-2, shape, &mut batch, &device);
+            let mut batch = || Batch::from((0..2 * 9).map(|i| (i * 5) % 97).collect::<Vec<u32>>());
+            let (_, out) = train_step(
+                model,
+                &mut optimizer,
+                1e-2,
+                shape,
+                &NextToken,
+                &mut SingleWorker,
+                &mut batch,
+                &device,
+            );
             let norm: f32 = out.grad_norm.expect("grads").into_scalar().elem();
             (out.loss.into_scalar().elem::<f32>(), norm)
         };
@@ -329,8 +352,17 @@ mod tests {
             activation_checkpointing: false,
             guard_nonfinite: true,
         };
-        let mut batch = || (0..2 * 9).map(|i| (i * 5) % 97).collect();
-        let (model, out) = train_step(model, &mut optimizer, 1e-2, shape, &mut batch, &device);
+        let mut batch = || Batch::from((0..2 * 9).map(|i| (i * 5) % 97).collect::<Vec<u32>>());
+        let (model, out) = train_step(
+            model,
+            &mut optimizer,
+            1e-2,
+            shape,
+            &NextToken,
+            &mut SingleWorker,
+            &mut batch,
+            &device,
+        );
         let (loss, _) = out.skipped_nonfinite.expect("the step is refused");
         assert!(loss.is_nan());
         let after = crate::params::named_tensors(&model);
@@ -345,6 +377,207 @@ mod tests {
         assert!(
             optimizer.state_tensors().is_empty(),
             "no AdamW moments were made"
+        );
+    }
+}
+
+/// The objective and gradient-sync seams: loss masks, accumulation over micro-batches that count
+/// different numbers of targets, and the sync's place between accumulation and clipping.
+#[cfg(test)]
+mod seam_tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+    use kiln_arch::{LlamaConfig, Model, ModelConfig};
+    use kiln_data::Batch;
+
+    use super::{train_step, StepShape};
+    use crate::objective::{GradSync, NextToken, SingleWorker};
+    use crate::optim::{AdamW, AdamWConfig};
+    use crate::params::named_tensors;
+
+    type AB = Autodiff<Flex>;
+
+    fn model() -> Model<AB> {
+        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Default::default();
+        <AB as Backend>::seed(&device, 21);
+        ModelConfig::Llama(LlamaConfig {
+            vocab_size: 97,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 32,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            initializer_range: 0.02,
+            layer_sharing: false,
+            scaled_residual_init: false,
+        })
+        .init(&device)
+    }
+
+    fn shape(rows: usize, accum: usize) -> StepShape {
+        StepShape {
+            micro_batch_size: rows,
+            seq_len: 8,
+            grad_accum_steps: accum,
+            grad_clip: None,
+            activation_checkpointing: false,
+            guard_nonfinite: false,
+        }
+    }
+
+    /// Loss, gradient norm and the updated weights of one step over `batches`.
+    fn step(
+        batches: Vec<Batch>,
+        rows: usize,
+        sync: &mut dyn GradSync<Flex>,
+    ) -> (f32, f32, Vec<f32>) {
+        let device = Default::default();
+        let mut optimizer = AdamW::<Flex>::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decay_embeddings: false,
+        });
+        let accum = batches.len();
+        let mut queue = batches.into_iter();
+        let (model, out) = train_step(
+            model(),
+            &mut optimizer,
+            1e-2,
+            shape(rows, accum),
+            &NextToken,
+            sync,
+            &mut || queue.next().expect("enough batches"),
+            &device,
+        );
+        let weights = named_tensors(&model)
+            .into_iter()
+            .flat_map(|t| t.data)
+            .collect();
+        let norm = out.grad_norm.expect("grads").into_scalar().elem();
+        (out.loss.into_scalar().elem(), norm, weights)
+    }
+
+    fn tokens(rows: usize, salt: u32) -> Vec<u32> {
+        (0..rows as u32 * 9).map(|i| (i * 31 + salt) % 97).collect()
+    }
+
+    fn masked(tokens: Vec<u32>, mask: Vec<bool>) -> Batch {
+        Batch {
+            tokens,
+            loss_mask: Some(mask),
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    }
+
+    #[test]
+    fn an_all_true_mask_is_no_mask() {
+        let plain = step(vec![Batch::from(tokens(2, 1))], 2, &mut SingleWorker);
+        let all = step(
+            vec![masked(tokens(2, 1), vec![true; 16])],
+            2,
+            &mut SingleWorker,
+        );
+        assert_eq!(plain.0, all.0);
+        assert_eq!(plain.2, all.2);
+    }
+
+    /// A target the mask excludes has no influence at all: changing that token (the last of a
+    /// window, so it is no input either) changes neither the loss nor the update.
+    #[test]
+    fn masked_targets_do_not_train() {
+        let mut mask = vec![true; 16];
+        mask[7] = false; // row 0, last target = token 8 of the window
+        let a = tokens(2, 1);
+        let mut b = a.clone();
+        b[8] = (b[8] + 40) % 97;
+        let (la, _, wa) = step(vec![masked(a.clone(), mask.clone())], 2, &mut SingleWorker);
+        let (lb, _, wb) = step(vec![masked(b.clone(), mask)], 2, &mut SingleWorker);
+        assert_eq!(la, lb);
+        assert_eq!(wa, wb);
+        // Without the mask the same change does move the loss.
+        let (lc, _, _) = step(vec![Batch::from(b)], 2, &mut SingleWorker);
+        let (ld, _, _) = step(vec![Batch::from(a)], 2, &mut SingleWorker);
+        assert_ne!(lc, ld);
+    }
+
+    /// Two micro-batches counting 3 and 12 targets give the step of one batch holding both: the
+    /// mean is over the step's counted targets, not a mean of micro-batch means.
+    #[test]
+    fn accumulation_over_unequal_masks_equals_one_batch() {
+        let (t1, t2) = (tokens(2, 1), tokens(2, 5));
+        let mut m1 = vec![false; 16];
+        m1[2] = true;
+        m1[9] = true;
+        m1[15] = true;
+        let mut m2 = vec![true; 16];
+        m2[0] = false;
+        m2[4] = false;
+        m2[11] = false;
+        m2[12] = false;
+        let split = step(
+            vec![
+                masked(t1.clone(), m1.clone()),
+                masked(t2.clone(), m2.clone()),
+            ],
+            2,
+            &mut SingleWorker,
+        );
+        let joined = step(
+            vec![masked([t1, t2].concat(), [m1, m2].concat())],
+            4,
+            &mut SingleWorker,
+        );
+        assert!(
+            (split.0 - joined.0).abs() < 1e-5,
+            "{} vs {}",
+            split.0,
+            joined.0
+        );
+        assert!((split.1 - joined.1).abs() < 1e-4 * joined.1);
+        assert!(close(&split.2, &joined.2, 1e-5));
+    }
+
+    /// The sync sees the accumulated gradients once per step, before the norm is taken.
+    #[test]
+    fn the_sync_runs_between_accumulation_and_clipping() {
+        struct Doubling(usize);
+        impl GradSync<Flex> for Doubling {
+            fn sync(&mut self, model: &Model<AB>, grads: GradientsParams) -> GradientsParams {
+                self.0 += 1;
+                let mut doubled = GradientsParams::new();
+                for id in burn::module::list_param_ids(model) {
+                    if let Some(g) = grads.get::<Flex, 2>(id) {
+                        doubled.register(id, g.mul_scalar(2.0));
+                    } else if let Some(g) = grads.get::<Flex, 1>(id) {
+                        doubled.register(id, g.mul_scalar(2.0));
+                    }
+                }
+                doubled
+            }
+        }
+        let batches = || vec![Batch::from(tokens(2, 1)), Batch::from(tokens(2, 3))];
+        let (_, plain, _) = step(batches(), 2, &mut SingleWorker);
+        let mut doubling = Doubling(0);
+        let (_, doubled, _) = step(batches(), 2, &mut doubling);
+        assert_eq!(doubling.0, 1, "once per step, not per micro-batch");
+        assert!(
+            (doubled - 2.0 * plain).abs() < 1e-5 * plain,
+            "{doubled} vs 2 × {plain}"
         );
     }
 }

@@ -21,12 +21,13 @@ use crate::generate::{generate, SampleOptions};
 use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
 use crate::model_io::{export_model, load_model_dir};
+use crate::objective::{batch_tensors, NextToken, SingleWorker};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::params::{first_nonfinite, load_named_tensors, named_tensors};
 use crate::recipe::{ExportDtype, OnNonFinite, Recipe, MAX_CONSECUTIVE_SKIPS};
 use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
-use crate::step::{batch_tensors, train_step, StepOutput, StepShape};
+use crate::step::{train_step, StepOutput, StepShape};
 
 /// Micro-batches the data thread may prepare ahead of the training step.
 const PREFETCH_DEPTH: usize = 4;
@@ -95,7 +96,7 @@ pub fn validation_loss<B: Backend>(
 ) -> f64 {
     let mut total = 0.0;
     for tokens in batches {
-        let (inputs, targets) = batch_tensors::<B>(tokens, batch_size, seq_len, device);
+        let (inputs, targets) = batch_tensors::<B>(tokens, None, batch_size, seq_len, device);
         let loss = cross_entropy(model.forward(inputs), targets);
         total += loss.into_scalar().elem::<f64>(); // host sync, once per validation batch
     }
@@ -416,6 +417,8 @@ pub fn run<B: Backend>(
             &mut optimizer,
             lr,
             step_shape,
+            &NextToken,
+            &mut SingleWorker,
             &mut || loader.next(),
             &device,
         );
