@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use kiln_data::dedup::{DedupConfig, MinHashConfig};
 use kiln_data::filters::{FilterChain, FilterConfig};
-use kiln_data::webgen::{write_jsonl, write_parquet, WebCorpus, WebDocKind};
 use kiln_data::{
     prepare, prepare_tokenizer, prepare_worker, read_doc_index, DataConfig, Document, PreparedData,
     Shard, SourceConfig, SourceKind, TextTokenizer, TokenFormat, TokenizerSpec, EOT,
 };
+use kiln_testkit::webgen::{write_jsonl, write_parquet, WebCorpus, WebDocKind};
 
 /// `n_files` parquet files of `per_file` pages each, plus the kind of every page by its text and
 /// the bytes of text written.

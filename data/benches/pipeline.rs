@@ -8,7 +8,7 @@
 //! With `--input`, existing parquet files (a glob) are prepared instead of a generated corpus
 //! (e.g. the same files `scripts/bench_datatrove.py` reads), with `--tokenizer` if given.
 //!
-//! Writes `--mb` MB of generated pages ([`kiln_data::webgen::WebCorpus`]: articles plus
+//! Writes `--mb` MB of generated pages ([`kiln_testkit::webgen::WebCorpus`]: articles plus
 //! boilerplate, non-English, short, repetitive and duplicated pages) as parquet files, trains a
 //! tokenizer on a sample (timed apart), then times [`kiln_data::prepare`] with every filter,
 //! exact and MinHash dedup on. Prints MB/s and tokens/s, in total and per core, peak memory
@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_data::dedup::{DedupConfig, MinHashConfig};
-use kiln_data::webgen::{write_parquet, WebCorpus};
 use kiln_data::{
     prepare, DataConfig, Document, SourceConfig, SourceKind, TextTokenizer, TokenizerSpec, EOT,
 };
+use kiln_testkit::webgen::{write_parquet, WebCorpus};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()

@@ -2,9 +2,10 @@
 //!
 //! The pipeline, one module per stage:
 //!
-//! 1. **Sources** ([`sources`], [`synthetic`], [`webgen`]) — documents from parquet (streamed
-//!    row group by row group), JSONL, plain text, or generated on the fly: TinyStories-style
-//!    stories ([`StoryGenerator`]) and a synthetic web crawl with known junk ([`webgen`]).
+//! 1. **Sources** ([`sources`], [`synthetic`]) — documents from parquet (streamed row group by
+//!    row group), JSONL, plain text, or generated on the fly: TinyStories-style stories
+//!    ([`StoryGenerator`]). (The synthetic web crawl with known junk that the tests and benches
+//!    use lives in the dev-only `kiln-testkit` crate.)
 //! 2. **Filters** ([`filters`]) — Gopher quality and repetition, C4, FineWeb, language ID,
 //!    classifier-score and URL rules with the published default thresholds ([`FilterChain`]).
 //! 3. **Deduplication** ([`dedup`]) — exact (xxh3) and MinHash-LSH near-duplicate removal.
@@ -63,7 +64,6 @@ pub mod shard;
 pub mod sources;
 pub mod synthetic;
 pub mod tokenizer;
-pub mod webgen;
 
 pub use batch::Batch;
 pub use config::{DataConfig, SourceConfig, SourceKind, StageConfig, TokenFormat};

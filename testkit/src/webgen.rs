@@ -16,7 +16,7 @@
 //! real words in real sentences (subject–verb–object with adverbials, verb-second and verb-final
 //! order in German) from small banks, enough for `whatlang` to detect the language.
 //!
-//! Template language (as in [`crate::synthetic`]): `[a|b|c]` picks one alternative (they nest),
+//! Template language (as in [`kiln_data::synthetic`]): `[a|b|c]` picks one alternative (they nest),
 //! `{slot}` inserts a word or phrase: `{n}`/`{ns}` a topic noun (singular/plural), `{adj}`,
 //! `{v}`/`{vs}`/`{vd}`/`{vg}` a topic verb (base, 3rd person, past, gerund), `{g}` a group of
 //! people, `{gadj}` a general adjective, `{place}`, `{name}`, `{first}`, `{role}`, `{org}`,
@@ -37,7 +37,7 @@ use parquet::file::properties::WriterProperties;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{DataError, Document};
+use kiln_data::{DataError, Document};
 
 /// What a generated document is, i.e. which filter (if any) should remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,7 +111,7 @@ const POOL: usize = 256;
 /// Deterministic stream of web documents; see the module docs.
 ///
 /// ```
-/// use kiln_data::webgen::{WebCorpus, WebDocKind};
+/// use kiln_testkit::webgen::{WebCorpus, WebDocKind};
 /// let mut a = WebCorpus::new(7);
 /// let mut b = WebCorpus::new(7);
 /// let (kind, doc) = a.next_doc();
@@ -1721,7 +1721,7 @@ const LANGS: [Lang; 3] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dedup::{DedupConfig, Deduper, Duplicate, MinHashConfig, Signer};
+    use kiln_data::dedup::{DedupConfig, Deduper, Duplicate, MinHashConfig, Signer};
     use std::collections::{HashMap, HashSet};
 
     fn corpus(seed: u64, n: usize) -> Vec<(WebDocKind, Document)> {
@@ -1742,7 +1742,7 @@ mod tests {
     }
 
     fn shingles(text: &str) -> HashSet<u64> {
-        let norm = crate::dedup::normalize(text);
+        let norm = kiln_data::dedup::normalize(text);
         let words: Vec<&str> = norm.split(' ').collect();
         words
             .windows(5)
@@ -1863,7 +1863,7 @@ mod tests {
             let info = whatlang::detect(&d.text).unwrap();
             assert_eq!(info.lang(), whatlang::Lang::Eng);
             // Little repetition inside an article: few of its 5-grams occur twice.
-            let norm = crate::dedup::normalize(&d.text);
+            let norm = kiln_data::dedup::normalize(&d.text);
             let w: Vec<&str> = norm.split(' ').collect();
             let grams: Vec<String> = w.windows(5).map(|g| g.join(" ")).collect();
             let distinct: HashSet<&String> = grams.iter().collect();
@@ -1877,7 +1877,7 @@ mod tests {
         let vocab: HashSet<String> = docs
             .iter()
             .flat_map(|d| {
-                crate::dedup::normalize(&d.text)
+                kiln_data::dedup::normalize(&d.text)
                     .split(' ')
                     .map(str::to_string)
                     .collect::<Vec<_>>()
@@ -1973,8 +1973,8 @@ mod tests {
         assert!(min_conf > 0.5, "{min_conf}");
     }
 
-    fn all_rules() -> crate::filters::FilterConfig {
-        use crate::filters::*;
+    fn all_rules() -> kiln_data::filters::FilterConfig {
+        use kiln_data::filters::*;
         FilterConfig {
             language: Some(LanguageConfig::default()),
             min_length: Some(MinLengthConfig::default()),
@@ -1987,10 +1987,10 @@ mod tests {
     }
 
     fn outcomes(
-        config: &crate::filters::FilterConfig,
+        config: &kiln_data::filters::FilterConfig,
         docs: &[Document],
     ) -> HashMap<String, usize> {
-        let chain = crate::filters::FilterChain::new(config, "filters").unwrap();
+        let chain = kiln_data::filters::FilterChain::new(config, "filters").unwrap();
         let names = chain.names();
         let mut out = HashMap::new();
         for d in docs {
@@ -2007,7 +2007,7 @@ mod tests {
     #[test]
     fn articles_pass_all_filters_and_bad_kinds_do_not() {
         let all = all_rules();
-        let no_language = crate::filters::FilterConfig {
+        let no_language = kiln_data::filters::FilterConfig {
             language: None,
             ..all_rules()
         };
@@ -2037,7 +2037,7 @@ mod tests {
 
     #[test]
     fn each_bad_kind_is_dropped_by_the_rule_meant_for_it() {
-        use crate::filters::*;
+        use kiln_data::filters::*;
         let only = |f: fn(&mut FilterConfig)| {
             let mut c = FilterConfig::default();
             f(&mut c);
