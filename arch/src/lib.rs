@@ -1,8 +1,11 @@
 //! # kiln-arch: model architectures for the kiln trainer
 //!
 //! Model maths as burn 0.21 modules, the Hugging Face `config.json` and tensor-name mapping, and
-//! the init rules. Today one architecture: Llama (`transformers`' `LlamaForCausalLM`), in the
-//! SmolLM / MobileLLM shapes, with MobileLLM-LS layer sharing as an option.
+//! the init rules, for four architectures behind one [`Model`] type: Llama (`transformers`'
+//! `LlamaForCausalLM`, in the SmolLM / MobileLLM shapes, with MobileLLM-LS layer sharing as an
+//! option), Mamba (`MambaForCausalLM`), Mamba-2 (`Mamba2ForCausalLM`) and a Jamba-layout hybrid
+//! (`JambaForCausalLM`, one expert). Every projection is one [`Linear`] made by a path-aware
+//! [`Builder`], which can give it a LoRA adapter or a fake quantizer.
 //!
 //! The pipeline the trainer drives:
 //!
@@ -12,7 +15,8 @@
 //! 3. [`Model::forward`]: token ids `[batch, seq]` → logits `[batch, seq, vocab]` (f32) for
 //!    training; [`Model::new_cache`] + [`Model::forward_cached`] for generation;
 //! 4. export: [`ModelConfig::to_hf_config`] → `config.json`, [`Model::to_hf_tensors`] →
-//!    [`write_safetensors`] → `model.safetensors`, loadable by `LlamaForCausalLM.from_pretrained`.
+//!    [`write_safetensors`] → `model.safetensors`, loadable by the matching transformers class's
+//!    `from_pretrained`.
 //!
 //! ```
 //! use burn::backend::Flex;

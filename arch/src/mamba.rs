@@ -31,8 +31,12 @@
 //! activations run in `compute_dtype`; the selective scan (with its `D` skip and the gating) runs
 //! in f32 whatever it is, as in `mamba_ssm`; the residual stream and the logits stay f32.
 //!
-//! Deliberately left out (for now): activation checkpointing, `attention_mask` (left padding),
-//! fused kernels; the `time_step_init_scheme = "constant"` init (only `"random"`).
+//! On the CPU backend the selective scan, the causal conv + SiLU, softplus and the D-skip gate run
+//! as fused kernels with hand-written backward passes (`layers/fused_scan.rs`,
+//! `layers/fused_mamba.rs`); activation checkpointing works per block (`grads.rs`).
+//!
+//! Deliberately left out (for now): `attention_mask` (left padding); the
+//! `time_step_init_scheme = "constant"` init (only `"random"`).
 
 use std::collections::HashMap;
 

@@ -32,7 +32,11 @@
 //! gated RMSNorm run in f32 whatever it is, as in `mamba_ssm`; the residual stream and the logits
 //! stay f32.
 //!
-//! Left out: `attention_mask`, fused kernels.
+//! On the CPU backend the SSD recurrence runs through the fused selective-scan kernel
+//! (`ssd_fused`), and the conv + SiLU and softplus through the fused Mamba kernels; activation
+//! checkpointing works per block (`grads.rs`).
+//!
+//! Left out: `attention_mask` (left padding).
 
 use std::collections::HashMap;
 

@@ -6,10 +6,13 @@ mod common;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
-use common::{ids, max_abs_diff, param_paths, pseudo_random, tiny_config, to_vec, B};
+use common::{
+    ids, max_abs_diff, param_paths, pseudo_random, tiny_config, tiny_hybrid, tiny_mamba,
+    tiny_mamba2, to_vec, B,
+};
 use kiln_arch::{
-    AdapterPlan, Builder, HybridConfig, LlamaConfig, LoraPlan, Mamba2Config, MambaConfig, Model,
-    ModelConfig, Targets,
+    AdapterPlan, Builder, LlamaConfig, LoraPlan, Mamba2Config, MambaConfig, Model, ModelConfig,
+    Targets,
 };
 
 fn configs() -> Vec<(&'static str, ModelConfig)> {
@@ -24,52 +27,18 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
         (
             "mamba",
             ModelConfig::Mamba(MambaConfig {
-                vocab_size: 61,
-                hidden_size: 16,
-                state_size: 4,
-                num_hidden_layers: 2,
-                expand: 2,
-                conv_kernel: 4,
-                time_step_rank: 4,
-                initializer_range: 0.2,
                 tie_word_embeddings: false,
-                ..MambaConfig::mamba_130m()
+                ..tiny_mamba()
             }),
         ),
         (
             "mamba2",
             ModelConfig::Mamba2(Mamba2Config {
-                state_size: 8,
-                n_groups: 2,
-                chunk_size: 4,
-                initializer_range: 0.4,
                 tie_word_embeddings: false,
-                ..Mamba2Config::new(61, 24, 2, 6, 8)
+                ..tiny_mamba2()
             }),
         ),
-        (
-            "hybrid",
-            ModelConfig::Hybrid(HybridConfig {
-                vocab_size: 61,
-                hidden_size: 16,
-                intermediate_size: 32,
-                num_hidden_layers: 3,
-                num_attention_heads: 4,
-                num_key_value_heads: 2,
-                attn_layer_period: 3,
-                attn_layer_offset: 1,
-                mamba_d_state: 4,
-                mamba_d_conv: 3,
-                mamba_expand: 2,
-                mamba_dt_rank: 2,
-                mamba_conv_bias: true,
-                mamba_proj_bias: true,
-                rms_norm_eps: 1e-6,
-                tie_word_embeddings: false,
-                initializer_range: 0.2,
-                max_position_embeddings: 64,
-            }),
-        ),
+        ("hybrid", ModelConfig::Hybrid(tiny_hybrid(false))),
     ]
 }
 

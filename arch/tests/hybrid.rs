@@ -38,26 +38,7 @@ fn load<Bk: Backend>() -> Hybrid<Bk> {
 
 /// A tiny hybrid with a tied head and projection biases (the variants the fixture lacks).
 fn tiny(tied: bool) -> HybridConfig {
-    HybridConfig {
-        vocab_size: 61,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 3,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        attn_layer_period: 3,
-        attn_layer_offset: 1,
-        mamba_d_state: 4,
-        mamba_d_conv: 3,
-        mamba_expand: 2,
-        mamba_dt_rank: 2,
-        mamba_conv_bias: true,
-        mamba_proj_bias: true,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: tied,
-        initializer_range: 0.2,
-        max_position_embeddings: 64,
-    }
+    tiny_hybrid(tied)
 }
 
 #[test]

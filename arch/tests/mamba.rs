@@ -22,17 +22,7 @@ type AB = Autodiff<B>;
 /// 2 blocks, d = 16, E = 32, N = 4, R = 4, K = 4, vocab 61. Init std 0.2 (and the Linear
 /// defaults) keep the tiny model's logits far from uniform, so comparisons are meaningful.
 fn tiny() -> MambaConfig {
-    MambaConfig {
-        vocab_size: 61,
-        hidden_size: 16,
-        state_size: 4,
-        num_hidden_layers: 2,
-        expand: 2,
-        conv_kernel: 4,
-        time_step_rank: 4,
-        initializer_range: 0.2,
-        ..MambaConfig::mamba_130m()
-    }
+    tiny_mamba()
 }
 
 fn tensor_of<Bk: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<Bk, D> {

@@ -10,58 +10,25 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, FloatDType, Int, Tensor};
 use common::*;
-use kiln_arch::{HybridConfig, Mamba2Config, MambaConfig, Model, ModelConfig};
+use kiln_arch::{MambaConfig, Model, ModelConfig};
 use std::sync::Mutex;
 
 type AB = Autodiff<B>;
 
 fn mamba() -> ModelConfig {
     ModelConfig::Mamba(MambaConfig {
-        vocab_size: 61,
-        hidden_size: 16,
-        state_size: 4,
-        num_hidden_layers: 2,
-        expand: 2,
-        conv_kernel: 4,
-        time_step_rank: 4,
-        initializer_range: 0.2,
         use_bias: true,
         tie_word_embeddings: false,
-        ..MambaConfig::mamba_130m()
+        ..tiny_mamba()
     })
 }
 
 fn mamba2() -> ModelConfig {
-    ModelConfig::Mamba2(Mamba2Config {
-        state_size: 8,
-        n_groups: 2,
-        chunk_size: 4,
-        initializer_range: 0.4,
-        ..Mamba2Config::new(61, 24, 2, 6, 8)
-    })
+    ModelConfig::Mamba2(tiny_mamba2())
 }
 
 fn hybrid() -> ModelConfig {
-    ModelConfig::Hybrid(HybridConfig {
-        vocab_size: 61,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 3,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        attn_layer_period: 3,
-        attn_layer_offset: 1,
-        mamba_d_state: 4,
-        mamba_d_conv: 3,
-        mamba_expand: 2,
-        mamba_dt_rank: 2,
-        mamba_conv_bias: true,
-        mamba_proj_bias: true,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: true,
-        initializer_range: 0.2,
-        max_position_embeddings: 64,
-    })
+    ModelConfig::Hybrid(tiny_hybrid(true))
 }
 
 /// `config` built from the backend's RNG seeded with `seed`: fixed weights, whatever other tests

@@ -147,7 +147,7 @@ mod tests {
 
     /// The backend's seed is process-wide: tests running in parallel would interleave their
     /// draws and initialise different models. Hold this from `seed` to the end of `init`.
-    fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    pub(super) fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
         static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
         BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -163,7 +163,7 @@ mod tests {
         })
     }
 
-    fn tiny() -> ModelConfig {
+    pub(super) fn tiny() -> ModelConfig {
         ModelConfig::Llama(LlamaConfig {
             vocab_size: 97,
             hidden_size: 32,
@@ -388,7 +388,7 @@ mod seam_tests {
     use burn::backend::{Autodiff, Flex};
     use burn::optim::GradientsParams;
     use burn::prelude::*;
-    use kiln_arch::{LlamaConfig, Model, ModelConfig};
+    use kiln_arch::Model;
     use kiln_data::Batch;
 
     use super::{train_step, StepShape};
@@ -399,27 +399,10 @@ mod seam_tests {
     type AB = Autodiff<Flex>;
 
     fn model() -> Model<AB> {
-        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _held = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _held = super::tests::lock_backend_rng();
         let device = Default::default();
         <AB as Backend>::seed(&device, 21);
-        ModelConfig::Llama(LlamaConfig {
-            vocab_size: 97,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            max_position_embeddings: 32,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-5,
-            tie_word_embeddings: true,
-            initializer_range: 0.02,
-            layer_sharing: false,
-            scaled_residual_init: false,
-        })
-        .init(&device)
+        super::tests::tiny().init(&device)
     }
 
     fn shape(rows: usize, accum: usize) -> StepShape {

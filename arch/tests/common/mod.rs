@@ -5,7 +5,7 @@ use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_arch::LlamaConfig;
+use kiln_arch::{HybridConfig, LlamaConfig, Mamba2Config, MambaConfig};
 
 pub mod parity;
 
@@ -81,6 +81,56 @@ pub fn cross_entropy<Bk: Backend>(
 ) -> Tensor<Bk, 1> {
     let logp = burn::tensor::activation::log_softmax(logits, 2);
     logp.gather(2, target.unsqueeze_dim::<3>(2)).mean().neg()
+}
+
+/// 2 layers, d = 16, N = 4, E = 32, R = 4, vocab 61, tied; init std 0.2.
+pub fn tiny_mamba() -> MambaConfig {
+    MambaConfig {
+        vocab_size: 61,
+        hidden_size: 16,
+        state_size: 4,
+        num_hidden_layers: 2,
+        expand: 2,
+        conv_kernel: 4,
+        time_step_rank: 4,
+        initializer_range: 0.2,
+        ..MambaConfig::mamba_130m()
+    }
+}
+
+/// 2 layers, d = 24, 6 heads of 8, 2 groups, N = 8, chunks of 4, vocab 61; init std 0.4.
+pub fn tiny_mamba2() -> Mamba2Config {
+    Mamba2Config {
+        state_size: 8,
+        n_groups: 2,
+        chunk_size: 4,
+        initializer_range: 0.4,
+        ..Mamba2Config::new(61, 24, 2, 6, 8)
+    }
+}
+
+/// 3 layers (attention at layer 1), d = 16, 4 query / 2 kv heads, N = 4, vocab 61; init std 0.2.
+pub fn tiny_hybrid(tied: bool) -> HybridConfig {
+    HybridConfig {
+        vocab_size: 61,
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        attn_layer_period: 3,
+        attn_layer_offset: 1,
+        mamba_d_state: 4,
+        mamba_d_conv: 3,
+        mamba_expand: 2,
+        mamba_dt_rank: 2,
+        mamba_conv_bias: true,
+        mamba_proj_bias: true,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: tied,
+        initializer_range: 0.2,
+        max_position_embeddings: 64,
+    }
 }
 
 /// Every float parameter of `module` in visit order: its module path (field names joined by
