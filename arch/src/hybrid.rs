@@ -449,15 +449,8 @@ impl HybridConfig {
                 let (attn, mlp) = (layer.pp("self_attn"), layer.pp("feed_forward"));
                 HybridLayer {
                     input_layernorm: RmsNorm::new(d, eps, device),
-                    self_attn: (kind == LayerKind::Attention).then(|| Attention {
-                        q_proj: attn.linear_normal("q_proj", d, nh * hd, std),
-                        k_proj: attn.linear_normal("k_proj", d, nkv * hd, std),
-                        v_proj: attn.linear_normal("v_proj", d, nkv * hd, std),
-                        o_proj: attn.linear_normal("o_proj", nh * hd, d, std),
-                        n_heads: nh,
-                        n_kv_heads: nkv,
-                        head_dim: hd,
-                    }),
+                    self_attn: (kind == LayerKind::Attention)
+                        .then(|| Attention::new(&attn, d, nh, nkv, hd, std, std)),
                     mamba: (kind == LayerKind::Mamba).then(|| JambaMamba {
                         mixer: mamba_cfg.init_mixer(&layer.pp("mamba").pp("mixer")),
                         dt_layernorm: RmsNorm::new(self.mamba_dt_rank, eps, device),
@@ -465,11 +458,7 @@ impl HybridConfig {
                         c_layernorm: RmsNorm::new(self.mamba_d_state, eps, device),
                     }),
                     pre_ff_layernorm: RmsNorm::new(d, eps, device),
-                    feed_forward: Mlp {
-                        gate_proj: mlp.linear_normal("gate_proj", d, ffn, std),
-                        up_proj: mlp.linear_normal("up_proj", d, ffn, std),
-                        down_proj: mlp.linear_normal("down_proj", ffn, d, std),
-                    },
+                    feed_forward: Mlp::new(&mlp, d, ffn, std, std),
                 }
             })
             .collect();

@@ -278,6 +278,30 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Fresh projections under `vb` (`{q,k,v,o}_proj`) from `normal(0, std)`; `o_proj` from
+    /// `normal(0, out_std)` (the residual branch's output).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: &Builder<B>,
+        d_model: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        std: f64,
+        out_std: f64,
+    ) -> Self {
+        let (q, kv) = (n_heads * head_dim, n_kv_heads * head_dim);
+        Self {
+            q_proj: vb.linear_normal("q_proj", d_model, q, std),
+            k_proj: vb.linear_normal("k_proj", d_model, kv, std),
+            v_proj: vb.linear_normal("v_proj", d_model, kv, std),
+            o_proj: vb.linear_normal("o_proj", q, d_model, out_std),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
     /// Attends `x` `[b, s, d]` to itself and to `past` (the positions before it).
     /// Returns the output `[b, s, d]` and the cache extended by these `s` positions.
     pub fn forward(
@@ -354,6 +378,15 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Fresh projections under `vb` from `normal(0, std)`; `down_proj` from `normal(0, out_std)`.
+    pub fn new(vb: &Builder<B>, d_model: usize, ffn: usize, std: f64, out_std: f64) -> Self {
+        Self {
+            gate_proj: vb.linear_normal("gate_proj", d_model, ffn, std),
+            up_proj: vb.linear_normal("up_proj", d_model, ffn, std),
+            down_proj: vb.linear_normal("down_proj", ffn, d_model, out_std),
+        }
+    }
+
     /// `[b, s, d] -> [b, s, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_rows(x.clone()); // [b, s, ffn]

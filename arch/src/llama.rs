@@ -495,21 +495,9 @@ impl LlamaConfig {
                 );
                 DecoderLayer {
                     input_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
-                    self_attn: Attention {
-                        q_proj: attn.linear_normal("q_proj", d, nh * hd, std),
-                        k_proj: attn.linear_normal("k_proj", d, nkv * hd, std),
-                        v_proj: attn.linear_normal("v_proj", d, nkv * hd, std),
-                        o_proj: attn.linear_normal("o_proj", nh * hd, d, residual_std),
-                        n_heads: nh,
-                        n_kv_heads: nkv,
-                        head_dim: hd,
-                    },
+                    self_attn: Attention::new(&attn, d, nh, nkv, hd, std, residual_std),
                     post_attention_layernorm: RmsNorm::new(d, self.rms_norm_eps, device),
-                    mlp: Mlp {
-                        gate_proj: mlp.linear_normal("gate_proj", d, ffn, std),
-                        up_proj: mlp.linear_normal("up_proj", d, ffn, std),
-                        down_proj: mlp.linear_normal("down_proj", ffn, d, residual_std),
-                    },
+                    mlp: Mlp::new(&mlp, d, ffn, std, residual_std),
                 }
             })
             .collect();
