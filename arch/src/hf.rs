@@ -1,33 +1,31 @@
-//! Hugging Face interop: the `LlamaForCausalLM` tensor mapping, safetensors files, and the
-//! mapping helpers every architecture's import/export uses (`mamba.rs` too).
+//! Hugging Face interop: one mapping between kiln's module paths and HF tensor names for every
+//! architecture, and safetensors files.
 //!
-//! The module field names already are the HF names (minus `model.`), so the mapping is a walk.
-//! The only differences sit here:
-//! - burn's `Linear` stores `[in, out]`; HF stores `[out, in]`: every Linear weight is transposed.
-//! - a layer-shared block `i` (MobileLLM-LS) is written as HF layers `2i` and `2i + 1`; on import
-//!   both copies must be present and equal.
+//! burn's module paths already are the HF names (`layers.3.self_attn.q_proj.weight`), so the
+//! mapping is one generic walk over the model ([`to_hf_tensors`], [`load_hf_tensors`],
+//! [`hf_layout`]) plus a small per-architecture [`HfMapping`] table. The generic rules:
+//! - every [`Linear`](crate::Linear) weight is transposed: burn stores `[in, out]`, HF `[out, in]`;
+//! - adapter tensors (a `Linear`'s `lora`) are not base-model tensors: they are left out (the
+//!   PEFT export writes them);
 //! - a tied head has no `lm_head.weight`; an HF checkpoint that still carries it (equal to the
 //!   embedding) is accepted.
 //!
-//! HF's legacy `*.rotary_emb.inv_freq` buffers (old checkpoints) are ignored on import: kiln
-//! recomputes RoPE from the config.
+//! The table gives the name prefix (`model.` / `backbone.`), path renames, how many HF layers one
+//! kiln block stands for (MobileLLM-LS: block `i` is written as HF layers `2i` and `2i + 1`; on
+//! import both copies must be present and equal) and the checkpoint names to ignore (HF's legacy
+//! `*.rotary_emb.inv_freq` buffers: kiln recomputes RoPE from the config).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use burn::module::Param;
-use burn::nn::Embedding;
-
-use crate::layers::Linear;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
-use crate::layers::{Attention, Mlp, RmsNorm};
-use crate::llama::{DecoderLayer, Llama, LlamaConfig};
 
 /// One tensor in HF naming and layout (row-major, Linear weights `[out, in]`), as f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,59 +48,108 @@ pub enum SafetensorsDtype {
     Bf16,
 }
 
-/// The per-block tensors in HF order, as suffixes of `model.layers.{i}.`.
-const BLOCK_TENSORS: [&str; 9] = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-];
-
-/// HF shape of a block tensor (`[out, in]` for Linear weights).
-fn block_shape(cfg: &LlamaConfig, suffix: &str) -> Vec<usize> {
-    let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    match suffix {
-        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![d],
-        "self_attn.q_proj.weight" => vec![q, d],
-        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, d],
-        "self_attn.o_proj.weight" => vec![d, q],
-        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ffn, d],
-        "mlp.down_proj.weight" => vec![d, ffn],
-        _ => unreachable!("not a block tensor: {suffix}"),
-    }
+/// The per-architecture part of the HF mapping (each config's `hf_mapping`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfMapping {
+    /// Put before every module path but the head's: `model.` (Llama, Jamba), `backbone.` (Mamba).
+    pub prefix: &'static str,
+    /// `(kiln, HF)` path fragments, the first occurrence replaced in order (Jamba keeps its Mamba
+    /// mixer's tensors directly under `mamba.`, kiln one level down under `mamba.mixer.`).
+    pub renames: &'static [(&'static str, &'static str)],
+    /// HF layers one kiln block `layers.i` stands for: `i·n … i·n + n − 1` (MobileLLM-LS: 2).
+    pub layer_repeats: usize,
+    /// The token embedding's module path (`embed_tokens.weight`), for the tied-head rule.
+    pub embedding: &'static str,
+    /// The head is the embedding: no `lm_head.weight` is written, an equal one is accepted.
+    pub tie_word_embeddings: bool,
+    /// Checkpoint names with these endings are accepted and not read.
+    pub ignored_suffixes: &'static [&'static str],
 }
 
-/// Every tensor an HF checkpoint of this config holds, in HF order: `(name, shape)`.
-/// Layer-shared configs list the effective depth (`2 ×` unique blocks).
-pub fn llama_hf_layout(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let d = cfg.hidden_size;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, d],
-    )];
-    for i in 0..cfg.effective_layers() {
-        for suffix in BLOCK_TENSORS {
-            out.push((
-                format!("model.layers.{i}.{suffix}"),
-                block_shape(cfg, suffix),
-            ));
+/// The head's module path: the one path HF keeps outside the prefix.
+const HEAD: &str = "lm_head";
+
+impl HfMapping {
+    /// The HF names of the parameter at module path `path` (more than one for a shared block).
+    pub fn hf_names(&self, path: &str) -> Vec<String> {
+        if path == HEAD || path.starts_with("lm_head.") {
+            return vec![path.to_string()];
+        }
+        let mut path = path.to_string();
+        for (from, to) in self.renames {
+            path = path.replacen(from, to, 1);
+        }
+        let layer = path
+            .strip_prefix("layers.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest)));
+        match layer {
+            Some((i, rest)) if self.layer_repeats > 1 => (0..self.layer_repeats)
+                .map(|r| {
+                    let hf_layer = i * self.layer_repeats + r;
+                    format!("{}layers.{hf_layer}.{rest}", self.prefix)
+                })
+                .collect(),
+            _ => vec![format!("{}{path}", self.prefix)],
         }
     }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
+
+    /// The embedding's HF name when the head is tied.
+    fn tied_embedding(&self) -> Option<String> {
+        self.tie_word_embeddings
+            .then(|| self.hf_names(self.embedding).remove(0))
     }
-    out
+
+    fn ignored(&self, name: &str) -> bool {
+        self.ignored_suffixes.iter().any(|s| name.ends_with(s))
+    }
 }
 
-// Mapping helpers shared by the architectures' HF import/export (Llama here, `mamba.rs`).
+/// The dotted module path of the parameter a burn visitor or mapper is at, with the container
+/// type of each level. Enum variants (`Model::Llama`) are not part of the name: it must not
+/// change when a model is wrapped in the architecture enum.
+#[derive(Default)]
+pub struct ModulePath {
+    /// `(field name or index, type of the container it belongs to)`, outermost first.
+    stack: Vec<(String, String)>,
+}
+
+impl ModulePath {
+    /// Call from `enter_module`.
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
+    }
+
+    /// Call from `exit_module`.
+    pub fn exit(&mut self) {
+        self.stack.pop();
+    }
+
+    /// `layers.3.self_attn.q_proj.weight`.
+    pub fn name(&self) -> String {
+        self.stack
+            .iter()
+            .filter(|(_, container)| !container.starts_with("Enum:"))
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// At the weight of a [`Linear`](crate::Linear) (burn `[in, out]`, HF `[out, in]`).
+    pub fn is_linear_weight(&self) -> bool {
+        self.stack
+            .last()
+            .is_some_and(|(name, container)| name == "weight" && container == "Struct:Linear")
+    }
+
+    /// Inside a `Linear`'s low-rank adapter.
+    pub fn is_adapter(&self) -> bool {
+        self.stack
+            .iter()
+            .any(|(_, container)| container == "Struct:LowRank")
+    }
+}
 
 /// `[rows, cols]` row-major -> `[cols, rows]` row-major.
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -115,103 +162,160 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn param_values<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> (Vec<usize>, Vec<f32>) {
-    let t = p.val();
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted tensor data is f32");
-    (shape, data)
+/// One base-model parameter in HF terms: its HF name(s) (several for a shared block), HF shape
+/// and, when read, its values in HF layout.
+struct HfParam {
+    names: Vec<String>,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    /// The kiln block (`layers.3`) when it stands for several HF layers.
+    shared_block: Option<String>,
 }
 
-/// A parameter as an [`HfTensor`], layout unchanged.
-pub(crate) fn export_param<B: Backend, const D: usize>(
-    name: impl Into<String>,
-    p: &Param<Tensor<B, D>>,
-) -> HfTensor {
-    let (shape, data) = param_values(p);
-    HfTensor {
-        name: name.into(),
-        shape,
-        data,
-    }
-}
-
-/// A Linear weight: burn `[in, out]` -> HF `[out, in]` (the bias, if any, is not exported).
-pub(crate) fn export_linear<B: Backend>(name: impl Into<String>, lin: &Linear<B>) -> HfTensor {
-    let (shape, data) = param_values(&lin.weight);
-    let (d_in, d_out) = (shape[0], shape[1]);
-    HfTensor {
-        name: name.into(),
-        shape: vec![d_out, d_in],
-        data: transpose(&data, d_in, d_out),
-    }
-}
-
-/// `{prefix}.weight` (as [`export_linear`]), then `{prefix}.bias` when the layer has one.
-pub(crate) fn export_linear_at<B: Backend>(prefix: &str, lin: &Linear<B>) -> Vec<HfTensor> {
-    let mut out = vec![export_linear(format!("{prefix}.weight"), lin)];
-    if let Some(bias) = &lin.bias {
-        out.push(export_param(format!("{prefix}.bias"), bias));
+/// Each HF tensor with the parameter it comes from, in HF order: module order, with the copies
+/// of a shared block written block by block (HF layer `2i` whole, then `2i + 1`).
+fn hf_order(params: &[HfParam]) -> Vec<(&str, &HfParam)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < params.len() {
+        let block = &params[start].shared_block;
+        let len = match block {
+            Some(_) => params[start..]
+                .iter()
+                .take_while(|p| &p.shared_block == block)
+                .count(),
+            None => 1,
+        };
+        let run = &params[start..start + len];
+        for copy in 0..run[0].names.len() {
+            out.extend(run.iter().map(|p| (p.names[copy].as_str(), p)));
+        }
+        start += len;
     }
     out
 }
 
-fn export_block<B: Backend>(block: &DecoderLayer<B>, i: usize) -> Vec<HfTensor> {
-    let n = |suffix: &str| format!("model.layers.{i}.{suffix}");
-    let (attn, mlp) = (&block.self_attn, &block.mlp);
-    vec![
-        export_param(n(BLOCK_TENSORS[0]), &block.input_layernorm.weight),
-        export_linear(n(BLOCK_TENSORS[1]), &attn.q_proj),
-        export_linear(n(BLOCK_TENSORS[2]), &attn.k_proj),
-        export_linear(n(BLOCK_TENSORS[3]), &attn.v_proj),
-        export_linear(n(BLOCK_TENSORS[4]), &attn.o_proj),
-        export_param(n(BLOCK_TENSORS[5]), &block.post_attention_layernorm.weight),
-        export_linear(n(BLOCK_TENSORS[6]), &mlp.gate_proj),
-        export_linear(n(BLOCK_TENSORS[7]), &mlp.up_proj),
-        export_linear(n(BLOCK_TENSORS[8]), &mlp.down_proj),
-    ]
+/// Collects every base-model parameter (`with_data: false`: names and shapes only, without
+/// materialising lazy parameters).
+struct Export<'a> {
+    mapping: &'a HfMapping,
+    path: ModulePath,
+    with_data: bool,
+    out: Vec<HfParam>,
 }
 
-/// All parameters of `model` in HF naming/layout and order (see [`llama_hf_layout`]).
-pub fn llama_to_hf<B: Backend>(model: &Llama<B>) -> Vec<HfTensor> {
-    let repeats = model.config.repeats();
-    let mut out = vec![export_param(
-        "model.embed_tokens.weight".to_string(),
-        &model.embed_tokens.weight,
-    )];
-    for (u, block) in model.layers.iter().enumerate() {
-        let first = export_block(block, u * repeats);
-        // Shared block: the same values again under the next HF layer index(es).
-        let copies: Vec<HfTensor> = (1..repeats)
-            .flat_map(|r| {
-                first.iter().map(move |t| HfTensor {
-                    name: t.name.replacen(
-                        &format!("model.layers.{}.", u * repeats),
-                        &format!("model.layers.{}.", u * repeats + r),
-                        1,
-                    ),
-                    ..t.clone()
-                })
-            })
-            .collect();
-        out.extend(first);
-        out.extend(copies);
+impl<B: Backend> ModuleVisitor<B> for Export<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
-    out.push(export_param(
-        "model.norm.weight".to_string(),
-        &model.norm.weight,
-    ));
-    if let Some(head) = &model.lm_head {
-        out.push(export_linear("lm_head.weight".to_string(), head));
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
     }
-    out
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.path.is_adapter() {
+            return;
+        }
+        let mut shape = param.lazy_shape().to_vec();
+        let mut data = Vec::new();
+        if self.with_data {
+            data = param
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted tensor data is f32");
+        }
+        if self.path.is_linear_weight() {
+            let (d_in, d_out) = (shape[0], shape[1]);
+            if self.with_data {
+                data = transpose(&data, d_in, d_out);
+            }
+            shape = vec![d_out, d_in];
+        }
+        let path = self.path.name();
+        let names = self.mapping.hf_names(&path);
+        let shared_block = (names.len() > 1).then(|| {
+            let mut parts = path.splitn(3, '.');
+            format!("{}.{}", parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+        });
+        self.out.push(HfParam {
+            names,
+            shape,
+            data,
+            shared_block,
+        });
+    }
+}
+
+fn hf_params<B: Backend, M: Module<B>>(
+    model: &M,
+    mapping: &HfMapping,
+    with_data: bool,
+) -> Vec<HfParam> {
+    let mut walk = Export {
+        mapping,
+        path: ModulePath::default(),
+        with_data,
+        out: Vec::new(),
+    };
+    model.visit(&mut walk);
+    walk.out
+}
+
+/// Every base-model parameter under its HF name(s), in HF layout (`[out, in]`), in module order;
+/// a shared block once per HF layer, no `lm_head.weight` when tied.
+pub fn to_hf_tensors<B: Backend, M: Module<B>>(model: &M, mapping: &HfMapping) -> Vec<HfTensor> {
+    let params = hf_params(model, mapping, true);
+    hf_order(&params)
+        .into_iter()
+        .map(|(name, p)| HfTensor {
+            name: name.to_string(),
+            shape: p.shape.clone(),
+            data: p.data.clone(),
+        })
+        .collect()
+}
+
+/// Every tensor an HF checkpoint of `model` holds, `(name, HF shape)`, in [`to_hf_tensors`]
+/// order. Reads no parameter values.
+pub fn hf_layout<B: Backend, M: Module<B>>(
+    model: &M,
+    mapping: &HfMapping,
+) -> Vec<(String, Vec<usize>)> {
+    let params = hf_params(model, mapping, false);
+    hf_order(&params)
+        .into_iter()
+        .map(|(name, p)| (name.to_string(), p.shape.clone()))
+        .collect()
+}
+
+/// HF import and export for a model: the generic walk with the model's [`HfMapping`].
+/// Implemented by [`crate::Model`] and each architecture's model.
+pub trait HfModel<B: Backend>: Module<B> {
+    /// The per-architecture table (from the model's config).
+    fn hf_mapping(&self) -> HfMapping;
+
+    /// Every base-model parameter under its HF name(s), HF layout (see [`to_hf_tensors`]).
+    fn to_hf_tensors(&self) -> Vec<HfTensor> {
+        to_hf_tensors(self, &self.hf_mapping())
+    }
+
+    /// `(name, HF shape)` of every tensor an HF checkpoint of this model holds; reads no values.
+    fn hf_layout(&self) -> Vec<(String, Vec<usize>)> {
+        hf_layout(self, &self.hf_mapping())
+    }
+
+    /// Replaces every base-model parameter with the HF tensors (ids, device and `require_grad`
+    /// kept), after checking names, shapes, shared copies, a tied head and extra names; the error
+    /// names the offending tensor.
+    fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
+        let mapping = self.hf_mapping();
+        load_hf_tensors(self, &mapping, tensors)
+    }
 }
 
 /// Looks a tensor up and checks its shape and data length.
-pub(crate) fn fetch<'a>(
+fn fetch<'a>(
     tensors: &'a HashMap<String, HfTensor>,
     name: &str,
     shape: &[usize],
@@ -237,37 +341,53 @@ pub(crate) fn fetch<'a>(
     Ok(t)
 }
 
-/// The checks every HF import runs before touching the model: each `layout` tensor present with
-/// its shape; with a tied head (`tied_embedding` names the embedding), an optional
-/// `lm_head.weight` equal to the embedding; no names outside the layout except that optional head
-/// and those `ignored` accepts.
-pub(crate) fn check_hf_tensors(
+/// The checks an HF import runs before touching the model: every tensor of the layout present
+/// with its shape; the copies of a shared block equal; with a tied head, an optional
+/// `lm_head.weight` equal to the embedding; no names outside the layout but that optional head and
+/// the ignored ones. Each error names the offending tensor(s).
+fn check_hf_tensors<B: Backend, M: Module<B>>(
+    model: &M,
+    mapping: &HfMapping,
     tensors: &HashMap<String, HfTensor>,
-    layout: &[(String, Vec<usize>)],
-    tied_embedding: Option<&str>,
-    ignored: impl Fn(&str) -> bool,
 ) -> Result<(), ArchError> {
-    for (name, shape) in layout {
-        fetch(tensors, name, shape)?;
+    let params = hf_params(model, mapping, false);
+    for p in &params {
+        for name in &p.names {
+            fetch(tensors, name, &p.shape)?;
+        }
+        let first = &p.names[0];
+        for copy in &p.names[1..] {
+            if tensors[first].data != tensors[copy].data {
+                return Err(ArchError::TiedTensorMismatch {
+                    first: first.clone(),
+                    second: copy.clone(),
+                    reason: "layer sharing: HF layers 2i and 2i+1 are one kiln block",
+                });
+            }
+        }
     }
     let head = "lm_head.weight";
-    if let Some(embed) = tied_embedding {
+    let tied = mapping.tied_embedding();
+    if let Some(embed) = &tied {
         if let Some(embed_t) = tensors.get(embed).filter(|_| tensors.contains_key(head)) {
             if fetch(tensors, head, &embed_t.shape)?.data != embed_t.data {
                 return Err(ArchError::TiedTensorMismatch {
-                    first: embed.to_string(),
+                    first: embed.clone(),
                     second: head.to_string(),
                     reason: "tie_word_embeddings is true",
                 });
             }
         }
     }
-    let expected: BTreeSet<&str> = layout.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: BTreeSet<&str> = params
+        .iter()
+        .flat_map(|p| p.names.iter().map(String::as_str))
+        .collect();
     let unexpected: BTreeSet<&String> = tensors
         .keys()
         .filter(|k| !expected.contains(k.as_str()))
-        .filter(|k| !(tied_embedding.is_some() && k.as_str() == head))
-        .filter(|k| !ignored(k))
+        .filter(|k| !(tied.is_some() && k.as_str() == head))
+        .filter(|k| !mapping.ignored(k))
         .collect();
     if !unexpected.is_empty() {
         return Err(ArchError::UnexpectedTensors {
@@ -277,157 +397,55 @@ pub(crate) fn check_hf_tensors(
     Ok(())
 }
 
-/// Replaces a parameter's value with `t` (same layout), keeping its id, device and
-/// `require_grad` (and not running its lazy initialiser).
-pub(crate) fn load_param<B: Backend, const D: usize>(
-    p: Param<Tensor<B, D>>,
-    t: &HfTensor,
-) -> Param<Tensor<B, D>> {
-    load_values(p, t.shape.clone(), t.data.clone())
+/// Replaces every base-model parameter by its HF tensor (checked by [`check_hf_tensors`] first).
+struct Import<'a> {
+    mapping: &'a HfMapping,
+    path: ModulePath,
+    tensors: &'a HashMap<String, HfTensor>,
 }
 
-/// `shape`/`data` are already in burn layout.
-fn load_values<B: Backend, const D: usize>(
-    p: Param<Tensor<B, D>>,
-    shape: Vec<usize>,
-    data: Vec<f32>,
-) -> Param<Tensor<B, D>> {
-    let device = p.lazy_device();
-    let tensor = Tensor::<B, D>::from_data(TensorData::new(data, shape), &device);
-    let id = p.id;
-    p.transform_for_load(tensor, id)
-}
-
-pub(crate) fn load_norm<B: Backend>(norm: RmsNorm<B>, t: &HfTensor) -> RmsNorm<B> {
-    RmsNorm {
-        weight: load_param(norm.weight, t),
-        eps: norm.eps,
+impl<B: Backend> ModuleMapper<B> for Import<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
-}
-
-/// A Linear weight: HF `[out, in]` -> burn `[in, out]`; the bias is kept as it is.
-pub(crate) fn load_linear<B: Backend>(lin: Linear<B>, t: &HfTensor) -> Linear<B> {
-    let (d_out, d_in) = (t.shape[0], t.shape[1]);
-    Linear {
-        weight: load_values(
-            lin.weight,
-            vec![d_in, d_out],
-            transpose(&t.data, d_out, d_in),
-        ),
-        ..lin
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
     }
-}
-
-/// `{prefix}.weight` (as [`load_linear`]) and, when the layer has a bias, `{prefix}.bias`.
-/// Panics on a missing name: check with [`check_hf_tensors`] first.
-pub(crate) fn load_linear_at<B: Backend>(
-    lin: Linear<B>,
-    tensors: &HashMap<String, HfTensor>,
-    prefix: &str,
-) -> Linear<B> {
-    let lin = load_linear(lin, &tensors[&format!("{prefix}.weight")]);
-    Linear {
-        bias: lin
-            .bias
-            .map(|b| load_param(b, &tensors[&format!("{prefix}.bias")])),
-        ..lin
-    }
-}
-
-fn load_block<B: Backend>(
-    block: DecoderLayer<B>,
-    tensors: &HashMap<String, HfTensor>,
-    i: usize,
-) -> DecoderLayer<B> {
-    // Every name was checked by `llama_from_hf` before any loading starts.
-    let t = |k: usize| &tensors[&format!("model.layers.{i}.{}", BLOCK_TENSORS[k])];
-    let DecoderLayer {
-        input_layernorm,
-        self_attn,
-        post_attention_layernorm,
-        mlp,
-    } = block;
-    DecoderLayer {
-        input_layernorm: load_norm(input_layernorm, t(0)),
-        self_attn: Attention {
-            q_proj: load_linear(self_attn.q_proj, t(1)),
-            k_proj: load_linear(self_attn.k_proj, t(2)),
-            v_proj: load_linear(self_attn.v_proj, t(3)),
-            o_proj: load_linear(self_attn.o_proj, t(4)),
-            ..self_attn
-        },
-        post_attention_layernorm: load_norm(post_attention_layernorm, t(5)),
-        mlp: Mlp {
-            gate_proj: load_linear(mlp.gate_proj, t(6)),
-            up_proj: load_linear(mlp.up_proj, t(7)),
-            down_proj: load_linear(mlp.down_proj, t(8)),
-        },
-    }
-}
-
-/// Loads HF tensors into `model` (whose config fixes every expected name and shape).
-///
-/// Checks, before touching the model: every expected tensor present with its shape; shared-block
-/// copies equal; a tied checkpoint's optional `lm_head.weight` equal to the embedding; no
-/// unexpected names. Each error names the offending tensor(s).
-pub fn llama_from_hf<B: Backend>(
-    model: Llama<B>,
-    tensors: &HashMap<String, HfTensor>,
-) -> Result<Llama<B>, ArchError> {
-    let cfg = model.config.clone();
-    let layout = llama_hf_layout(&cfg);
-    let embed_name = "model.embed_tokens.weight";
-    check_hf_tensors(
-        tensors,
-        &layout,
-        cfg.tie_word_embeddings.then_some(embed_name),
-        |name| name.ends_with("rotary_emb.inv_freq"),
-    )?;
-    if cfg.layer_sharing {
-        for u in 0..cfg.num_hidden_layers {
-            for suffix in BLOCK_TENSORS {
-                let first = format!("model.layers.{}.{suffix}", 2 * u);
-                let second = format!("model.layers.{}.{suffix}", 2 * u + 1);
-                if tensors[&first].data != tensors[&second].data {
-                    return Err(ArchError::TiedTensorMismatch {
-                        first,
-                        second,
-                        reason: "layer sharing: HF layers 2i and 2i+1 are one kiln block",
-                    });
-                }
-            }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.path.is_adapter() {
+            return param;
         }
+        // A shared block reads its first HF layer (the copies were checked equal).
+        let t = &self.tensors[&self.mapping.hf_names(&self.path.name())[0]];
+        let (shape, data) = if self.path.is_linear_weight() {
+            let (d_out, d_in) = (t.shape[0], t.shape[1]);
+            (vec![d_in, d_out], transpose(&t.data, d_out, d_in))
+        } else {
+            (t.shape.clone(), t.data.clone())
+        };
+        // Keeps the parameter's id, device and `require_grad`, without running a lazy initialiser.
+        let device = param.lazy_device();
+        let tensor = Tensor::<B, D>::from_data(TensorData::new(data, shape), &device);
+        let id = param.id;
+        param.transform_for_load(tensor, id)
     }
-
-    let Llama {
-        embed_tokens,
-        layers,
-        norm,
-        lm_head,
-        rotary_emb,
-        config,
-        compute_dtype,
-    } = model;
-    let embed = &tensors[embed_name];
-    let repeats = config.repeats();
-    Ok(Llama {
-        embed_tokens: Embedding {
-            weight: load_param(embed_tokens.weight, embed),
-        },
-        // Shared block u reads HF layer 2u (2u + 1 was checked equal above).
-        layers: layers
-            .into_iter()
-            .enumerate()
-            .map(|(u, block)| load_block(block, tensors, u * repeats))
-            .collect(),
-        norm: load_norm(norm, &tensors["model.norm.weight"]),
-        lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
-        rotary_emb,
-        config,
-        compute_dtype,
-    })
 }
 
+/// Loads HF tensors into `model`, whose structure fixes every expected name and shape. Checks
+/// everything first (see [`check_hf_tensors`]), so an error leaves no half-loaded model; adapter
+/// tensors are kept as they are.
+pub fn load_hf_tensors<B: Backend, M: Module<B>>(
+    model: M,
+    mapping: &HfMapping,
+    tensors: &HashMap<String, HfTensor>,
+) -> Result<M, ArchError> {
+    check_hf_tensors(&model, mapping, tensors)?;
+    Ok(model.map(&mut Import {
+        mapping,
+        path: ModulePath::default(),
+        tensors,
+    }))
+}
 /// A tensor serialised to little-endian bytes, for the safetensors writer.
 struct RawTensor {
     dtype: Dtype,

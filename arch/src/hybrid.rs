@@ -26,9 +26,7 @@
 //! Why Jamba rather than Bamba: Jamba's hybrid reuses kiln's Mamba-1 mixer and Llama attention
 //! unchanged (plus three small norms), while Bamba needs a Mamba-2 (SSD) mixer and partial RoPE.
 
-use std::collections::HashMap;
-
-use burn::module::{Module, ParamId};
+use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor};
@@ -37,16 +35,13 @@ use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
-use crate::hf::{
-    check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
-    load_param, HfTensor,
-};
+use crate::hf::{HfMapping, HfModel};
 use crate::layers::{
     causal_attention, fused_enabled, repeat_kv, rope_attention, Attention, Builder, KvCache,
     Linear, Mlp, RmsNorm,
 };
 use crate::llama::Materialize;
-use crate::mamba::{mamba_mixer_hf_layout, MambaConfig, MambaLayerState, MambaMixer, ScanMode};
+use crate::mamba::{MambaConfig, MambaLayerState, MambaMixer, ScanMode};
 use crate::ssm::{norm_head_logits, normal_param, residual_add, HfKeys, RecurrentCache};
 
 /// What layer `i` mixes tokens with.
@@ -308,6 +303,19 @@ impl HybridConfig {
                 };
         }
         flops
+    }
+
+    /// How module paths become `JambaForCausalLM` tensor names (see [`crate::hf`]): Jamba keeps
+    /// the Mamba mixer's tensors directly under `mamba.`, next to its three inner norms.
+    pub fn hf_mapping(&self) -> HfMapping {
+        HfMapping {
+            prefix: "model.",
+            renames: &[(".mamba.mixer.", ".mamba.")],
+            layer_repeats: 1,
+            embedding: "embed_tokens.weight",
+            tie_word_embeddings: self.tie_word_embeddings,
+            ignored_suffixes: &[],
+        }
     }
 
     /// HF `config.json` for `JambaForCausalLM` (one expert).
@@ -688,207 +696,12 @@ impl<B: Backend> Hybrid<B> {
             self.compute_dtype,
         )
     }
-
-    /// Parameters that should get no weight decay (burn path, id): norms, biases, `A_log`, `D`.
-    pub fn no_weight_decay(&self) -> Vec<(String, ParamId)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("layers.{i}.{s}");
-            out.push((
-                name("input_layernorm.weight"),
-                layer.input_layernorm.weight.id,
-            ));
-            out.push((
-                name("pre_ff_layernorm.weight"),
-                layer.pre_ff_layernorm.weight.id,
-            ));
-            if let Some(m) = &layer.mamba {
-                out.extend(m.mixer.no_weight_decay(&name("mamba.mixer.")));
-                for (s, norm) in [
-                    ("dt_layernorm", &m.dt_layernorm),
-                    ("b_layernorm", &m.b_layernorm),
-                    ("c_layernorm", &m.c_layernorm),
-                ] {
-                    out.push((name(&format!("mamba.{s}.weight")), norm.weight.id));
-                }
-            }
-        }
-        out.push((
-            "final_layernorm.weight".to_string(),
-            self.final_layernorm.weight.id,
-        ));
-        out
-    }
-
-    /// Every parameter under its HF name, HF layout, in [`hybrid_hf_layout`] order.
-    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
-        let mut out = vec![export_param(
-            "model.embed_tokens.weight",
-            &self.embed_tokens.weight,
-        )];
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("model.layers.{i}.{s}");
-            out.push(export_param(
-                name("input_layernorm.weight"),
-                &layer.input_layernorm.weight,
-            ));
-            if let Some(a) = &layer.self_attn {
-                for (s, lin) in [
-                    ("q_proj", &a.q_proj),
-                    ("k_proj", &a.k_proj),
-                    ("v_proj", &a.v_proj),
-                    ("o_proj", &a.o_proj),
-                ] {
-                    out.extend(export_linear_at(&name(&format!("self_attn.{s}")), lin));
-                }
-            }
-            if let Some(mm) = &layer.mamba {
-                out.extend(mm.mixer.to_hf_tensors(&name("mamba")));
-                for (s, norm) in [
-                    ("dt_layernorm", &mm.dt_layernorm),
-                    ("b_layernorm", &mm.b_layernorm),
-                    ("c_layernorm", &mm.c_layernorm),
-                ] {
-                    out.push(export_param(
-                        name(&format!("mamba.{s}.weight")),
-                        &norm.weight,
-                    ));
-                }
-            }
-            out.push(export_param(
-                name("pre_ff_layernorm.weight"),
-                &layer.pre_ff_layernorm.weight,
-            ));
-            let f = &layer.feed_forward;
-            for (s, lin) in [
-                ("gate_proj", &f.gate_proj),
-                ("up_proj", &f.up_proj),
-                ("down_proj", &f.down_proj),
-            ] {
-                out.extend(export_linear_at(&name(&format!("feed_forward.{s}")), lin));
-            }
-        }
-        out.push(export_param(
-            "model.final_layernorm.weight",
-            &self.final_layernorm.weight,
-        ));
-        if let Some(head) = &self.lm_head {
-            out.extend(export_linear_at("lm_head", head));
-        }
-        out
-    }
-
-    /// Replaces every parameter with the HF tensors (ids kept), after checking names and shapes
-    /// (a tied checkpoint may carry an `lm_head.weight` equal to the embedding).
-    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
-        let embed_name = "model.embed_tokens.weight";
-        check_hf_tensors(
-            tensors,
-            &hybrid_hf_layout(&self.config),
-            self.config.tie_word_embeddings.then_some(embed_name),
-            |_| false,
-        )?;
-        let Hybrid {
-            embed_tokens,
-            layers,
-            final_layernorm,
-            lm_head,
-            config,
-            compute_dtype,
-        } = self;
-        let layers = layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, layer)| {
-                let name = |s: &str| format!("model.layers.{i}.{s}");
-                let t = |s: &str| &tensors[&name(s)];
-                let lin = |l: Linear<B>, s: &str| load_linear_at(l, tensors, &name(s));
-                HybridLayer {
-                    input_layernorm: load_norm(layer.input_layernorm, t("input_layernorm.weight")),
-                    self_attn: layer.self_attn.map(|a| Attention {
-                        q_proj: lin(a.q_proj, "self_attn.q_proj"),
-                        k_proj: lin(a.k_proj, "self_attn.k_proj"),
-                        v_proj: lin(a.v_proj, "self_attn.v_proj"),
-                        o_proj: lin(a.o_proj, "self_attn.o_proj"),
-                        ..a
-                    }),
-                    mamba: layer.mamba.map(|mm| JambaMamba {
-                        mixer: mm.mixer.load_hf_tensors(tensors, &name("mamba")),
-                        dt_layernorm: load_norm(mm.dt_layernorm, t("mamba.dt_layernorm.weight")),
-                        b_layernorm: load_norm(mm.b_layernorm, t("mamba.b_layernorm.weight")),
-                        c_layernorm: load_norm(mm.c_layernorm, t("mamba.c_layernorm.weight")),
-                    }),
-                    pre_ff_layernorm: load_norm(
-                        layer.pre_ff_layernorm,
-                        t("pre_ff_layernorm.weight"),
-                    ),
-                    feed_forward: Mlp {
-                        gate_proj: lin(layer.feed_forward.gate_proj, "feed_forward.gate_proj"),
-                        up_proj: lin(layer.feed_forward.up_proj, "feed_forward.up_proj"),
-                        down_proj: lin(layer.feed_forward.down_proj, "feed_forward.down_proj"),
-                    },
-                }
-            })
-            .collect();
-        Ok(Hybrid {
-            embed_tokens: Embedding {
-                weight: load_param(embed_tokens.weight, &tensors[embed_name]),
-            },
-            layers,
-            final_layernorm: load_norm(final_layernorm, &tensors["model.final_layernorm.weight"]),
-            lm_head: lm_head.map(|h| load_linear(h, &tensors["lm_head.weight"])),
-            config,
-            compute_dtype,
-        })
-    }
 }
 
-/// Every tensor an HF `JambaForCausalLM` (one expert) checkpoint of this config holds, in the
-/// order [`Hybrid::to_hf_tensors`] writes them: `(name, HF shape)`.
-pub fn hybrid_hf_layout(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, ffn, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
-    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let (n, r) = (cfg.mamba_d_state, cfg.mamba_dt_rank);
-    let mamba = cfg.mamba_config();
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, d],
-    )];
-    for (i, kind) in cfg.layout().into_iter().enumerate() {
-        let name = |s: &str| format!("model.layers.{i}.{s}");
-        out.push((name("input_layernorm.weight"), vec![d]));
-        let block: Vec<(&str, Vec<usize>)> = match kind {
-            LayerKind::Attention => vec![
-                ("self_attn.q_proj.weight", vec![nh * hd, d]),
-                ("self_attn.k_proj.weight", vec![nkv * hd, d]),
-                ("self_attn.v_proj.weight", vec![nkv * hd, d]),
-                ("self_attn.o_proj.weight", vec![d, nh * hd]),
-            ],
-            LayerKind::Mamba => {
-                out.extend(mamba_mixer_hf_layout(&name("mamba"), &mamba));
-                vec![
-                    ("mamba.dt_layernorm.weight", vec![r]),
-                    ("mamba.b_layernorm.weight", vec![n]),
-                    ("mamba.c_layernorm.weight", vec![n]),
-                ]
-            }
-        };
-        out.extend(block.into_iter().map(|(s, shape)| (name(s), shape)));
-        out.extend(
-            [
-                ("pre_ff_layernorm.weight", vec![d]),
-                ("feed_forward.gate_proj.weight", vec![ffn, d]),
-                ("feed_forward.up_proj.weight", vec![ffn, d]),
-                ("feed_forward.down_proj.weight", vec![d, ffn]),
-            ]
-            .map(|(s, shape)| (name(s), shape)),
-        );
+impl<B: Backend> HfModel<B> for Hybrid<B> {
+    fn hf_mapping(&self) -> HfMapping {
+        self.config.hf_mapping()
     }
-    out.push(("model.final_layernorm.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
-    }
-    out
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {

@@ -11,17 +11,17 @@
 //!
 //! 1. a [`ModelConfig`] (from the recipe, or [`ModelConfig::from_hf_config`] on a `config.json`);
 //! 2. [`ModelConfig::init`] → [`Model`] with fresh weights (or then
-//!    [`Model::load_hf_tensors`] with the output of [`read_safetensors`]);
+//!    [`HfModel::load_hf_tensors`] with the output of [`read_safetensors`]);
 //! 3. [`Model::forward`]: token ids `[batch, seq]` → logits `[batch, seq, vocab]` (f32) for
 //!    training; [`Model::new_cache`] + [`Model::forward_cached`] for generation;
-//! 4. export: [`ModelConfig::to_hf_config`] → `config.json`, [`Model::to_hf_tensors`] →
+//! 4. export: [`ModelConfig::to_hf_config`] → `config.json`, [`HfModel::to_hf_tensors`] →
 //!    [`write_safetensors`] → `model.safetensors`, loadable by the matching transformers class's
 //!    `from_pretrained`.
 //!
 //! ```
 //! use burn::backend::Flex;
 //! use burn::tensor::{Int, Tensor};
-//! use kiln_arch::{LlamaConfig, Model, ModelConfig};
+//! use kiln_arch::{HfModel, LlamaConfig, Model, ModelConfig};
 //!
 //! let config = ModelConfig::Llama(LlamaConfig {
 //!     vocab_size: 64,
@@ -60,8 +60,6 @@ pub mod mamba2;
 pub mod simd;
 mod ssm;
 
-use std::collections::HashMap;
-
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
@@ -69,7 +67,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::ArchError;
-pub use hf::{read_safetensors, write_safetensors, HfTensor, SafetensorsDtype};
+pub use hf::{
+    read_safetensors, write_safetensors, HfMapping, HfModel, HfTensor, ModulePath, SafetensorsDtype,
+};
 pub use hybrid::{Hybrid, HybridCache, HybridConfig};
 pub use layers::{
     float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, KvCache, Linear, LoraPlan, LowRank,
@@ -157,6 +157,16 @@ impl ModelConfig {
             Self::Mamba(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
             Self::Mamba2(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
             Self::Hybrid(c) => c.to_hf_config(bos_token_id, eos_token_id, torch_dtype),
+        }
+    }
+
+    /// The per-architecture part of the HF tensor-name mapping (see [`hf`]).
+    pub fn hf_mapping(&self) -> HfMapping {
+        match self {
+            Self::Llama(c) => c.hf_mapping(),
+            Self::Mamba(c) => c.hf_mapping(),
+            Self::Mamba2(c) => c.hf_mapping(),
+            Self::Hybrid(c) => c.hf_mapping(),
         }
     }
 
@@ -320,28 +330,11 @@ impl<B: Backend> Model<B> {
             Self::Hybrid(m) => m.compute_dtype,
         }
     }
+}
 
-    /// Every parameter under its HF name, in HF layout (`[out, in]`) and HF order; layer-shared
-    /// blocks written twice (as layers `2i`, `2i+1`), no `lm_head.weight` when tied.
-    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
-        match self {
-            Self::Llama(m) => hf::llama_to_hf(m),
-            Self::Mamba(m) => m.to_hf_tensors(),
-            Self::Mamba2(m) => m.to_hf_tensors(),
-            Self::Hybrid(m) => m.to_hf_tensors(),
-        }
-    }
-
-    /// Replaces every parameter with the HF tensors (parameter ids, device and `require_grad`
-    /// are kept). Checks names, shapes, shared copies and extra names first; the error names the
-    /// offending tensor.
-    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
-        match self {
-            Self::Llama(m) => Ok(Self::Llama(hf::llama_from_hf(m, tensors)?)),
-            Self::Mamba(m) => Ok(Self::Mamba(m.load_hf_tensors(tensors)?)),
-            Self::Mamba2(m) => Ok(Self::Mamba2(m.load_hf_tensors(tensors)?)),
-            Self::Hybrid(m) => Ok(Self::Hybrid(m.load_hf_tensors(tensors)?)),
-        }
+impl<B: Backend> HfModel<B> for Model<B> {
+    fn hf_mapping(&self) -> HfMapping {
+        self.config().hf_mapping()
     }
 }
 

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
+use crate::hf::{HfMapping, HfModel};
 use crate::layers::{
     float_dtype, to_dtype, Attention, Builder, KvCache, Linear, Mlp, RmsNorm, Rope,
 };
@@ -243,6 +244,18 @@ impl LlamaConfig {
             l_eff * self.block_matmul_params() as u64 + (self.vocab_size * self.hidden_size) as u64;
         let attn = 6 * l_eff * (self.num_attention_heads * self.head_dim) as u64 * seq_len as u64;
         6 * n_matmul + attn
+    }
+
+    /// How module paths become `LlamaForCausalLM` tensor names (see [`crate::hf`]).
+    pub fn hf_mapping(&self) -> HfMapping {
+        HfMapping {
+            prefix: "model.",
+            renames: &[],
+            layer_repeats: self.repeats(),
+            embedding: "embed_tokens.weight",
+            tie_word_embeddings: self.tie_word_embeddings,
+            ignored_suffixes: &["rotary_emb.inv_freq"],
+        }
     }
 
     /// HF `config.json` for `LlamaForCausalLM`. A layer-shared model is written with its effective
@@ -724,6 +737,12 @@ impl<B: AutodiffBackend> Llama<B> {
         loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
     ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
         crate::grads::backward_checkpointed(self, input_ids, loss_fn)
+    }
+}
+
+impl<B: Backend> HfModel<B> for Llama<B> {
+    fn hf_mapping(&self) -> HfMapping {
+        self.config.hf_mapping()
     }
 }
 

@@ -25,7 +25,7 @@
 //! per generated token.
 //!
 //! Module paths equal the HF tensor names minus `backbone.` (`layers.3.mixer.A_log`); the only
-//! layout difference is burn's `[in, out]` Linear weights (transposed in [`Mamba::to_hf_tensors`]).
+//! layout difference is burn's `[in, out]` Linear weights, transposed by the generic walk in [`crate::hf`].
 //!
 //! Mixed precision (see [`crate::Model::with_precision`]): norms, matmuls, the convolution and
 //! activations run in `compute_dtype`; the selective scan (with its `D` skip and the gating) runs
@@ -38,9 +38,7 @@
 //! Deliberately left out (for now): `attention_mask` (left padding); the
 //! `time_step_init_scheme = "constant"` init (only `"random"`).
 
-use std::collections::HashMap;
-
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, PaddingConfig1d};
 use burn::tensor::activation::silu;
@@ -51,14 +49,11 @@ use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
-use crate::hf::{
-    check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
-    load_param, HfTensor,
-};
+use crate::hf::{HfMapping, HfModel};
 use crate::layers::{float_dtype, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
-    causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
-    residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
+    causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
+    uniform_param, HfKeys, RecurrentCache,
 };
 
 /// A chunk length for [`ScanMode::Chunked`] (set with [`Mamba::with_scan`]; the default mode is
@@ -299,6 +294,18 @@ impl MambaConfig {
         let block_matmul = d * 2 * e + e * (r + 2 * n) + r * e + e * d;
         let n_matmul = layers * block_matmul + self.vocab_size as u64 * d;
         6 * n_matmul + 6 * layers * e * (3 * n + k)
+    }
+
+    /// How module paths become `MambaForCausalLM` tensor names (see [`crate::hf`]).
+    pub fn hf_mapping(&self) -> HfMapping {
+        HfMapping {
+            prefix: "backbone.",
+            renames: &[],
+            layer_repeats: 1,
+            embedding: "embeddings.weight",
+            tie_word_embeddings: self.tie_word_embeddings,
+            ignored_suffixes: &[],
+        }
     }
 
     /// HF `config.json` for `MambaForCausalLM`.
@@ -547,90 +554,6 @@ pub enum ScanMode {
 }
 
 pub use mixer_def::MambaMixer;
-
-impl<B: Backend> MambaMixer<B> {
-    /// `(module path, id)` of the parameters that get no weight decay, under `prefix` (the
-    /// mixer's path and a dot): `A_log`, `D` and every bias.
-    pub(crate) fn no_weight_decay(&self, prefix: &str) -> Vec<(String, ParamId)> {
-        let name = |s: &str| format!("{prefix}{s}");
-        let mut out = vec![(name("A_log"), self.A_log.id), (name("D"), self.D.id)];
-        push_bias_ids(
-            &mut out,
-            name,
-            &[
-                ("in_proj.bias", &self.in_proj.bias),
-                ("conv1d.bias", &self.conv1d.bias),
-                ("dt_proj.bias", &self.dt_proj.bias),
-                ("out_proj.bias", &self.out_proj.bias),
-            ],
-        );
-        out
-    }
-
-    /// The mixer's tensors under `{prefix}.`, HF layout, in [`mamba_mixer_hf_layout`] order.
-    pub(crate) fn to_hf_tensors(&self, prefix: &str) -> Vec<HfTensor> {
-        let name = |s: &str| format!("{prefix}.{s}");
-        let mut out = export_linear_at(&name("in_proj"), &self.in_proj);
-        out.extend(export_conv(&name("conv1d"), &self.conv1d));
-        out.extend(export_linear_at(&name("x_proj"), &self.x_proj));
-        out.extend(export_linear_at(&name("dt_proj"), &self.dt_proj));
-        out.push(export_param(name("A_log"), &self.A_log));
-        out.push(export_param(name("D"), &self.D));
-        out.extend(export_linear_at(&name("out_proj"), &self.out_proj));
-        out
-    }
-
-    /// The mixer with every parameter replaced by the HF tensor `{prefix}.…` (names and shapes
-    /// already checked).
-    pub(crate) fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>, prefix: &str) -> Self {
-        let name = |s: &str| format!("{prefix}.{s}");
-        MambaMixer {
-            in_proj: load_linear_at(self.in_proj, tensors, &name("in_proj")),
-            conv1d: load_conv(self.conv1d, tensors, &name("conv1d")),
-            x_proj: load_linear_at(self.x_proj, tensors, &name("x_proj")),
-            dt_proj: load_linear_at(self.dt_proj, tensors, &name("dt_proj")),
-            A_log: load_param(self.A_log, &tensors[&name("A_log")]),
-            D: load_param(self.D, &tensors[&name("D")]),
-            out_proj: load_linear_at(self.out_proj, tensors, &name("out_proj")),
-            ..self
-        }
-    }
-}
-
-/// The tensors of one HF Mamba mixer of this config under `{prefix}.`, in
-/// [`MambaMixer::to_hf_tensors`] order: `(name, HF shape)`.
-pub(crate) fn mamba_mixer_hf_layout(prefix: &str, cfg: &MambaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, e, n, r, k) = (
-        cfg.hidden_size,
-        cfg.intermediate_size(),
-        cfg.state_size,
-        cfg.time_step_rank,
-        cfg.conv_kernel,
-    );
-    let mut block: Vec<(&str, Vec<usize>)> = vec![("in_proj.weight", vec![2 * e, d])];
-    if cfg.use_bias {
-        block.push(("in_proj.bias", vec![2 * e]));
-    }
-    block.push(("conv1d.weight", vec![e, 1, k]));
-    if cfg.use_conv_bias {
-        block.push(("conv1d.bias", vec![e]));
-    }
-    block.extend([
-        ("x_proj.weight", vec![r + 2 * n, e]),
-        ("dt_proj.weight", vec![e, r]),
-        ("dt_proj.bias", vec![e]),
-        ("A_log", vec![e, n]),
-        ("D", vec![e]),
-        ("out_proj.weight", vec![d, e]),
-    ]);
-    if cfg.use_bias {
-        block.push(("out_proj.bias", vec![d]));
-    }
-    block
-        .into_iter()
-        .map(|(s, shape)| (format!("{prefix}.{s}"), shape))
-        .collect()
-}
 
 /// The mixer's definition, alone in a module: its field names `A_log` and `D` are the HF names,
 /// and burn's `Module` derive repeats field names as local variables, so the snake-case lint is
@@ -1058,112 +981,12 @@ impl<B: Backend> Mamba<B> {
             self.compute_dtype,
         )
     }
-
-    /// The parameters that should get no weight decay, by module path (HF name minus
-    /// `backbone.`) and id: `A_log` and `D` (as `mamba_ssm` marks them), every norm gain, every
-    /// bias. Decaying `A_log` towards 0 would pull every decay rate `−exp(A_log)` towards −1.
-    pub fn no_weight_decay(&self) -> Vec<(String, ParamId)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("layers.{i}.{s}");
-            let m = &layer.mixer;
-            out.push((name("norm.weight"), layer.norm.weight.id));
-            out.extend(m.no_weight_decay(&name("mixer.")));
-        }
-        out.push(("norm_f.weight".to_string(), self.norm_f.weight.id));
-        out
-    }
-
-    /// Every parameter under its HF name, in HF layout (`[out, in]`) and in the order of
-    /// [`mamba_hf_layout`]; no `lm_head.weight` when tied.
-    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
-        let mut out = vec![export_param(
-            "backbone.embeddings.weight",
-            &self.embeddings.weight,
-        )];
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("backbone.layers.{i}.{s}");
-            let m = &layer.mixer;
-            out.push(export_param(name("norm.weight"), &layer.norm.weight));
-            out.extend(m.to_hf_tensors(&name("mixer")));
-        }
-        out.push(export_param("backbone.norm_f.weight", &self.norm_f.weight));
-        if let Some(head) = &self.lm_head {
-            out.extend(export_linear_at("lm_head", head));
-        }
-        out
-    }
-
-    /// Replaces every parameter with the HF tensors (parameter ids, device and `require_grad`
-    /// are kept). Checks, before touching the model, that every expected tensor is present with
-    /// its shape, that a tied checkpoint's optional `lm_head.weight` equals the embedding, and
-    /// that there are no unexpected names; the error names the offending tensor.
-    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
-        let embed_name = "backbone.embeddings.weight";
-        check_hf_tensors(
-            tensors,
-            &mamba_hf_layout(&self.config),
-            self.config.tie_word_embeddings.then_some(embed_name),
-            |_| false,
-        )?;
-
-        // Every name and shape was checked above.
-        let Mamba {
-            embeddings,
-            layers,
-            norm_f,
-            lm_head,
-            config,
-            scan,
-            compute_dtype,
-        } = self;
-        let layers = layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, layer)| {
-                let name = |s: &str| format!("backbone.layers.{i}.{s}");
-                let t = |s: &str| &tensors[&name(s)];
-                let m = layer.mixer;
-                MambaBlock {
-                    norm: load_norm(layer.norm, t("norm.weight")),
-                    mixer: m.load_hf_tensors(tensors, &name("mixer")),
-                }
-            })
-            .collect();
-        Ok(Mamba {
-            embeddings: Embedding {
-                weight: load_param(embeddings.weight, &tensors[embed_name]),
-            },
-            layers,
-            norm_f: load_norm(norm_f, &tensors["backbone.norm_f.weight"]),
-            lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
-            config,
-            scan,
-            compute_dtype,
-        })
-    }
 }
 
-/// Every tensor an HF `MambaForCausalLM` checkpoint of this config holds, in the order
-/// [`Mamba::to_hf_tensors`] writes them: `(name, HF shape)`.
-pub fn mamba_hf_layout(cfg: &MambaConfig) -> Vec<(String, Vec<usize>)> {
-    let d = cfg.hidden_size;
-    let mut out = vec![(
-        "backbone.embeddings.weight".to_string(),
-        vec![cfg.vocab_size, d],
-    )];
-    for i in 0..cfg.num_hidden_layers {
-        out.push((format!("backbone.layers.{i}.norm.weight"), vec![d]));
-        out.extend(mamba_mixer_hf_layout(
-            &format!("backbone.layers.{i}.mixer"),
-            cfg,
-        ));
+impl<B: Backend> HfModel<B> for Mamba<B> {
+    fn hf_mapping(&self) -> HfMapping {
+        self.config.hf_mapping()
     }
-    out.push(("backbone.norm_f.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
-    }
-    out
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba<B> {

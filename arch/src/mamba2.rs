@@ -38,9 +38,7 @@
 //!
 //! Left out: `attention_mask` (left padding).
 
-use std::collections::HashMap;
-
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, PaddingConfig1d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -50,14 +48,11 @@ use serde_json::{json, Value};
 
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
-use crate::hf::{
-    check_hf_tensors, export_linear_at, export_param, load_linear, load_linear_at, load_norm,
-    load_param, HfTensor,
-};
+use crate::hf::{HfMapping, HfModel};
 use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
-    causal_conv_silu, export_conv, load_conv, norm_head_logits, normal_param, push_bias_ids,
-    residual_add, softplus, split_steps, uniform_param, HfKeys, RecurrentCache,
+    causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
+    uniform_param, HfKeys, RecurrentCache,
 };
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
@@ -300,6 +295,18 @@ impl Mamba2Config {
         let n_matmul = layers * block_matmul + self.vocab_size as u64 * d;
         let ssd = e * (2 * n + chunk) + (self.conv_dim() * self.conv_kernel) as u64;
         6 * n_matmul + 6 * layers * ssd
+    }
+
+    /// How module paths become `Mamba2ForCausalLM` tensor names (see [`crate::hf`]).
+    pub fn hf_mapping(&self) -> HfMapping {
+        HfMapping {
+            prefix: "backbone.",
+            renames: &[],
+            layer_repeats: 1,
+            embedding: "embeddings.weight",
+            tie_word_embeddings: self.tie_word_embeddings,
+            ignored_suffixes: &[],
+        }
     }
 
     /// HF `config.json` for `Mamba2ForCausalLM`.
@@ -1061,160 +1068,12 @@ impl<B: Backend> Mamba2<B> {
             self.compute_dtype,
         )
     }
-
-    /// Parameters that should get no weight decay (module path, id): `A_log`, `D`, `dt_bias`
-    /// (as `mamba_ssm` marks them), every norm gain, every bias.
-    pub fn no_weight_decay(&self) -> Vec<(String, ParamId)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("layers.{i}.{s}");
-            let m = &layer.mixer;
-            out.push((name("norm.weight"), layer.norm.weight.id));
-            out.push((name("mixer.dt_bias"), m.dt_bias.id));
-            out.push((name("mixer.A_log"), m.A_log.id));
-            out.push((name("mixer.D"), m.D.id));
-            out.push((name("mixer.norm.weight"), m.norm.weight.id));
-            push_bias_ids(
-                &mut out,
-                name,
-                &[
-                    ("mixer.in_proj.bias", &m.in_proj.bias),
-                    ("mixer.conv1d.bias", &m.conv1d.bias),
-                    ("mixer.out_proj.bias", &m.out_proj.bias),
-                ],
-            );
-        }
-        out.push(("norm_f.weight".to_string(), self.norm_f.weight.id));
-        out
-    }
-
-    /// Every parameter under its HF name, HF layout, in [`mamba2_hf_layout`] order.
-    pub fn to_hf_tensors(&self) -> Vec<HfTensor> {
-        let mut out = vec![export_param(
-            "backbone.embeddings.weight",
-            &self.embeddings.weight,
-        )];
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("backbone.layers.{i}.{s}");
-            let m = &layer.mixer;
-            out.push(export_param(name("norm.weight"), &layer.norm.weight));
-            out.push(export_param(name("mixer.dt_bias"), &m.dt_bias));
-            out.push(export_param(name("mixer.A_log"), &m.A_log));
-            out.push(export_param(name("mixer.D"), &m.D));
-            out.extend(export_conv(&name("mixer.conv1d"), &m.conv1d));
-            out.extend(export_linear_at(&name("mixer.in_proj"), &m.in_proj));
-            out.push(export_param(name("mixer.norm.weight"), &m.norm.weight));
-            out.extend(export_linear_at(&name("mixer.out_proj"), &m.out_proj));
-        }
-        out.push(export_param("backbone.norm_f.weight", &self.norm_f.weight));
-        if let Some(head) = &self.lm_head {
-            out.extend(export_linear_at("lm_head", head));
-        }
-        out
-    }
-
-    /// Replaces every parameter with the HF tensors (ids, device, `require_grad` kept), after
-    /// checking names, shapes, a tied checkpoint's optional `lm_head.weight`, and extra names.
-    pub fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
-        let embed_name = "backbone.embeddings.weight";
-        check_hf_tensors(
-            tensors,
-            &mamba2_hf_layout(&self.config),
-            self.config.tie_word_embeddings.then_some(embed_name),
-            |_| false,
-        )?;
-        let Mamba2 {
-            embeddings,
-            layers,
-            norm_f,
-            lm_head,
-            config,
-            scan,
-            compute_dtype,
-        } = self;
-        let layers = layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, layer)| {
-                let name = |s: &str| format!("backbone.layers.{i}.{s}");
-                let t = |s: &str| &tensors[&name(s)];
-                let m = layer.mixer;
-                Mamba2Block {
-                    norm: load_norm(layer.norm, t("norm.weight")),
-                    mixer: Mamba2Mixer {
-                        in_proj: load_linear_at(m.in_proj, tensors, &name("mixer.in_proj")),
-                        conv1d: load_conv(m.conv1d, tensors, &name("mixer.conv1d")),
-                        dt_bias: load_param(m.dt_bias, t("mixer.dt_bias")),
-                        A_log: load_param(m.A_log, t("mixer.A_log")),
-                        D: load_param(m.D, t("mixer.D")),
-                        norm: load_norm(m.norm, t("mixer.norm.weight")),
-                        out_proj: load_linear_at(m.out_proj, tensors, &name("mixer.out_proj")),
-                        ..m
-                    },
-                }
-            })
-            .collect();
-        Ok(Mamba2 {
-            embeddings: Embedding {
-                weight: load_param(embeddings.weight, &tensors[embed_name]),
-            },
-            layers,
-            norm_f: load_norm(norm_f, &tensors["backbone.norm_f.weight"]),
-            lm_head: lm_head.map(|head| load_linear(head, &tensors["lm_head.weight"])),
-            config,
-            scan,
-            compute_dtype,
-        })
-    }
 }
 
-/// Every tensor of an HF `Mamba2ForCausalLM` checkpoint of this config, in
-/// [`Mamba2::to_hf_tensors`] order (HF's `named_parameters()` order): `(name, HF shape)`.
-pub fn mamba2_hf_layout(cfg: &Mamba2Config) -> Vec<(String, Vec<usize>)> {
-    let (d, e, h, k) = (
-        cfg.hidden_size,
-        cfg.intermediate_size(),
-        cfg.num_heads,
-        cfg.conv_kernel,
-    );
-    let (proj, conv) = (cfg.in_proj_size(), cfg.conv_dim());
-    let mut out = vec![(
-        "backbone.embeddings.weight".to_string(),
-        vec![cfg.vocab_size, d],
-    )];
-    for i in 0..cfg.num_hidden_layers {
-        let mut block: Vec<(&str, Vec<usize>)> = vec![
-            ("norm.weight", vec![d]),
-            ("mixer.dt_bias", vec![h]),
-            ("mixer.A_log", vec![h]),
-            ("mixer.D", vec![h]),
-            ("mixer.conv1d.weight", vec![conv, 1, k]),
-        ];
-        if cfg.use_conv_bias {
-            block.push(("mixer.conv1d.bias", vec![conv]));
-        }
-        block.push(("mixer.in_proj.weight", vec![proj, d]));
-        if cfg.use_bias {
-            block.push(("mixer.in_proj.bias", vec![proj]));
-        }
-        block.extend([
-            ("mixer.norm.weight", vec![e]),
-            ("mixer.out_proj.weight", vec![d, e]),
-        ]);
-        if cfg.use_bias {
-            block.push(("mixer.out_proj.bias", vec![d]));
-        }
-        out.extend(
-            block
-                .into_iter()
-                .map(|(s, shape)| (format!("backbone.layers.{i}.{s}"), shape)),
-        );
+impl<B: Backend> HfModel<B> for Mamba2<B> {
+    fn hf_mapping(&self) -> HfMapping {
+        self.config.hf_mapping()
     }
-    out.push(("backbone.norm_f.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
-    }
-    out
 }
 
 impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {

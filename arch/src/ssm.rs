@@ -3,9 +3,7 @@
 //! parameter init, the final norm + head, HF `config.json` key readers and the conv / bias
 //! helpers of the HF tensor export, import and no-weight-decay listing.
 
-use std::collections::HashMap;
-
-use burn::module::{Param, ParamId};
+use burn::module::Param;
 use burn::nn::conv::Conv1d;
 use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
@@ -13,7 +11,6 @@ use burn::tensor::{Distribution, FloatDType, Tensor};
 use serde_json::Value;
 
 use crate::error::ArchError;
-use crate::hf::{export_param, load_param, HfTensor};
 use crate::layers::{float_dtype, fused_enabled, fused_mamba, to_dtype, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 
@@ -222,44 +219,6 @@ impl<S> RecurrentCache<S> {
         }
         self.seq_len += l;
         h
-    }
-}
-
-/// Appends `(name(suffix), id)` for every bias that is present.
-pub(crate) fn push_bias_ids<B: Backend>(
-    out: &mut Vec<(String, ParamId)>,
-    name: impl Fn(&str) -> String,
-    biases: &[(&str, &Option<Param<Tensor<B, 1>>>)],
-) {
-    for (suffix, bias) in biases {
-        if let Some(p) = bias {
-            out.push((name(suffix), p.id));
-        }
-    }
-}
-
-/// `{prefix}.weight` and, when present, `{prefix}.bias` of a depthwise conv (HF layout).
-pub(crate) fn export_conv<B: Backend>(prefix: &str, conv: &Conv1d<B>) -> Vec<HfTensor> {
-    let mut out = vec![export_param(format!("{prefix}.weight"), &conv.weight)];
-    if let Some(bias) = &conv.bias {
-        out.push(export_param(format!("{prefix}.bias"), bias));
-    }
-    out
-}
-
-/// `conv` with its weight (and bias, when it has one) replaced by `{prefix}.weight` /
-/// `{prefix}.bias` from `tensors` (names and shapes already checked).
-pub(crate) fn load_conv<B: Backend>(
-    conv: Conv1d<B>,
-    tensors: &HashMap<String, HfTensor>,
-    prefix: &str,
-) -> Conv1d<B> {
-    Conv1d {
-        weight: load_param(conv.weight, &tensors[&format!("{prefix}.weight")]),
-        bias: conv
-            .bias
-            .map(|p| load_param(p, &tensors[&format!("{prefix}.bias")])),
-        ..conv
     }
 }
 

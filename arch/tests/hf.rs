@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use common::*;
 use kiln_arch::{
-    read_safetensors, write_safetensors, ArchError, HfTensor, LlamaConfig, Model, ModelConfig,
-    SafetensorsDtype,
+    read_safetensors, write_safetensors, ArchError, HfModel, HfTensor, LlamaConfig, Model,
+    ModelConfig, SafetensorsDtype,
 };
 use serde_json::json;
 

@@ -14,9 +14,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use common::parity::*;
 use common::*;
-use kiln_arch::hybrid::{hybrid_hf_layout, LayerKind};
+use kiln_arch::hybrid::LayerKind;
 use kiln_arch::{
-    read_safetensors, write_safetensors, HfTensor, Hybrid, HybridConfig, SafetensorsDtype,
+    read_safetensors, write_safetensors, HfModel, HfTensor, Hybrid, HybridConfig, SafetensorsDtype,
 };
 
 const VOCAB: usize = 96;
@@ -83,11 +83,7 @@ fn config_matches_hf() {
 #[test]
 fn export_reproduces_checkpoint() {
     let model = load::<B>();
-    assert_export_is_checkpoint(
-        &model.to_hf_tensors(),
-        &hybrid_hf_layout(&model.config),
-        &read_hf_tensors(&fixture()),
-    );
+    assert_export_is_checkpoint(&model.to_hf_tensors(), &read_hf_tensors(&fixture()));
 }
 
 #[test]
@@ -97,7 +93,8 @@ fn num_params_equals_module_and_export() {
         let exported: usize = model.to_hf_tensors().iter().map(|t| t.data.len()).sum();
         assert_eq!(cfg.num_params(), model.num_params(), "{cfg:?}");
         assert_eq!(cfg.num_params(), exported, "{cfg:?}");
-        let layout: usize = hybrid_hf_layout(&cfg)
+        let layout: usize = model
+            .hf_layout()
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();

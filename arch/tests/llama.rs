@@ -8,7 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
 use common::*;
-use kiln_arch::{ArchError, LlamaConfig, Model, ModelConfig};
+use kiln_arch::{ArchError, HfModel, LlamaConfig, Model, ModelConfig};
 
 #[test]
 fn parameter_counts_match_published_sizes() {

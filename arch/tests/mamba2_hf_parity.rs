@@ -12,8 +12,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use common::parity::*;
 use common::*;
-use kiln_arch::mamba2::{mamba2_hf_layout, SsdMode};
-use kiln_arch::{Mamba2, Mamba2Config};
+use kiln_arch::mamba2::SsdMode;
+use kiln_arch::{HfModel, Mamba2, Mamba2Config};
 
 const VOCAB: usize = 96;
 
@@ -82,11 +82,7 @@ fn config_matches_hf() {
 fn export_reproduces_checkpoint() {
     let model = load::<B>();
     let exported = model.to_hf_tensors();
-    assert_export_is_checkpoint(
-        &exported,
-        &mamba2_hf_layout(&model.config),
-        &read_hf_tensors(&fixture()),
-    );
+    assert_export_is_checkpoint(&exported, &read_hf_tensors(&fixture()));
     // The same names as HF's `named_parameters()`.
     let r = read_reference(&fixture());
     let mut names: Vec<&str> = exported.iter().map(|t| t.name.as_str()).collect();

@@ -17,8 +17,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use common::parity::*;
 use common::*;
-use kiln_arch::mamba::{mamba_hf_layout, ScanMode};
-use kiln_arch::{read_safetensors, write_safetensors, Mamba, MambaConfig, SafetensorsDtype};
+use kiln_arch::mamba::ScanMode;
+use kiln_arch::{
+    read_safetensors, write_safetensors, HfModel, Mamba, MambaConfig, SafetensorsDtype,
+};
 
 /// The scan forms checked: the reference, the default chunk, and a chunk that does not divide 16
 /// (the padded last chunk).
@@ -114,11 +116,7 @@ fn config_matches_hf() {
 #[test]
 fn export_reproduces_checkpoint() {
     let model = load::<B>();
-    assert_export_is_checkpoint(
-        &model.to_hf_tensors(),
-        &mamba_hf_layout(&model.config),
-        &read_hf_tensors(&fixture()),
-    );
+    assert_export_is_checkpoint(&model.to_hf_tensors(), &read_hf_tensors(&fixture()));
 }
 
 #[test]

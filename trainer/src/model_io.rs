@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use kiln_arch::{read_safetensors, write_safetensors, Model, ModelConfig, SafetensorsDtype};
+use kiln_arch::{
+    read_safetensors, write_safetensors, HfModel, Model, ModelConfig, SafetensorsDtype,
+};
 use kiln_data::TextTokenizer;
 use serde_json::json;
 

@@ -24,8 +24,9 @@ use kiln_arch::{float_dtype, to_dtype, HfTensor};
 
 pub use kiln_arch::grads::accumulate_grads;
 
-use crate::params::{tensor_to_vec, PathTracker};
+use crate::params::tensor_to_vec;
 use crate::recipe::OptimizerSection;
+use kiln_arch::ModulePath;
 
 #[derive(Debug, Clone)]
 pub struct AdamWConfig {
@@ -112,7 +113,7 @@ impl<B: Backend> AdamW<B> {
             grads: &mut grads,
             grad_scale,
             lr,
-            path: PathTracker::default(),
+            path: ModulePath::default(),
         };
         module.map(&mut mapper)
     }
@@ -175,7 +176,7 @@ struct StepMapper<'a, B: Backend> {
     grads: &'a mut GradientsParams,
     grad_scale: Option<Tensor<B, 1>>,
     lr: f64,
-    path: PathTracker,
+    path: ModulePath,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for StepMapper<'_, AB::InnerBackend> {

@@ -7,32 +7,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use kiln_arch::HfTensor;
-
-/// Keeps the dotted path of the parameter being visited. Enum variants (`Model::Llama`) are not
-/// part of the name: the name must not change when the model is wrapped in the architecture enum.
-#[derive(Default)]
-pub struct PathTracker {
-    stack: Vec<Option<String>>,
-}
-
-impl PathTracker {
-    pub fn enter(&mut self, name: &str, container_type: &str) {
-        let keep = !container_type.starts_with("Enum:");
-        self.stack.push(keep.then(|| name.to_string()));
-    }
-    pub fn exit(&mut self) {
-        self.stack.pop();
-    }
-    pub fn name(&self) -> String {
-        self.stack
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-}
+use kiln_arch::{HfTensor, ModulePath};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParamsError {
@@ -57,7 +32,7 @@ pub fn tensor_to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 struct Collect {
-    path: PathTracker,
+    path: ModulePath,
     out: Vec<HfTensor>,
 }
 
@@ -89,7 +64,7 @@ pub fn first_nonfinite(tensors: &[HfTensor]) -> Option<&str> {
 /// Every float parameter with its name, in burn's layout (the checkpoint format).
 pub fn named_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<HfTensor> {
     let mut v = Collect {
-        path: PathTracker::default(),
+        path: ModulePath::default(),
         out: Vec::new(),
     };
     module.visit(&mut v);
@@ -99,7 +74,7 @@ pub fn named_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<HfTensor> {
 /// Names and ids of every float parameter, with its rank.
 pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId, usize)> {
     struct Names {
-        path: PathTracker,
+        path: ModulePath,
         out: Vec<(String, ParamId, usize)>,
     }
     impl<B: Backend> ModuleVisitor<B> for Names {
@@ -114,7 +89,7 @@ pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId
         }
     }
     let mut v = Names {
-        path: PathTracker::default(),
+        path: ModulePath::default(),
         out: Vec::new(),
     };
     module.visit(&mut v);
@@ -122,7 +97,7 @@ pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId
 }
 
 struct Load<'a> {
-    path: PathTracker,
+    path: ModulePath,
     tensors: &'a HashMap<String, HfTensor>,
     origin: &'a str,
     used: usize,
@@ -186,7 +161,7 @@ pub fn load_named_tensors<B: Backend, M: Module<B>>(
     origin: &str,
 ) -> Result<M, ParamsError> {
     let mut mapper = Load {
-        path: PathTracker::default(),
+        path: ModulePath::default(),
         tensors,
         origin,
         used: 0,
