@@ -22,6 +22,8 @@ model:
   n_kv_heads: 2
   ffn_hidden: 96
   max_seq_len: 64
+  norm_eps: 1.0e-5
+  tie_embeddings: true
 data:
   sources:
     - type: synthetic_stories
@@ -1436,7 +1438,7 @@ fn data_command_explains_missing_web_text_and_bad_shard_arguments() {
 fn tiny_recipe_with_model(dir: &Path, model_block: &str) -> PathBuf {
     let recipe = tiny_recipe(dir, "");
     let text = std::fs::read_to_string(&recipe).unwrap();
-    let llama = "  arch: llama\n  d_model: 48\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n";
+    let llama = "  arch: llama\n  d_model: 48\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n  norm_eps: 1.0e-5\n  tie_embeddings: true\n";
     assert!(text.contains(llama));
     std::fs::write(&recipe, text.replace(llama, model_block)).unwrap();
     recipe
@@ -1445,9 +1447,9 @@ fn tiny_recipe_with_model(dir: &Path, model_block: &str) -> PathBuf {
 // The state-space models use the shipped recipes' out_proj init (`scaled_residual_init`), which
 // transformers must not re-apply at load.
 const TINY_MAMBA: &str =
-    "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n  scaled_residual_init: true\n";
-const TINY_MAMBA2: &str = "  arch: mamba2\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  head_dim: 24\n  chunk_size: 8\n  scaled_residual_init: true\n";
-const TINY_HYBRID: &str = "  arch: hybrid\n  d_model: 48\n  n_layers: 4\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n  state_size: 8\n  dt_rank: 4\n  attn_every: 2\n  attn_offset: 1\n";
+    "  arch: mamba\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  dt_rank: 4\n  init_std: 0.02\n  scaled_residual_init: true\n";
+const TINY_MAMBA2: &str = "  arch: mamba2\n  d_model: 48\n  n_layers: 2\n  state_size: 8\n  head_dim: 24\n  n_groups: 1\n  chunk_size: 8\n  tie_embeddings: true\n  init_std: 0.02\n  scaled_residual_init: true\n";
+const TINY_HYBRID: &str = "  arch: hybrid\n  d_model: 48\n  n_layers: 4\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 96\n  max_seq_len: 64\n  state_size: 8\n  dt_rank: 4\n  attn_every: 2\n  attn_offset: 1\n  norm_eps: 1.0e-5\n  tie_embeddings: true\n";
 
 /// A tiny model of another architecture through the whole user path: training (loss falls),
 /// export as `hf_class` (checked: `model_type`, one tensor's name and shape), export and
@@ -1624,7 +1626,7 @@ fn mamba_recipe_errors_name_the_key() {
             "--set",
             "model.attn_offset=2",
         ]),
-        &["model.attn_offset", "attn_every = 2"],
+        &["model.attn_offset", "model.attn_every 2"],
     );
 }
 

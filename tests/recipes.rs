@@ -68,5 +68,5 @@ fn smollm_recipe_has_the_published_setup() {
     assert_eq!(r.train.grad_clip, Some(1.0));
     // ~1M tokens per optimizer step.
     assert_eq!(r.tokens_per_step(1), 1_048_576);
-    assert_eq!(r.model.init_std, 0.0416);
+    assert_eq!(r.model.init_std, Some(0.0416));
 }

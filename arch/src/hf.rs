@@ -236,7 +236,11 @@ impl<B: Backend> ModuleVisitor<B> for Export<'_> {
         let names = self.mapping.hf_names(&path);
         let shared_block = (names.len() > 1).then(|| {
             let mut parts = path.splitn(3, '.');
-            format!("{}.{}", parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+            format!(
+                "{}.{}",
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("")
+            )
         });
         self.out.push(HfParam {
             names,

@@ -33,6 +33,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config_keys::ConfigKeys;
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
@@ -42,7 +43,7 @@ use crate::layers::{
 };
 use crate::llama::Materialize;
 use crate::mamba::{MambaConfig, MambaLayerState, MambaMixer, ScanMode};
-use crate::ssm::{norm_head_logits, normal_param, residual_add, HfKeys, RecurrentCache};
+use crate::ssm::{norm_head_logits, normal_param, residual_add, RecurrentCache};
 
 /// What layer `i` mixes tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,32 +55,45 @@ pub enum LayerKind {
     Attention,
 }
 
-/// Hyperparameters of a [`Hybrid`], keyed by HF `JambaConfig` names.
+/// Hyperparameters of a [`Hybrid`], keyed by HF `JambaConfig` names; the serde defaults are
+/// `JambaConfig`'s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HybridConfig {
     /// Vocabulary size.
+    #[serde(default = "default_vocab_size")]
     pub vocab_size: usize,
     /// Model width d.
+    #[serde(default = "default_hidden_size")]
     pub hidden_size: usize,
     /// SwiGLU hidden width of every layer's `feed_forward`.
+    #[serde(default = "default_intermediate_size")]
     pub intermediate_size: usize,
     /// Number of layers (Mamba and attention together).
+    #[serde(default = "default_num_hidden_layers")]
     pub num_hidden_layers: usize,
     /// Query heads of the attention layers.
+    #[serde(default = "default_num_attention_heads")]
     pub num_attention_heads: usize,
     /// Key/value heads (divides `num_attention_heads`).
+    #[serde(default = "default_num_key_value_heads")]
     pub num_key_value_heads: usize,
     /// Layer i is attention when `i % attn_layer_period == attn_layer_offset`.
+    #[serde(default = "default_attn_layer_period")]
     pub attn_layer_period: usize,
     /// See `attn_layer_period` (< period).
+    #[serde(default = "default_attn_layer_offset")]
     pub attn_layer_offset: usize,
     /// SSM state size N.
+    #[serde(default = "default_mamba_d_state")]
     pub mamba_d_state: usize,
     /// Convolution width K.
+    #[serde(default = "default_mamba_d_conv")]
     pub mamba_d_conv: usize,
     /// Mamba expansion (E = expand · d).
+    #[serde(default = "default_mamba_expand")]
     pub mamba_expand: usize,
-    /// Rank R of the step projection.
+    /// Rank R of the step projection (`"auto"` in HF: `ceil(hidden_size / 16)`, resolved by
+    /// [`HybridConfig::from_keys`]).
     pub mamba_dt_rank: usize,
     /// Bias on the depthwise convolution (HF default true).
     #[serde(default = "default_true")]
@@ -87,16 +101,16 @@ pub struct HybridConfig {
     /// Biases on `in_proj` / `out_proj` (HF default false).
     #[serde(default)]
     pub mamba_proj_bias: bool,
-    /// RMSNorm epsilon (every norm, the dt/B/C norms too).
+    /// RMSNorm epsilon (every norm, the dt/B/C norms too). Default 1e-6.
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
     /// Head tied to the embedding (Jamba's default: false).
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Std of the normal init of embeddings and attention/MLP weights.
+    /// Std of the normal init of embeddings and attention/MLP weights. Default 0.02.
     #[serde(default = "default_init")]
     pub initializer_range: f64,
-    /// Written to `config.json` (attention has no position table: no hard limit).
+    /// Written to `config.json` (attention has no position table: no hard limit). Default 262144.
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
 }
@@ -111,7 +125,40 @@ fn default_init() -> f64 {
     0.02
 }
 fn default_max_pos() -> usize {
-    2048
+    262144
+}
+fn default_vocab_size() -> usize {
+    65536
+}
+fn default_hidden_size() -> usize {
+    4096
+}
+fn default_intermediate_size() -> usize {
+    14336
+}
+fn default_num_hidden_layers() -> usize {
+    32
+}
+fn default_num_attention_heads() -> usize {
+    32
+}
+fn default_num_key_value_heads() -> usize {
+    8
+}
+fn default_attn_layer_period() -> usize {
+    8
+}
+fn default_attn_layer_offset() -> usize {
+    4
+}
+fn default_mamba_d_state() -> usize {
+    16
+}
+fn default_mamba_d_conv() -> usize {
+    4
+}
+fn default_mamba_expand() -> usize {
+    2
 }
 
 impl HybridConfig {
@@ -358,38 +405,25 @@ impl HybridConfig {
         })
     }
 
-    /// Reads an HF Jamba `config.json`, with `JambaConfig`'s defaults for absent keys. Rejects a
-    /// model with more than one expert in any layer, and any activation but SiLU.
+    /// Reads an HF Jamba `config.json` (see [`HybridConfig::from_keys`]). Rejects a model with
+    /// more than one expert in any layer, and any activation but SiLU.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let keys = HfKeys(cfg);
-        let get = |key: &str| keys.get(key);
-        let usize_or = |key: &str, default: usize| keys.usize_or(key, Some(default));
-        let bool_or = |key: &str, default: bool| keys.bool_or(key, default, "a boolean");
-        let f64_or = |key: &str, default: f64| keys.f64_or(key, default);
-        match get("model_type").and_then(Value::as_str) {
-            Some("jamba") => {}
-            Some(other) => {
-                return Err(ArchError::UnsupportedConfig {
-                    key: "model_type".into(),
-                    value: format!("{other:?}"),
-                    reason: "expected \"jamba\"".into(),
-                })
-            }
-            None => {
-                return Err(ArchError::MissingConfigKey {
-                    key: "model_type".into(),
-                })
-            }
-        }
+        let mut keys = ConfigKeys::object(cfg)?;
+        keys.expect_model_type("jamba")?;
         keys.expect_silu("kiln implements SiLU only")?;
-        let hidden_size = usize_or("hidden_size", 4096)?;
-        let num_hidden_layers = usize_or("num_hidden_layers", 32)?;
-        let num_experts = usize_or("num_experts", 16)?;
-        let expert_period = usize_or("expert_layer_period", 2)?;
-        let expert_offset = usize_or("expert_layer_offset", 1)?;
+        // `JambaConfig` fields kiln does not keep, with their defaults.
+        let key_or =
+            |key: &str, default: usize| Ok::<_, ArchError>(keys.usize(key)?.unwrap_or(default));
+        let (num_experts, expert_period, expert_offset) = (
+            key_or("num_experts", 16)?,
+            key_or("expert_layer_period", 2)?,
+            key_or("expert_layer_offset", 1)?,
+        );
+        let layers = keys
+            .usize("num_hidden_layers")?
+            .unwrap_or_else(default_num_hidden_layers);
         if num_experts > 1
-            && (0..num_hidden_layers)
-                .any(|i| expert_period > 0 && i % expert_period == expert_offset)
+            && (0..layers).any(|i| expert_period > 0 && i % expert_period == expert_offset)
         {
             return Err(ArchError::UnsupportedConfig {
                 key: "num_experts".into(),
@@ -397,35 +431,26 @@ impl HybridConfig {
                 reason: "kiln's hybrid has one expert (a plain MLP) per layer".into(),
             });
         }
-        let num_attention_heads = usize_or("num_attention_heads", 32)?;
-        let mamba_dt_rank = match get("mamba_dt_rank") {
-            None => hidden_size.div_ceil(16),
-            Some(Value::String(s)) if s == "auto" => hidden_size.div_ceil(16),
-            Some(v) => v
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| HfKeys::invalid("mamba_dt_rank", "an integer or \"auto\"", v))?,
-        };
-        let config = HybridConfig {
-            vocab_size: usize_or("vocab_size", 65536)?,
-            hidden_size,
-            intermediate_size: usize_or("intermediate_size", 14336)?,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: usize_or("num_key_value_heads", num_attention_heads)?,
-            attn_layer_period: usize_or("attn_layer_period", 8)?,
-            attn_layer_offset: usize_or("attn_layer_offset", 4)?,
-            mamba_d_state: usize_or("mamba_d_state", 16)?,
-            mamba_d_conv: usize_or("mamba_d_conv", 4)?,
-            mamba_expand: usize_or("mamba_expand", 2)?,
-            mamba_dt_rank,
-            mamba_conv_bias: bool_or("mamba_conv_bias", true)?,
-            mamba_proj_bias: bool_or("mamba_proj_bias", false)?,
-            rms_norm_eps: f64_or("rms_norm_eps", 1e-6)?,
-            tie_word_embeddings: bool_or("tie_word_embeddings", false)?,
-            initializer_range: f64_or("initializer_range", 0.02)?,
-            max_position_embeddings: usize_or("max_position_embeddings", 262144)?,
-        };
+        // An explicit `null` is `num_attention_heads` (transformers), an absent key its default.
+        if cfg.get("num_key_value_heads") == Some(&Value::Null) {
+            let heads = keys
+                .usize("num_attention_heads")?
+                .unwrap_or_else(default_num_attention_heads);
+            keys.set("num_key_value_heads", heads);
+        }
+        Self::from_keys(keys)
+    }
+
+    /// A config from `config.json` keys. `mamba_dt_rank` absent or `"auto"` is
+    /// `ceil(hidden_size / 16)`; every other absent key takes its serde default, transformers'
+    /// `JambaConfig` default (which describe Jamba-v0.1, so a small model names its shape).
+    /// Validated.
+    pub fn from_keys(mut keys: ConfigKeys) -> Result<Self, ArchError> {
+        let hidden_size = keys
+            .usize("hidden_size")?
+            .unwrap_or_else(default_hidden_size);
+        keys.resolve_auto("mamba_dt_rank", hidden_size.div_ceil(16))?;
+        let config: Self = keys.deserialize(&[])?;
         config.validate()?;
         Ok(config)
     }

@@ -49,6 +49,7 @@
 //! (`layers.3.self_attn.q_proj.weight`), below the `Model` enum's variant (burn visitors see an
 //! extra `Llama` level with container type `Enum:Model`).
 
+mod config_keys;
 pub mod error;
 pub mod grads;
 pub mod hf;
@@ -66,6 +67,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use config_keys::ConfigKeys;
 pub use error::ArchError;
 pub use hf::{
     read_safetensors, write_safetensors, HfMapping, HfModel, HfTensor, ModulePath, SafetensorsDtype,

@@ -22,6 +22,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config_keys::{unsupported, ConfigKeys};
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
@@ -57,11 +58,12 @@ pub struct LlamaConfig {
     /// RoPE base θ. Default 10000 (SmolLM-135M pretraining, MobileLLM).
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
-    /// RMSNorm epsilon. Default 1e-5 (SmolLM, MobileLLM).
+    /// RMSNorm epsilon. Default 1e-6 (transformers; SmolLM and MobileLLM use 1e-5).
     #[serde(default = "default_rms_norm_eps")]
     pub rms_norm_eps: f64,
-    /// Output head shares the embedding matrix. Default true (every sub-billion model we target).
-    #[serde(default = "default_true")]
+    /// Output head shares the embedding matrix. Default false (transformers; SmolLM and
+    /// MobileLLM tie).
+    #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Std of the normal init of every Linear and the embedding. Default 0.02 (HF, MobileLLM;
     /// SmolLM used 0.0416).
@@ -83,10 +85,7 @@ fn default_rope_theta() -> f64 {
     10000.0
 }
 fn default_rms_norm_eps() -> f64 {
-    1e-5
-}
-fn default_true() -> bool {
-    true
+    1e-6
 }
 fn default_initializer_range() -> f64 {
     0.02
@@ -303,68 +302,14 @@ impl LlamaConfig {
 
     /// Reads an HF Llama `config.json` (kiln's own or a real one).
     ///
-    /// Missing `head_dim` → `hidden_size / num_attention_heads`; missing `num_key_value_heads` →
-    /// `num_attention_heads`; `rope_theta` may sit in `rope_parameters` (transformers 5). Anything
-    /// that would change the maths kiln implements (RoPE scaling, biases, another activation) is
-    /// an [`ArchError::UnsupportedConfig`] naming the key.
+    /// Absent keys take transformers' `LlamaConfig` defaults (see [`LlamaConfig::from_keys`]);
+    /// `rope_theta` may sit in `rope_parameters` (transformers 5). Anything that would change the
+    /// maths kiln implements (RoPE scaling, biases, another activation) is an
+    /// [`ArchError::UnsupportedConfig`] naming the key.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let obj = cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
-            key: "<root>".into(),
-            reason: "config.json must be a JSON object".into(),
-        })?;
-        let unsupported = |key: &str, value: &Value, reason: &str| ArchError::UnsupportedConfig {
-            key: key.to_string(),
-            value: value.to_string(),
-            reason: reason.to_string(),
-        };
-        // A present-but-null key counts as absent (HF writes `"head_dim": null` sometimes).
-        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
-        let usize_key = |key: &str| -> Result<Option<usize>, ArchError> {
-            get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n as usize)
-                        .ok_or_else(|| ArchError::InvalidConfig {
-                            key: key.into(),
-                            reason: format!("expected a non-negative integer, got {v}"),
-                        })
-                })
-                .transpose()
-        };
-        let required = |key: &str| -> Result<usize, ArchError> {
-            usize_key(key)?.ok_or_else(|| ArchError::MissingConfigKey { key: key.into() })
-        };
-        let f64_key = |key: &str, v: Option<&Value>| -> Result<Option<f64>, ArchError> {
-            v.filter(|v| !v.is_null())
-                .map(|v| {
-                    v.as_f64().ok_or_else(|| ArchError::InvalidConfig {
-                        key: key.into(),
-                        reason: format!("expected a number, got {v}"),
-                    })
-                })
-                .transpose()
-        };
-        let bool_key = |key: &str| -> Result<Option<bool>, ArchError> {
-            get(key)
-                .map(|v| {
-                    v.as_bool().ok_or_else(|| ArchError::InvalidConfig {
-                        key: key.into(),
-                        reason: format!("expected true or false, got {v}"),
-                    })
-                })
-                .transpose()
-        };
-
-        match get("model_type") {
-            Some(Value::String(t)) if t == "llama" => {}
-            Some(v) => return Err(unsupported("model_type", v, "only \"llama\" is supported")),
-            None => {
-                return Err(ArchError::MissingConfigKey {
-                    key: "model_type".into(),
-                })
-            }
-        }
-        if let Some(archs) = get("architectures") {
+        let mut keys = ConfigKeys::object(cfg)?;
+        keys.expect_model_type("llama")?;
+        if let Some(archs) = keys.get("architectures") {
             let ok = archs
                 .as_array()
                 .is_some_and(|a| a.iter().all(|x| x == "LlamaForCausalLM"));
@@ -377,7 +322,7 @@ impl LlamaConfig {
             }
         }
         for key in ["attention_bias", "mlp_bias"] {
-            if bool_key(key)? == Some(true) {
+            if keys.bool(key)? == Some(true) {
                 return Err(unsupported(
                     key,
                     &Value::Bool(true),
@@ -385,16 +330,8 @@ impl LlamaConfig {
                 ));
             }
         }
-        if let Some(act) = get("hidden_act") {
-            if act != "silu" {
-                return Err(unsupported(
-                    "hidden_act",
-                    act,
-                    "only silu (SwiGLU) is implemented",
-                ));
-            }
-        }
-        if let Some(scaling) = get("rope_scaling") {
+        keys.expect_silu("only silu (SwiGLU) is implemented")?;
+        if let Some(scaling) = keys.get("rope_scaling") {
             let is_default = scaling.get("rope_type").or_else(|| scaling.get("type"))
                 == Some(&Value::from("default"));
             if !is_default {
@@ -405,8 +342,7 @@ impl LlamaConfig {
                 ));
             }
         }
-        let mut rope_theta = f64_key("rope_theta", get("rope_theta"))?;
-        if let Some(params) = get("rope_parameters") {
+        if let Some(params) = keys.take("rope_parameters") {
             match params.get("rope_type") {
                 None | Some(Value::Null) => {}
                 Some(t) if t == "default" => {}
@@ -418,59 +354,59 @@ impl LlamaConfig {
                     ))
                 }
             }
-            if let Some(theta) = f64_key("rope_parameters.rope_theta", params.get("rope_theta"))? {
-                rope_theta = Some(theta);
-            }
-        }
-
-        let hidden_size = required("hidden_size")?;
-        let num_attention_heads = required("num_attention_heads")?;
-        let head_dim = match usize_key("head_dim")? {
-            Some(hd) => hd,
-            None => {
-                if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-                    return Err(ArchError::InvalidConfig {
-                        key: "head_dim".into(),
-                        reason: format!(
-                            "absent, and hidden_size {hidden_size} is not a multiple of \
-                             num_attention_heads {num_attention_heads}"
-                        ),
-                    });
+            match params.get("rope_theta") {
+                None | Some(Value::Null) => {}
+                Some(theta) if theta.is_number() => keys.set("rope_theta", theta.clone()),
+                Some(v) => {
+                    return Err(ConfigKeys::invalid(
+                        "rope_parameters.rope_theta",
+                        "a number",
+                        v,
+                    ))
                 }
-                hidden_size / num_attention_heads
             }
-        };
-        let layer_sharing = bool_key("kiln_layer_sharing")?.unwrap_or(false);
-        let hf_layers = required("num_hidden_layers")?;
-        if layer_sharing && hf_layers % 2 != 0 {
-            return Err(ArchError::InvalidConfig {
-                key: "num_hidden_layers".into(),
-                reason: format!("{hf_layers} is odd but kiln_layer_sharing is true"),
-            });
         }
+        // kiln's own keys; an HF layer count of a shared model is twice the unique blocks.
+        keys.kiln_key("kiln_layer_sharing", "layer_sharing", None);
+        keys.kiln_key("kiln_scaled_residual_init", "scaled_residual_init", None);
+        if keys.bool("layer_sharing")? == Some(true) {
+            let hf_layers = keys.required("num_hidden_layers")?;
+            if hf_layers % 2 != 0 {
+                return Err(ArchError::InvalidConfig {
+                    key: "num_hidden_layers".into(),
+                    reason: format!("{hf_layers} is odd but kiln_layer_sharing is true"),
+                });
+            }
+            keys.set("num_hidden_layers", hf_layers / 2);
+        }
+        Self::from_keys(keys)
+    }
 
-        let config = Self {
-            vocab_size: required("vocab_size")?,
-            hidden_size,
-            intermediate_size: required("intermediate_size")?,
-            num_hidden_layers: if layer_sharing {
-                hf_layers / 2
-            } else {
-                hf_layers
-            },
-            num_attention_heads,
-            num_key_value_heads: usize_key("num_key_value_heads")?.unwrap_or(num_attention_heads),
-            head_dim,
-            // transformers' LlamaConfig defaults for absent keys.
-            max_position_embeddings: usize_key("max_position_embeddings")?.unwrap_or(2048),
-            rope_theta: rope_theta.unwrap_or(10000.0),
-            rms_norm_eps: f64_key("rms_norm_eps", get("rms_norm_eps"))?.unwrap_or(1e-6),
-            tie_word_embeddings: bool_key("tie_word_embeddings")?.unwrap_or(false),
-            initializer_range: f64_key("initializer_range", get("initializer_range"))?
-                .unwrap_or(0.02),
-            layer_sharing,
-            scaled_residual_init: bool_key("kiln_scaled_residual_init")?.unwrap_or(false),
-        };
+    /// A config from `config.json` keys (`num_hidden_layers` counting unique blocks). Required:
+    /// `vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
+    /// `num_attention_heads`. Absent `num_key_value_heads` is `num_attention_heads` and absent
+    /// `head_dim` is `hidden_size / num_attention_heads` (transformers' rules); every other absent
+    /// key takes its serde default, transformers' `LlamaConfig` default. Validated.
+    pub fn from_keys(mut keys: ConfigKeys) -> Result<Self, ArchError> {
+        let heads = keys.required("num_attention_heads")?;
+        let hidden_size = keys.required("hidden_size")?;
+        if keys.get("num_key_value_heads").is_none() {
+            keys.set("num_key_value_heads", heads);
+        }
+        if keys.get("head_dim").is_none() {
+            if heads == 0 || hidden_size % heads != 0 {
+                return Err(ArchError::InvalidConfig {
+                    key: "head_dim".into(),
+                    reason: format!(
+                        "absent, and hidden_size {hidden_size} is not a multiple of \
+                         num_attention_heads {heads}"
+                    ),
+                });
+            }
+            keys.set("head_dim", hidden_size / heads);
+        }
+        let config: Self =
+            keys.deserialize(&["vocab_size", "intermediate_size", "num_hidden_layers"])?;
         config.validate()?;
         Ok(config)
     }

@@ -47,13 +47,14 @@ use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config_keys::ConfigKeys;
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
 use crate::layers::{float_dtype, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
-    uniform_param, HfKeys, RecurrentCache,
+    uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
 };
 
 /// A chunk length for [`ScanMode::Chunked`] (set with [`Mamba::with_scan`]; the default mode is
@@ -349,27 +350,20 @@ impl MambaConfig {
         cfg
     }
 
-    /// Reads an HF Mamba `config.json` (kiln's own or a real one).
-    ///
-    /// `vocab_size`, `hidden_size` and `num_hidden_layers` are required; absent keys take
-    /// transformers' `MambaConfig` defaults; `time_step_rank` may be `"auto"`
-    /// (`ceil(hidden_size / 16)`); an `intermediate_size` must equal `expand · hidden_size`.
-    /// Another `hidden_act` than SiLU is an [`ArchError::UnsupportedConfig`]. Keys that only
+    /// Reads an HF Mamba `config.json` (kiln's own or a real one): see
+    /// [`MambaConfig::from_keys`]; an `intermediate_size` must equal `expand · hidden_size`, and
+    /// another `hidden_act` than SiLU is an [`ArchError::UnsupportedConfig`]. Keys that only
     /// concern PyTorch (`residual_in_fp32`, `use_mambapy`, `time_step_init_scheme`, ...) are
     /// ignored.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let keys = HfKeys::object(cfg)?;
-        let get = |key: &str| keys.get(key);
-        let usize_key = |key: &str| keys.usize(key);
-        let required = |key: &str| keys.usize_or(key, None);
-        let f64_key = |key: &str, default: f64| keys.f64_or(key, default);
-        let bool_key = |key: &str, default: bool| keys.bool_or(key, default, "true or false");
+        let mut keys = ConfigKeys::object(cfg)?;
         keys.expect_model_type("mamba")?;
         keys.expect_silu("kiln's Mamba uses SiLU")?;
-        let hidden_size = required("hidden_size")?;
         // HF: `intermediate_size = int(expand * hidden_size)`; `expand` may be written as a float.
-        let expand = keys.expand()?;
-        if let Some(inner) = usize_key("intermediate_size")? {
+        keys.integral("expand")?;
+        if let Some(inner) = keys.usize("intermediate_size")? {
+            let expand = keys.usize("expand")?.unwrap_or_else(default_expand);
+            let hidden_size = keys.required("hidden_size")?;
             if inner != expand * hidden_size {
                 return Err(ArchError::InvalidConfig {
                     key: "intermediate_size".into(),
@@ -377,30 +371,22 @@ impl MambaConfig {
                 });
             }
         }
-        let time_step_rank = match get("time_step_rank") {
-            None => hidden_size.div_ceil(16),
-            Some(Value::String(s)) if s == "auto" => hidden_size.div_ceil(16),
-            Some(_) => required("time_step_rank")?,
-        };
-        let config = Self {
-            vocab_size: required("vocab_size")?,
-            hidden_size,
-            state_size: usize_key("state_size")?.unwrap_or(16),
-            num_hidden_layers: required("num_hidden_layers")?,
-            expand,
-            conv_kernel: usize_key("conv_kernel")?.unwrap_or(4),
-            time_step_rank,
-            layer_norm_epsilon: f64_key("layer_norm_epsilon", 1e-5)?,
-            use_bias: bool_key("use_bias", false)?,
-            use_conv_bias: bool_key("use_conv_bias", true)?,
-            time_step_min: f64_key("time_step_min", 0.001)?,
-            time_step_max: f64_key("time_step_max", 0.1)?,
-            time_step_floor: f64_key("time_step_floor", 1e-4)?,
-            time_step_scale: f64_key("time_step_scale", 1.0)?,
-            tie_word_embeddings: bool_key("tie_word_embeddings", true)?,
-            initializer_range: f64_key("initializer_range", 0.1)?,
-            rescale_prenorm_residual: keys.rescale_prenorm_residual()?,
-        };
+        keys.kiln_key(
+            KILN_RESCALE_PRENORM_RESIDUAL,
+            "rescale_prenorm_residual",
+            Some("rescale_prenorm_residual"),
+        );
+        Self::from_keys(keys)
+    }
+
+    /// A config from `config.json` keys. Required: `vocab_size`, `hidden_size`,
+    /// `num_hidden_layers`. `time_step_rank` absent or `"auto"` is `ceil(hidden_size / 16)`;
+    /// every other absent key takes its serde default, transformers' `MambaConfig` default.
+    /// Validated.
+    pub fn from_keys(mut keys: ConfigKeys) -> Result<Self, ArchError> {
+        let hidden_size = keys.required("hidden_size")?;
+        keys.resolve_auto("time_step_rank", hidden_size.div_ceil(16))?;
+        let config: Self = keys.deserialize(&["vocab_size", "num_hidden_layers"])?;
         config.validate()?;
         Ok(config)
     }

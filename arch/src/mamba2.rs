@@ -46,13 +46,14 @@ use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config_keys::{unsupported, ConfigKeys};
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
 use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
-    uniform_param, HfKeys, RecurrentCache,
+    uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
 };
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
@@ -73,7 +74,8 @@ pub struct Mamba2Config {
     pub expand: usize,
     /// Number of SSM heads H (one scalar decay each).
     pub num_heads: usize,
-    /// Channels per head P.
+    /// Channels per head P. Default 64.
+    #[serde(default = "default_head_dim")]
     pub head_dim: usize,
     /// Groups G sharing one B and C (G divides H). Default 8.
     #[serde(default = "default_n_groups")]
@@ -121,6 +123,9 @@ fn default_state_size() -> usize {
 }
 fn default_expand() -> usize {
     2
+}
+fn default_head_dim() -> usize {
+    64
 }
 fn default_n_groups() -> usize {
     8
@@ -360,36 +365,32 @@ impl Mamba2Config {
         cfg
     }
 
-    /// Reads an HF Mamba-2 `config.json`. `vocab_size`, `hidden_size`, `num_hidden_layers`,
-    /// `num_heads` and `head_dim` are required (HF's defaults for the last two describe
-    /// mamba2-2.8b only); the rest default as in transformers. `time_step_limit` entries may be
-    /// numbers, `null` or transformers' `{"__float__": "Infinity"}`. `rms_norm: false`,
-    /// `norm_before_gate: true` (older configs) and a non-SiLU `hidden_act` are unsupported.
+    /// Reads an HF Mamba-2 `config.json` (see [`Mamba2Config::from_keys`]); `num_heads` and
+    /// `head_dim` are required here (HF's defaults for them describe mamba2-2.8b only).
+    /// `time_step_limit` entries may be numbers, `null` or transformers'
+    /// `{"__float__": "Infinity"}`. `rms_norm: false`, `norm_before_gate: true` (older configs)
+    /// and a non-SiLU `hidden_act` are unsupported.
     pub fn from_hf_config(cfg: &Value) -> Result<Self, ArchError> {
-        let keys = HfKeys::object(cfg)?;
-        let get = |key: &str| keys.get(key);
-        let invalid = HfKeys::invalid;
-        let usize_key = |key: &str, default: Option<usize>| keys.usize_or(key, default);
-        let f64_key = |key: &str, default: f64| keys.f64_or(key, default);
-        let bool_key = |key: &str, default: bool| keys.bool_or(key, default, "true or false");
-        let unsupported = |key: &str, v: &Value, reason: &str| ArchError::UnsupportedConfig {
-            key: key.into(),
-            value: v.to_string(),
-            reason: reason.into(),
-        };
+        let mut keys = ConfigKeys::object(cfg)?;
         keys.expect_model_type("mamba2")?;
         keys.expect_silu("kiln's Mamba-2 uses SiLU")?;
-        if let Some(v) = get("rms_norm").filter(|v| v.as_bool() != Some(true)) {
+        if let Some(v) = keys.get("rms_norm").filter(|v| v.as_bool() != Some(true)) {
             return Err(unsupported("rms_norm", v, "only the gated RMSNorm"));
         }
-        if let Some(v) = get("norm_before_gate").filter(|v| v.as_bool() != Some(false)) {
+        if let Some(v) = keys
+            .get("norm_before_gate")
+            .filter(|v| v.as_bool() != Some(false))
+        {
             return Err(unsupported(
                 "norm_before_gate",
                 v,
                 "HF gates before the norm",
             ));
         }
-        let expand = keys.expand()?;
+        keys.required("num_heads")?;
+        keys.required("head_dim")?;
+        keys.integral("expand")?;
+        // JSON has no infinity: the pair is read here and set after deserializing.
         let limit_value = |v: &Value| -> Option<f64> {
             match v {
                 Value::Null => Some(f64::INFINITY),
@@ -402,39 +403,42 @@ impl Mamba2Config {
                 _ => None,
             }
         };
-        let time_step_limit = match get("time_step_limit") {
+        let time_step_limit = match keys.take("time_step_limit") {
             None => None,
             Some(v) => {
                 let pair = v
                     .as_array()
                     .filter(|a| a.len() == 2)
                     .and_then(|a| Some((limit_value(&a[0])?, limit_value(&a[1])?)))
-                    .ok_or_else(|| invalid("time_step_limit", "[lo, hi]", v))?;
+                    .ok_or_else(|| ConfigKeys::invalid("time_step_limit", "[lo, hi]", &v))?;
                 (pair != (0.0, f64::INFINITY)).then_some(pair)
             }
         };
+        keys.kiln_key(
+            KILN_RESCALE_PRENORM_RESIDUAL,
+            "rescale_prenorm_residual",
+            Some("rescale_prenorm_residual"),
+        );
         let config = Self {
-            vocab_size: usize_key("vocab_size", None)?,
-            hidden_size: usize_key("hidden_size", None)?,
-            state_size: usize_key("state_size", Some(default_state_size()))?,
-            num_hidden_layers: usize_key("num_hidden_layers", None)?,
-            expand,
-            num_heads: usize_key("num_heads", None)?,
-            head_dim: usize_key("head_dim", None)?,
-            n_groups: usize_key("n_groups", Some(default_n_groups()))?,
-            conv_kernel: usize_key("conv_kernel", Some(default_conv_kernel()))?,
-            chunk_size: usize_key("chunk_size", Some(default_chunk_size()))?,
-            layer_norm_epsilon: f64_key("layer_norm_epsilon", default_eps())?,
-            use_bias: bool_key("use_bias", false)?,
-            use_conv_bias: bool_key("use_conv_bias", true)?,
-            time_step_min: f64_key("time_step_min", default_time_step_min())?,
-            time_step_max: f64_key("time_step_max", default_time_step_max())?,
-            time_step_floor: f64_key("time_step_floor", default_time_step_floor())?,
             time_step_limit,
-            tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
-            initializer_range: f64_key("initializer_range", default_initializer_range())?,
-            rescale_prenorm_residual: keys.rescale_prenorm_residual()?,
+            ..Self::from_keys(keys)?
         };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A config from `config.json` keys. Required: `vocab_size`, `hidden_size`,
+    /// `num_hidden_layers`. Absent `num_heads` is `expand · hidden_size / head_dim` (kiln's rule:
+    /// transformers' 128 fits mamba2-2.8b only); every other absent key takes its serde default,
+    /// transformers' `Mamba2Config` default. Validated.
+    pub fn from_keys(mut keys: ConfigKeys) -> Result<Self, ArchError> {
+        let hidden_size = keys.required("hidden_size")?;
+        if keys.get("num_heads").is_none() {
+            let expand = keys.usize("expand")?.unwrap_or_else(default_expand);
+            let head_dim = keys.usize("head_dim")?.unwrap_or_else(default_head_dim);
+            keys.set("num_heads", expand * hidden_size / head_dim.max(1));
+        }
+        let config: Self = keys.deserialize(&["vocab_size", "num_hidden_layers"])?;
         config.validate()?;
         Ok(config)
     }

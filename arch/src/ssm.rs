@@ -8,9 +8,7 @@ use burn::nn::conv::Conv1d;
 use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, FloatDType, Tensor};
-use serde_json::Value;
 
-use crate::error::ArchError;
 use crate::layers::{float_dtype, fused_enabled, fused_mamba, to_dtype, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 
@@ -236,110 +234,4 @@ pub(crate) fn rescale_prenorm_residual_export(rescale: bool) -> [(&'static str, 
         ("rescale_prenorm_residual", false),
         (KILN_RESCALE_PRENORM_RESIDUAL, rescale),
     ]
-}
-
-/// Typed reads of an HF `config.json` (absent and `null` keys alike count as missing).
-pub(crate) struct HfKeys<'a>(pub(crate) &'a Value);
-
-impl<'a> HfKeys<'a> {
-    /// The root as an object, or the `<root>` error.
-    pub(crate) fn object(cfg: &'a Value) -> Result<Self, ArchError> {
-        cfg.as_object().ok_or_else(|| ArchError::InvalidConfig {
-            key: "<root>".into(),
-            reason: "config.json must be a JSON object".into(),
-        })?;
-        Ok(Self(cfg))
-    }
-
-    /// The value of `key`, unless absent or `null`.
-    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
-        self.0.get(key).filter(|v| !v.is_null())
-    }
-
-    /// "expected {what}, got {v}" for `key`.
-    pub(crate) fn invalid(key: &str, what: &str, v: &Value) -> ArchError {
-        ArchError::InvalidConfig {
-            key: key.into(),
-            reason: format!("expected {what}, got {v}"),
-        }
-    }
-
-    /// A non-negative integer, `None` when absent.
-    pub(crate) fn usize(&self, key: &str) -> Result<Option<usize>, ArchError> {
-        self.get(key)
-            .map(|v| {
-                v.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| Self::invalid(key, "a non-negative integer", v))
-            })
-            .transpose()
-    }
-
-    /// A non-negative integer, `default` when absent, else a missing-key error.
-    pub(crate) fn usize_or(&self, key: &str, default: Option<usize>) -> Result<usize, ArchError> {
-        self.usize(key)?
-            .or(default)
-            .ok_or_else(|| ArchError::MissingConfigKey { key: key.into() })
-    }
-
-    /// A number, `default` when absent.
-    pub(crate) fn f64_or(&self, key: &str, default: f64) -> Result<f64, ArchError> {
-        self.get(key).map_or(Ok(default), |v| {
-            v.as_f64().ok_or_else(|| Self::invalid(key, "a number", v))
-        })
-    }
-
-    /// A boolean, `default` when absent; `what` names the expectation in the error.
-    pub(crate) fn bool_or(&self, key: &str, default: bool, what: &str) -> Result<bool, ArchError> {
-        self.get(key).map_or(Ok(default), |v| {
-            v.as_bool().ok_or_else(|| Self::invalid(key, what, v))
-        })
-    }
-
-    /// kiln's out_proj init choice: `kiln_rescale_prenorm_residual` when present (kiln's own
-    /// exports, see [`rescale_prenorm_residual_export`]), else HF's `rescale_prenorm_residual`.
-    pub(crate) fn rescale_prenorm_residual(&self) -> Result<bool, ArchError> {
-        match self.get(KILN_RESCALE_PRENORM_RESIDUAL) {
-            Some(_) => self.bool_or(KILN_RESCALE_PRENORM_RESIDUAL, false, "true or false"),
-            None => self.bool_or("rescale_prenorm_residual", false, "true or false"),
-        }
-    }
-
-    /// Unsupported unless `model_type` is the string `expected`; missing when absent.
-    pub(crate) fn expect_model_type(&self, expected: &str) -> Result<(), ArchError> {
-        match self.get("model_type") {
-            Some(Value::String(t)) if t == expected => Ok(()),
-            Some(v) => Err(ArchError::UnsupportedConfig {
-                key: "model_type".into(),
-                value: v.to_string(),
-                reason: format!("expected \"{expected}\""),
-            }),
-            None => Err(ArchError::MissingConfigKey {
-                key: "model_type".into(),
-            }),
-        }
-    }
-
-    /// Unsupported (with `reason`) when `hidden_act` is present and not `"silu"`.
-    pub(crate) fn expect_silu(&self, reason: &str) -> Result<(), ArchError> {
-        match self.get("hidden_act") {
-            Some(v) if v.as_str() != Some("silu") => Err(ArchError::UnsupportedConfig {
-                key: "hidden_act".into(),
-                value: v.to_string(),
-                reason: reason.into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// HF's `expand` (2 when absent), which may be written as a float: a positive integer.
-    pub(crate) fn expand(&self) -> Result<usize, ArchError> {
-        match self.get("expand") {
-            None => Ok(2),
-            Some(v) => match v.as_f64() {
-                Some(x) if x > 0.0 && x.fract() == 0.0 => Ok(x as usize),
-                _ => Err(Self::invalid("expand", "a positive integer", v)),
-            },
-        }
-    }
 }

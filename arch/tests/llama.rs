@@ -302,7 +302,7 @@ fn model_config_serde_round_trip_and_defaults() {
     let back: ModelConfig = serde_json::from_value(json).unwrap();
     assert_eq!(back, cfg);
 
-    // Only the shape is required; the rest takes the commented defaults.
+    // Only the shape is required; the rest takes transformers' `LlamaConfig` defaults.
     let minimal: ModelConfig = serde_json::from_str(
         r#"{"arch": "llama", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -314,7 +314,8 @@ fn model_config_serde_round_trip_and_defaults() {
     };
     assert_eq!(c.max_position_embeddings, 2048);
     assert_eq!(c.rope_theta, 10000.0);
-    assert!(c.tie_word_embeddings && !c.layer_sharing && !c.scaled_residual_init);
+    assert_eq!(c.rms_norm_eps, 1e-6);
+    assert!(!c.tie_word_embeddings && !c.layer_sharing && !c.scaled_residual_init);
     assert_eq!(minimal.max_seq_len(), Some(2048));
     assert_eq!(minimal.vocab_size(), 100);
 

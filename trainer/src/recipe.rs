@@ -11,8 +11,11 @@ use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-use kiln_arch::{HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, ModelConfig};
+use kiln_arch::{
+    ArchError, ConfigKeys, HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, ModelConfig,
+};
 use kiln_data::{DataConfig, DataError, TokenizerSpec};
+use serde_json::Value as JsonValue;
 
 /// A recipe error; always names the file and/or the key.
 #[derive(Debug, thiserror::Error)]
@@ -161,16 +164,18 @@ pub struct ModelSection {
     /// Mamba-2: positions per SSD chunk (`chunk_size`). Default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<usize>,
-    #[serde(default = "default_norm_eps")]
-    pub norm_eps: f64,
-    #[serde(default = "default_true")]
-    pub tie_embeddings: bool,
+    /// RMSNorm epsilon (`rms_norm_eps` / `layer_norm_epsilon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
+    /// The output head shares the embedding matrix (`tie_word_embeddings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_embeddings: Option<bool>,
     /// MobileLLM-LS immediate block-wise sharing: each block is applied twice in a row.
     #[serde(default)]
     pub layer_sharing: bool,
     /// Standard deviation of the normal init of every linear layer and the embedding.
-    #[serde(default = "default_init_std")]
-    pub init_std: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_std: Option<f64>,
     /// Divide the init std of the residual branches' output projections by the square root of
     /// the depth: llama `o_proj`/`down_proj` by sqrt(2 · effective layers) (GPT-2); mamba
     /// `out_proj` by sqrt(layers) (`rescale_prenorm_residual`, as `mamba_ssm` trains).
@@ -182,14 +187,8 @@ pub struct ModelSection {
     pub init_from: Option<PathBuf>,
 }
 
-fn default_norm_eps() -> f64 {
-    1e-5
-}
 fn default_true() -> bool {
     true
-}
-fn default_init_std() -> f64 {
-    0.02
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -741,16 +740,16 @@ impl Recipe {
         };
         // Values every architecture reads; checked here so that a typo fails before data
         // preparation, naming the recipe key (not the Hugging Face one).
-        if !(m.norm_eps.is_finite() && m.norm_eps > 0.0) {
+        if let Some(eps) = m.norm_eps.filter(|e| !(e.is_finite() && *e > 0.0)) {
             return Err(invalid(
                 "model.norm_eps",
-                format!("{} must be a finite number > 0, e.g. 1.0e-5", m.norm_eps),
+                format!("{eps} must be a finite number > 0, e.g. 1.0e-5"),
             ));
         }
-        if !(m.init_std.is_finite() && m.init_std >= 0.0) {
+        if let Some(std) = m.init_std.filter(|s| !(s.is_finite() && *s >= 0.0)) {
             return Err(invalid(
                 "model.init_std",
-                format!("{} must be a finite number >= 0, e.g. 0.02", m.init_std),
+                format!("{std} must be a finite number >= 0, e.g. 0.02"),
             ));
         }
         if let Some(theta) = m.rope_theta {
@@ -819,13 +818,6 @@ impl Recipe {
                             format!("{n_kv} must divide model.n_heads = {n_heads}"),
                         ));
                     }
-                    let every = m.attn_every.unwrap_or(4);
-                    if every == 0 || m.attn_offset.unwrap_or(every / 2) >= every {
-                        return Err(invalid(
-                            "model.attn_offset",
-                            format!("must be below model.attn_every = {every}"),
-                        ));
-                    }
                     if let Some(ctx) = m.max_seq_len.filter(|&c| t.seq_len > c) {
                         return Err(invalid(
                             "train.seq_len",
@@ -850,9 +842,7 @@ impl Recipe {
                     not_for(key, set)?;
                 }
                 if m.init_from.is_none() {
-                    if let Err(e) = self.model_config(m.vocab_size.unwrap_or(256))?.validate() {
-                        return Err(invalid("model", e.to_string()));
-                    }
+                    self.model_config(m.vocab_size.unwrap_or(256))?;
                 }
             }
         }
@@ -884,6 +874,11 @@ impl Recipe {
     }
 
     /// The architecture config for a fresh model, given the tokenizer's vocabulary size.
+    ///
+    /// The recipe's keys go under their `config.json` names to the architecture's `from_keys`, so
+    /// a key the recipe leaves out takes the architecture's default, the same as in a
+    /// `config.json` without it (transformers' default). Two recipe rules stand on top:
+    /// `n_kv_heads` defaults to `n_heads` and `attn_offset` to `attn_every / 2`.
     pub fn model_config(&self, tokenizer_vocab: usize) -> Result<ModelConfig, RecipeError> {
         let m = &self.model;
         let vocab_size = m.vocab_size.unwrap_or(tokenizer_vocab);
@@ -895,88 +890,142 @@ impl Recipe {
                 ),
             ));
         }
-        match m.arch {
-            Arch::Llama => {
-                let n_heads = m.n_heads.unwrap_or(1);
-                Ok(ModelConfig::Llama(LlamaConfig {
-                    vocab_size,
-                    hidden_size: m.d_model,
-                    intermediate_size: m.ffn_hidden.unwrap_or(0),
-                    num_hidden_layers: m.n_layers,
-                    num_attention_heads: n_heads,
-                    num_key_value_heads: m.n_kv_heads.unwrap_or(n_heads),
-                    head_dim: m.head_dim.unwrap_or(m.d_model / n_heads),
-                    max_position_embeddings: m.max_seq_len.unwrap_or(0),
-                    rope_theta: m.rope_theta.unwrap_or(10000.0),
-                    rms_norm_eps: m.norm_eps,
-                    tie_word_embeddings: m.tie_embeddings,
-                    initializer_range: m.init_std,
-                    layer_sharing: m.layer_sharing,
-                    scaled_residual_init: m.scaled_residual_init,
-                }))
-            }
-            Arch::Mamba => Ok(ModelConfig::Mamba(MambaConfig {
-                vocab_size,
-                hidden_size: m.d_model,
-                state_size: m.state_size.unwrap_or(16),
-                num_hidden_layers: m.n_layers,
-                expand: m.expand.unwrap_or(2),
-                conv_kernel: m.conv_kernel.unwrap_or(4),
-                time_step_rank: m.dt_rank.unwrap_or(m.d_model.div_ceil(16)),
-                layer_norm_epsilon: m.norm_eps,
-                tie_word_embeddings: m.tie_embeddings,
-                initializer_range: m.init_std,
-                rescale_prenorm_residual: m.scaled_residual_init,
-                ..MambaConfig::mamba_130m()
-            })),
-            Arch::Mamba2 => {
-                let expand = m.expand.unwrap_or(2);
-                let head_dim = m.head_dim.unwrap_or(64);
-                Ok(ModelConfig::Mamba2(Mamba2Config {
-                    state_size: m.state_size.unwrap_or(128),
-                    expand,
-                    n_groups: m.n_groups.unwrap_or(1),
-                    conv_kernel: m.conv_kernel.unwrap_or(4),
-                    chunk_size: m.chunk_size.unwrap_or(256),
-                    layer_norm_epsilon: m.norm_eps,
-                    tie_word_embeddings: m.tie_embeddings,
-                    initializer_range: m.init_std,
-                    rescale_prenorm_residual: m.scaled_residual_init,
-                    ..Mamba2Config::new(
-                        vocab_size,
-                        m.d_model,
-                        m.n_layers,
-                        (expand * m.d_model) / head_dim.max(1),
-                        head_dim,
-                    )
-                }))
-            }
-            Arch::Hybrid => {
-                let n_heads = m.n_heads.unwrap_or(1);
-                let every = m.attn_every.unwrap_or(4);
-                Ok(ModelConfig::Hybrid(HybridConfig {
-                    vocab_size,
-                    hidden_size: m.d_model,
-                    intermediate_size: m.ffn_hidden.unwrap_or(0),
-                    num_hidden_layers: m.n_layers,
-                    num_attention_heads: n_heads,
-                    num_key_value_heads: m.n_kv_heads.unwrap_or(n_heads),
-                    attn_layer_period: every,
-                    attn_layer_offset: m.attn_offset.unwrap_or(every / 2),
-                    mamba_d_state: m.state_size.unwrap_or(16),
-                    mamba_d_conv: m.conv_kernel.unwrap_or(4),
-                    mamba_expand: m.expand.unwrap_or(2),
-                    mamba_dt_rank: m.dt_rank.unwrap_or(m.d_model.div_ceil(16)),
-                    mamba_conv_bias: true,
-                    mamba_proj_bias: false,
-                    rms_norm_eps: m.norm_eps,
-                    tie_word_embeddings: m.tie_embeddings,
-                    initializer_range: m.init_std,
-                    max_position_embeddings: m.max_seq_len.unwrap_or(2048),
-                }))
-            }
-        }
+        let keys = model_keys(m, vocab_size);
+        let config_keys = ConfigKeys::new(
+            keys.iter()
+                .filter_map(|(_, hf, value)| Some((hf.to_string(), value.clone()?)))
+                .collect(),
+        );
+        let config = match m.arch {
+            Arch::Llama => LlamaConfig::from_keys(config_keys).map(ModelConfig::Llama),
+            Arch::Mamba => MambaConfig::from_keys(config_keys).map(ModelConfig::Mamba),
+            Arch::Mamba2 => Mamba2Config::from_keys(config_keys).map(ModelConfig::Mamba2),
+            Arch::Hybrid => HybridConfig::from_keys(config_keys).map(ModelConfig::Hybrid),
+        };
+        // The error names config.json keys: say which recipe keys they are.
+        config.map_err(|e| {
+            let (hf_key, reason) = match &e {
+                ArchError::InvalidConfig { key, reason } => (Some(key.as_str()), reason.clone()),
+                ArchError::MissingConfigKey { key } => (Some(key.as_str()), "is required".into()),
+                _ => (None, e.to_string()),
+            };
+            let recipe_key = keys
+                .iter()
+                .find(|(_, hf, _)| Some(*hf) == hf_key)
+                .map_or("model".to_string(), |(key, _, _)| format!("model.{key}"));
+            invalid(&recipe_key, in_recipe_terms(&reason, &keys))
+        })
     }
+}
+
+/// `text` with every config.json key of `keys` (as a whole word) replaced by its recipe key.
+fn in_recipe_terms(text: &str, keys: &[(&str, &str, Option<JsonValue>)]) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_word) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c: char| !is_word(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        match keys.iter().find(|(_, hf, _)| *hf == word) {
+            Some((recipe, _, _)) => out.push_str(&format!("model.{recipe}")),
+            None => out.push_str(word),
+        }
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `(recipe key, config.json key, value if set)` of every model key of `m`'s architecture.
+fn model_keys(
+    m: &ModelSection,
+    vocab_size: usize,
+) -> Vec<(&'static str, &'static str, Option<JsonValue>)> {
+    let n = |x: Option<usize>| x.map(JsonValue::from);
+    let f = |x: Option<f64>| x.map(JsonValue::from);
+    let b = |x: Option<bool>| x.map(JsonValue::from);
+    let mut keys = vec![
+        (
+            "vocab_size",
+            "vocab_size",
+            Some(JsonValue::from(vocab_size)),
+        ),
+        ("d_model", "hidden_size", Some(JsonValue::from(m.d_model))),
+        (
+            "n_layers",
+            "num_hidden_layers",
+            Some(JsonValue::from(m.n_layers)),
+        ),
+        ("tie_embeddings", "tie_word_embeddings", b(m.tie_embeddings)),
+        ("init_std", "initializer_range", f(m.init_std)),
+    ];
+    let n_kv_heads = m.n_kv_heads.or(m.n_heads);
+    let attn_offset = m.attn_offset.or(m.attn_every.map(|every| every / 2));
+    let scaled = Some(JsonValue::from(m.scaled_residual_init));
+    keys.extend(match m.arch {
+        Arch::Llama => vec![
+            ("ffn_hidden", "intermediate_size", n(m.ffn_hidden)),
+            ("n_heads", "num_attention_heads", n(m.n_heads)),
+            ("n_kv_heads", "num_key_value_heads", n(n_kv_heads)),
+            ("head_dim", "head_dim", n(m.head_dim)),
+            ("max_seq_len", "max_position_embeddings", n(m.max_seq_len)),
+            ("rope_theta", "rope_theta", f(m.rope_theta)),
+            ("norm_eps", "rms_norm_eps", f(m.norm_eps)),
+            (
+                "layer_sharing",
+                "layer_sharing",
+                Some(JsonValue::from(m.layer_sharing)),
+            ),
+            (
+                "scaled_residual_init",
+                "scaled_residual_init",
+                scaled.clone(),
+            ),
+        ],
+        Arch::Mamba => vec![
+            ("state_size", "state_size", n(m.state_size)),
+            ("expand", "expand", n(m.expand)),
+            ("conv_kernel", "conv_kernel", n(m.conv_kernel)),
+            ("dt_rank", "time_step_rank", n(m.dt_rank)),
+            ("norm_eps", "layer_norm_epsilon", f(m.norm_eps)),
+            (
+                "scaled_residual_init",
+                "rescale_prenorm_residual",
+                scaled.clone(),
+            ),
+        ],
+        Arch::Mamba2 => vec![
+            ("state_size", "state_size", n(m.state_size)),
+            ("expand", "expand", n(m.expand)),
+            ("head_dim", "head_dim", n(m.head_dim)),
+            ("n_groups", "n_groups", n(m.n_groups)),
+            ("conv_kernel", "conv_kernel", n(m.conv_kernel)),
+            ("chunk_size", "chunk_size", n(m.chunk_size)),
+            ("norm_eps", "layer_norm_epsilon", f(m.norm_eps)),
+            (
+                "scaled_residual_init",
+                "rescale_prenorm_residual",
+                scaled.clone(),
+            ),
+        ],
+        Arch::Hybrid => vec![
+            ("ffn_hidden", "intermediate_size", n(m.ffn_hidden)),
+            ("n_heads", "num_attention_heads", n(m.n_heads)),
+            ("n_kv_heads", "num_key_value_heads", n(n_kv_heads)),
+            ("attn_every", "attn_layer_period", n(m.attn_every)),
+            ("attn_offset", "attn_layer_offset", n(attn_offset)),
+            ("state_size", "mamba_d_state", n(m.state_size)),
+            ("conv_kernel", "mamba_d_conv", n(m.conv_kernel)),
+            ("expand", "mamba_expand", n(m.expand)),
+            ("dt_rank", "mamba_dt_rank", n(m.dt_rank)),
+            ("norm_eps", "rms_norm_eps", f(m.norm_eps)),
+            ("max_seq_len", "max_position_embeddings", n(m.max_seq_len)),
+        ],
+    });
+    keys
 }
 
 fn parse_key(e: &RecipeError) -> Option<&str> {
@@ -1105,6 +1154,79 @@ train:
             .to_string()
     }
 
+    /// A model key left out of a recipe means what it means left out of the architecture's
+    /// `config.json`: a recipe with only the required keys gives the config transformers' reader
+    /// would give for a `config.json` with only those keys (and so the same defaults).
+    #[test]
+    fn recipe_defaults_are_the_architectures() {
+        let cases = [
+            (
+                "arch: llama\n  d_model: 64\n  n_layers: 2\n  n_heads: 4\n  ffn_hidden: 96\n  max_seq_len: 64",
+                serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "intermediate_size": 96, "max_position_embeddings": 64}),
+            ),
+            (
+                "arch: mamba\n  d_model: 64\n  n_layers: 2",
+                serde_json::json!({"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2}),
+            ),
+            (
+                // Transformers' 8 groups need a head count they divide: 2 · 256 / 64 = 8 heads.
+                "arch: mamba2\n  d_model: 256\n  n_layers: 2",
+                serde_json::json!({"model_type": "mamba2", "hidden_size": 256, "num_hidden_layers": 2,
+                    "num_heads": 8, "head_dim": 64}),
+            ),
+            (
+                "arch: hybrid\n  d_model: 64\n  n_layers: 8\n  n_heads: 4\n  ffn_hidden: 96",
+                serde_json::json!({"model_type": "jamba", "hidden_size": 64, "num_hidden_layers": 8,
+                    "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 96,
+                    "num_experts": 1}),
+            ),
+        ];
+        for (model, mut hf) in cases {
+            let text = TINY.replace(
+                "arch: llama\n  d_model: 32\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 64\n  max_seq_len: 64",
+                model,
+            );
+            let text = text.replace("seq_len: 32", "seq_len: 16");
+            let recipe = Recipe::from_yaml(&text, "r.yaml", &[]).unwrap();
+            hf["vocab_size"] = 300.into();
+            let from_recipe = recipe.model_config(300).unwrap();
+            assert_eq!(
+                from_recipe,
+                ModelConfig::from_hf_config(&hf).unwrap(),
+                "{model}"
+            );
+            // ... which are transformers' defaults, e.g.:
+            match from_recipe {
+                ModelConfig::Llama(c) => {
+                    assert_eq!((c.rms_norm_eps, c.tie_word_embeddings), (1e-6, false));
+                    assert_eq!((c.rope_theta, c.initializer_range), (10000.0, 0.02));
+                }
+                ModelConfig::Mamba(c) => {
+                    assert_eq!((c.layer_norm_epsilon, c.initializer_range), (1e-5, 0.1));
+                    assert_eq!((c.state_size, c.time_step_rank), (16, 4));
+                    assert!(c.tie_word_embeddings);
+                }
+                ModelConfig::Mamba2(c) => {
+                    assert_eq!((c.n_groups, c.state_size, c.chunk_size), (8, 128, 256));
+                    assert!(!c.tie_word_embeddings);
+                }
+                ModelConfig::Hybrid(c) => {
+                    assert_eq!((c.attn_layer_period, c.attn_layer_offset), (8, 4));
+                    assert_eq!((c.rms_norm_eps, c.max_position_embeddings), (1e-6, 262144));
+                    assert!(!c.tie_word_embeddings);
+                }
+            }
+        }
+        // An arch error names the recipe key: Mamba-2's default 8 groups do not divide 2 heads.
+        let text = TINY.replace(
+            "arch: llama\n  d_model: 32\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  ffn_hidden: 64\n  max_seq_len: 64",
+            "arch: mamba2\n  d_model: 64\n  n_layers: 2",
+        );
+        let e = err(&text, &[]);
+        assert!(e.contains("model.n_groups"), "{e}");
+    }
+
     #[test]
     fn tiny_recipe_parses_with_defaults() {
         let r = Recipe::from_yaml(TINY, "r.yaml", &[]).unwrap();
@@ -1112,7 +1234,7 @@ train:
         assert_eq!(r.train.grad_clip, Some(1.0));
         assert_eq!(r.train.seed, 1337);
         assert_eq!(r.model.n_kv_heads, Some(2));
-        assert!(r.model.tie_embeddings);
+        assert_eq!(r.model.tie_embeddings, None);
         assert_eq!(r.checkpoint.every_steps, 500);
         assert_eq!(r.total_steps(1), 10);
         // The resolved recipe round-trips through YAML unchanged.
