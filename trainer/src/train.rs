@@ -14,7 +14,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use kiln_arch::{Model, ModelConfig};
 use kiln_data::mix::{MixLoader, MixSource, MixStage, MixState};
-use kiln_data::{eval_batches, Prefetcher, TextTokenizer};
+use kiln_data::{eval_batches, Prefetcher, PreparedData, TextTokenizer};
 
 use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
@@ -103,12 +103,12 @@ pub fn validation_loss<B: Backend>(
     total / batches.len() as f64
 }
 
+/// Trains `recipe` from scratch or from a checkpoint: setup, the step loop, the final export.
 pub fn run<B: Backend>(
     recipe: Recipe,
     opts: TrainOptions,
     device: B::Device,
 ) -> Result<RunSummary> {
-    type AB<B> = Autodiff<B>;
     recipe.check_trainable()?;
     let dist = Dist::from_env()?;
     if dist.world_size > 1 {
@@ -118,6 +118,292 @@ pub fn run<B: Backend>(
             dist.world_size
         );
     }
+    let (run_dir, _lock, resume_dir) = open_run_dir(&recipe, &opts, dist)?;
+    let (prepared, tokenizer) = prepare_data(&recipe, &run_dir, dist)?;
+    <AB<B> as Backend>::seed(&device, recipe.train.seed);
+    let (config, model) = init_model::<AB<B>>(&recipe, &tokenizer, &device, dist)?;
+    let total_steps = recipe.total_steps(dist.world_size);
+    let run = RunContext {
+        eot: tokenizer.eot_id()?,
+        tokenizer_path: run_dir.join("tokenizer.json"),
+        recipe_yaml: recipe.to_yaml(),
+        val: validation_data(&recipe, &prepared)?,
+        tokens_per_step: recipe.tokens_per_step(dist.world_size),
+        total_steps,
+        recipe,
+        dist,
+        run_dir,
+        config,
+        tokenizer,
+        device,
+    };
+    let (adamw, lr) = AdamWConfig::from_section(run.recipe.optimizer()?);
+    let mut optimizer = AdamW::<B>::new(adamw);
+    let schedule = Schedule::new(run.recipe.schedule()?.clone(), lr, total_steps);
+    let mut loader = mix_loader(&run.recipe, &prepared, dist)?;
+    if dist.is_main() {
+        std::fs::write(run.run_dir.join("recipe.yaml"), &run.recipe_yaml)?;
+    }
+    let (model, mut progress) = match resume_dir {
+        Some(dir) => run.resume(&dir, &opts, model, &mut optimizer, &mut loader)?,
+        None => {
+            if opts.resume {
+                run.say("--resume: no checkpoint yet, starting from step 0");
+            }
+            (model, Progress::new(0, 0, 0.0, None))
+        }
+    };
+    // Precision last: loading replaces parameters with f32 tensors.
+    let t = &run.recipe.train;
+    let (param_dtype, compute_dtype) = t.precision.dtypes();
+    let mut model = model.with_precision(param_dtype, compute_dtype);
+    let mut logger = run.open_logger(progress.resumed_from)?;
+    let mut meter = Meter::new(&run);
+    let mut epochs_seen: Vec<u64> = loader.state().sources.iter().map(|c| c.epoch).collect();
+    // Batches are read on a background thread, a few steps ahead; `loader.state()` is the
+    // position after the last batch actually trained on, which is what checkpoints save.
+    let mut loader = Prefetcher::new(loader, PREFETCH_DEPTH);
+    let step_shape = StepShape::from_section(t);
+    let mut nonfinite = NonFiniteGuard::default();
+
+    while progress.step < total_steps {
+        let lr = schedule.lr_at(progress.step);
+        // Forward/backward over the micro-batches, clipping, AdamW: no host sync.
+        let (next, out) = train_step(
+            model,
+            &mut optimizer,
+            lr,
+            step_shape,
+            &NextToken,
+            &mut SingleWorker,
+            &mut || loader.next(),
+            &run.device,
+        );
+        model = next;
+        progress.advance(run.tokens_per_step);
+        meter.add(run.tokens_per_step);
+        let step = progress.step;
+        nonfinite.check(&out, step, &run, &logger)?;
+
+        let stop_signal = crate::signals::requested();
+        if stop_signal.is_some() {
+            crate::signals::announce();
+        }
+        let due = Due::after(step, &run, stop_signal.is_some());
+        if due.log || due.checkpoint {
+            // A non-finite loss never gets here unnoticed: `train_step`'s guard refused the step
+            // (above). The value was already read back by the guard, so this is no extra sync.
+            let loss: f64 = out.loss.into_scalar().elem();
+            progress.last_loss = Some(loss);
+            if due.log && run.dist.is_main() {
+                let position = loader.state();
+                run.log_new_epochs(&position, &mut epochs_seen, &logger);
+                let grad_norm = out.grad_norm.map(|n| n.into_scalar().elem::<f64>());
+                run.log_train(
+                    &mut logger,
+                    &mut meter,
+                    &progress,
+                    loss,
+                    lr,
+                    grad_norm,
+                    &position,
+                );
+            }
+        }
+        logger.set_step(step);
+        if due.eval && run.dist.is_main() && !run.val.is_empty() {
+            let pause = Instant::now();
+            progress.last_val_loss = Some(run.evaluate(&model.valid(), &progress, &mut logger)?);
+            // Evaluation time does not count towards training throughput.
+            meter.exclude(pause.elapsed());
+        }
+        if due.checkpoint && run.dist.is_main() && progress.last_saved != Some(step) {
+            let dir = run.save_checkpoint(&model, &optimizer, loader.state(), &progress)?;
+            progress.last_saved = Some(step);
+            logger.info(&format!("checkpoint: {}", dir.display()));
+        }
+        pause_for_tests(&run.run_dir, step);
+        if let Some(signal) = stop_signal {
+            logger.info(&format!(
+                "stopped by {} at step {step}; continue with --resume",
+                crate::signals::name(signal)
+            ));
+            progress.stopped_early = true;
+            break;
+        }
+    }
+    logger.finish();
+    run.finish(&model, progress)
+}
+
+type AB<B> = Autodiff<B>;
+
+/// What stays fixed for the whole run, once set up.
+struct RunContext<B: Backend> {
+    recipe: Recipe,
+    /// The resolved recipe as written to the run directory and every checkpoint.
+    recipe_yaml: String,
+    dist: Dist,
+    run_dir: PathBuf,
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    /// The run's copy of the tokenizer.
+    tokenizer_path: PathBuf,
+    eot: u32,
+    total_steps: u64,
+    tokens_per_step: u64,
+    /// Fixed validation batches per source (sources that hold out nothing have none).
+    val: Vec<(String, Vec<Vec<u32>>)>,
+    device: B::Device,
+}
+
+/// Where the run stands.
+struct Progress {
+    step: u64,
+    tokens: u64,
+    /// Training seconds before this process (from the checkpoint resumed from).
+    elapsed_before: f64,
+    started: Instant,
+    resumed_from: Option<u64>,
+    last_saved: Option<u64>,
+    last_loss: Option<f64>,
+    last_val_loss: Option<f64>,
+    stopped_early: bool,
+}
+
+impl Progress {
+    fn new(step: u64, tokens: u64, elapsed_before: f64, resumed_from: Option<u64>) -> Self {
+        Self {
+            step,
+            tokens,
+            elapsed_before,
+            started: Instant::now(),
+            resumed_from,
+            last_saved: resumed_from,
+            last_loss: None,
+            last_val_loss: None,
+            stopped_early: false,
+        }
+    }
+
+    fn advance(&mut self, tokens: u64) {
+        self.step += 1;
+        self.tokens += tokens;
+    }
+
+    /// Training seconds, this process and the ones before it.
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// Throughput over the current log interval, evaluation pauses excluded.
+struct Meter {
+    interval_start: Instant,
+    interval_tokens: u64,
+    peak_flops: Option<f64>,
+    flops_per_token: u64,
+}
+
+impl Meter {
+    fn new<B: Backend>(run: &RunContext<B>) -> Self {
+        let t = &run.recipe.train;
+        Self {
+            interval_start: Instant::now(),
+            interval_tokens: 0,
+            peak_flops: crate::backend::peak_flops(t.backend, t.peak_flops, rayon_threads()),
+            flops_per_token: run.config.flops_per_token(t.seq_len),
+        }
+    }
+
+    fn add(&mut self, tokens: u64) {
+        self.interval_tokens += tokens;
+    }
+
+    fn exclude(&mut self, pause: std::time::Duration) {
+        self.interval_start += pause;
+    }
+
+    /// Tokens per second since the last call, and starts the next interval.
+    fn take_rate(&mut self) -> f64 {
+        let dt = self.interval_start.elapsed().as_secs_f64().max(1e-9);
+        let rate = self.interval_tokens as f64 / dt;
+        self.interval_start = Instant::now();
+        self.interval_tokens = 0;
+        rate
+    }
+}
+
+/// What is due after an optimizer step.
+struct Due {
+    log: bool,
+    eval: bool,
+    checkpoint: bool,
+}
+
+impl Due {
+    /// The last step and a stop request make the log and the checkpoint due.
+    fn after<B: Backend>(step: u64, run: &RunContext<B>, stopping: bool) -> Self {
+        let r = &run.recipe;
+        let last = step == run.total_steps;
+        let every = |n: u64| n > 0 && step.is_multiple_of(n);
+        Self {
+            log: step.is_multiple_of(r.train.log_every_steps) || last || stopping,
+            eval: r.eval.every_steps > 0 && (every(r.eval.every_steps) || last),
+            checkpoint: every(r.checkpoint.every_steps) || last || stopping,
+        }
+    }
+}
+
+/// Applies `train.on_nonfinite` to steps whose update `train_step` refused.
+#[derive(Default)]
+struct NonFiniteGuard {
+    consecutive_skips: u64,
+}
+
+impl NonFiniteGuard {
+    fn check<B: Backend>(
+        &mut self,
+        out: &StepOutput<B>,
+        step: u64,
+        run: &RunContext<impl Backend>,
+        logger: &Logger,
+    ) -> Result<()> {
+        let Some((loss, norm)) = out.skipped_nonfinite else {
+            self.consecutive_skips = 0;
+            return Ok(());
+        };
+        let what = format!(
+            "step {step}: loss {loss}, grad_norm {norm}: not finite, the update was not applied"
+        );
+        self.consecutive_skips += 1;
+        if run.recipe.train.on_nonfinite == OnNonFinite::Stop {
+            bail!(
+                "{what}; training stopped ({}). Lower train.optimizer.lr, check the data, or \
+                 set train.on_nonfinite: skip_step",
+                last_good(&run.run_dir)
+            );
+        }
+        if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+            bail!(
+                "{what}; {} steps in a row were not finite, training stopped ({}). Lower \
+                 train.optimizer.lr or check the data",
+                self.consecutive_skips,
+                last_good(&run.run_dir)
+            );
+        }
+        logger.info(&format!("{what} (train.on_nonfinite: skip_step)"));
+        Ok(())
+    }
+}
+
+/// The run directory (created), its lock (held until the run ends) and the checkpoint to resume
+/// from. A damaged checkpoint is named now, before data preparation (which can take long).
+fn open_run_dir(
+    recipe: &Recipe,
+    opts: &TrainOptions,
+    dist: Dist,
+) -> Result<(PathBuf, RunLock, Option<PathBuf>)> {
     // `--resume-from <run>/ckpt/step-N` continues that run unless --out names another one.
     let run_dir = opts
         .out_dir
@@ -129,21 +415,13 @@ pub fn run<B: Backend>(
         .unwrap_or_else(|| PathBuf::from("checkpoints").join(&recipe.name));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let say = |msg: &str| {
-        if dist.is_main() {
-            metrics::log_line(msg);
-        }
-    };
-    // One process per run directory, held until the run ends (released on drop).
-    let _lock = RunLock::acquire(&run_dir, say)?;
+    let lock = RunLock::acquire(&run_dir, |msg: &str| say(dist, msg))?;
     if checkpoint::newest(&run_dir).is_some() && !opts.resume && opts.resume_from.is_none() {
         bail!(
             "{} already has checkpoints; pass --resume to continue that run, or --out DIR to start a new one",
             run_dir.display()
         );
     }
-
-    // Checked before data preparation (which can take long): a damaged checkpoint is named now.
     let resume_dir = match (&opts.resume_from, opts.resume) {
         (Some(dir), _) => {
             checkpoint::verify(dir)?;
@@ -165,37 +443,61 @@ pub fn run<B: Backend>(
         })?,
         (None, false) => None,
     };
+    Ok((run_dir, lock, resume_dir))
+}
 
-    // ---- data and tokenizer ----------------------------------------------------------------
+/// A progress line from the main process only.
+fn say(dist: Dist, msg: &str) {
+    if dist.is_main() {
+        metrics::log_line(msg);
+    }
+}
+
+/// Data preparation (or its cache) and the tokenizer, copied into the run directory.
+fn prepare_data(
+    recipe: &Recipe,
+    run_dir: &Path,
+    dist: Dist,
+) -> Result<(PreparedData, TextTokenizer)> {
     let prepared = crate::data_cmd::prepare(
-        &recipe,
+        recipe,
         &mut crate::data_cmd::BarProgress::new(!dist.is_main()),
     )?;
     let tokenizer = TextTokenizer::from_file(&prepared.tokenizer_path)?;
-    let eot = tokenizer.eot_id()?;
     let tokenizer_path = run_dir.join("tokenizer.json");
     std::fs::copy(&prepared.tokenizer_path, &tokenizer_path)
         .with_context(|| format!("cannot write {}", tokenizer_path.display()))?;
-    say(&format!(
-        "data: {} train tokens, {} validation tokens, vocabulary {} ({})",
-        prepared.train_tokens(),
-        prepared.val_tokens(),
-        tokenizer.vocab_size(),
-        prepared.dir.display()
-    ));
+    say(
+        dist,
+        &format!(
+            "data: {} train tokens, {} validation tokens, vocabulary {} ({})",
+            prepared.train_tokens(),
+            prepared.val_tokens(),
+            tokenizer.vocab_size(),
+            prepared.dir.display()
+        ),
+    );
+    Ok((prepared, tokenizer))
+}
 
-    // ---- model ------------------------------------------------------------------------------
-    <AB<B> as Backend>::seed(&device, recipe.train.seed);
-    let (config, mut model): (ModelConfig, Model<AB<B>>) = match &recipe.model.init_from {
+/// A fresh model from the recipe, or `model.init_from`'s weights; checked against the tokenizer
+/// and the sequence length.
+fn init_model<B: Backend>(
+    recipe: &Recipe,
+    tokenizer: &TextTokenizer,
+    device: &B::Device,
+    dist: Dist,
+) -> Result<(ModelConfig, Model<B>)> {
+    let (config, model) = match &recipe.model.init_from {
         Some(dir) => {
-            let loaded = load_model_dir::<AB<B>>(dir, &device)
+            let loaded = load_model_dir::<B>(dir, device)
                 .with_context(|| format!("model.init_from = {}", dir.display()))?;
-            say(&format!("model: initialised from {}", dir.display()));
+            say(dist, &format!("model: initialised from {}", dir.display()));
             (loaded.config, loaded.model)
         }
         None => {
             let config = recipe.model_config(tokenizer.vocab_size())?;
-            let model = config.init(&device);
+            let model = config.init(device);
             (config, model)
         }
     };
@@ -219,16 +521,15 @@ pub fn run<B: Backend>(
             config.num_params()
         );
     }
-    say(&format!(
-        "model: {} parameters",
-        group_digits(n_params as u64)
-    ));
+    say(
+        dist,
+        &format!("model: {} parameters", group_digits(n_params as u64)),
+    );
+    Ok((config, model))
+}
 
-    // ---- optimizer, schedule, loader ----------------------------------------------------------
-    let (adamw, lr) = AdamWConfig::from_section(recipe.optimizer()?);
-    let mut optimizer = AdamW::<B>::new(adamw);
-    let total_steps = recipe.total_steps(dist.world_size);
-    let schedule = Schedule::new(recipe.schedule()?.clone(), lr, total_steps);
+/// The training data stream: each row from a source by the weights of the mix stage in force.
+fn mix_loader(recipe: &Recipe, prepared: &PreparedData, dist: Dist) -> Result<MixLoader> {
     let t = &recipe.train;
     // Stages switch at optimizer steps; the loader counts micro-batches.
     let stages = recipe
@@ -240,136 +541,255 @@ pub fn run<B: Backend>(
             weights,
         })
         .collect();
-    let mut loader = MixLoader::new(
-        prepared
-            .sources
-            .iter()
-            .map(|s| MixSource {
-                name: s.name.clone(),
-                train_shards: s.train_shards.clone(),
-            })
-            .collect(),
+    let sources = prepared
+        .sources
+        .iter()
+        .map(|s| MixSource {
+            name: s.name.clone(),
+            train_shards: s.train_shards.clone(),
+        })
+        .collect();
+    Ok(MixLoader::new(
+        sources,
         stages,
         t.micro_batch_size,
         t.seq_len,
         t.seed,
         dist.rank,
         dist.world_size,
-    )?;
-    // Fixed validation batches per source (sources that hold out nothing have none).
-    let mut val: Vec<(String, Vec<Vec<u32>>)> = Vec::new();
-    if recipe.eval.every_steps > 0 || recipe.eval.batches > 0 {
-        for s in prepared.sources.iter().filter(|s| !s.val_shards.is_empty()) {
-            let batches = eval_batches(
-                &s.val_shards,
-                t.micro_batch_size,
-                t.seq_len,
-                recipe.eval.batches,
-            )
-            .with_context(|| format!("validation data of source `{}`", s.name))?;
-            val.push((s.name.clone(), batches));
-        }
-        if val.is_empty() && recipe.eval.every_steps > 0 {
-            bail!(
-                "eval.every_steps = {} but no data source holds out validation data \
-                 (data.val_fraction is 0, or token_shards sources list no `val` shards)",
-                recipe.eval.every_steps
-            );
-        }
+    )?)
+}
+
+/// Fixed validation batches per source (the same every evaluation).
+fn validation_data(
+    recipe: &Recipe,
+    prepared: &PreparedData,
+) -> Result<Vec<(String, Vec<Vec<u32>>)>> {
+    let t = &recipe.train;
+    let mut val = Vec::new();
+    if recipe.eval.every_steps == 0 && recipe.eval.batches == 0 {
+        return Ok(val);
     }
-    let tokens_per_step = recipe.tokens_per_step(dist.world_size);
-    let step_shape = StepShape::from_section(t);
-    let recipe_yaml = recipe.to_yaml();
-    if dist.is_main() {
-        std::fs::write(run_dir.join("recipe.yaml"), &recipe_yaml)?;
+    for s in prepared.sources.iter().filter(|s| !s.val_shards.is_empty()) {
+        let batches = eval_batches(
+            &s.val_shards,
+            t.micro_batch_size,
+            t.seq_len,
+            recipe.eval.batches,
+        )
+        .with_context(|| format!("validation data of source `{}`", s.name))?;
+        val.push((s.name.clone(), batches));
+    }
+    if val.is_empty() && recipe.eval.every_steps > 0 {
+        bail!(
+            "eval.every_steps = {} but no data source holds out validation data \
+             (data.val_fraction is 0, or token_shards sources list no `val` shards)",
+            recipe.eval.every_steps
+        );
+    }
+    Ok(val)
+}
+
+impl<B: Backend> RunContext<B> {
+    fn say(&self, msg: &str) {
+        say(self.dist, msg);
     }
 
-    // ---- resume -------------------------------------------------------------------------------
-    let mut step = 0u64;
-    let mut tokens = 0u64;
-    let mut elapsed_before = 0.0;
-    let mut resumed_from = None;
-    let resume_ckpt = resume_dir.as_deref().map(checkpoint::load).transpose()?;
-    match resume_ckpt {
-        Some(ckpt) => {
-            let dir = &ckpt.dir;
-            check_same_model(dir, &recipe)?;
-            model = load_named_tensors(
-                model,
-                &ckpt.model,
-                &dir.join("model.safetensors").display().to_string(),
-            )?;
-            optimizer
-                .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &device)
-                .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
-            loader
-                .restore(&ckpt.state.loader)
-                .with_context(|| format!("{}: loader state", dir.display()))?;
-            step = ckpt.state.step;
-            tokens = ckpt.state.tokens;
-            elapsed_before = ckpt.state.elapsed_s;
-            resumed_from = Some(step);
-            say(&format!("resumed from {} (step {step})", dir.display()));
-            if opts.resume_from.is_some() && dist.is_main() {
-                for (from, to) in checkpoint::set_aside_after(&run_dir, step)? {
-                    say(&format!(
-                        "set aside {} (newer than the checkpoint resumed from) as {}",
-                        from.display(),
-                        to.display()
-                    ));
-                }
+    /// Loads the checkpoint in `dir` into the model, the optimizer and the loader.
+    fn resume(
+        &self,
+        dir: &Path,
+        opts: &TrainOptions,
+        model: Model<AB<B>>,
+        optimizer: &mut AdamW<B>,
+        loader: &mut MixLoader,
+    ) -> Result<(Model<AB<B>>, Progress)> {
+        let ckpt = checkpoint::load(dir)?;
+        check_same_model(dir, &self.recipe)?;
+        let model = load_named_tensors(
+            model,
+            &ckpt.model,
+            &dir.join("model.safetensors").display().to_string(),
+        )?;
+        optimizer
+            .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &self.device)
+            .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
+        loader
+            .restore(&ckpt.state.loader)
+            .with_context(|| format!("{}: loader state", dir.display()))?;
+        let step = ckpt.state.step;
+        self.say(&format!("resumed from {} (step {step})", dir.display()));
+        if opts.resume_from.is_some() && self.dist.is_main() {
+            for (from, to) in checkpoint::set_aside_after(&self.run_dir, step)? {
+                self.say(&format!(
+                    "set aside {} (newer than the checkpoint resumed from) as {}",
+                    from.display(),
+                    to.display()
+                ));
             }
         }
-        None if opts.resume => say("--resume: no checkpoint yet, starting from step 0"),
-        None => {}
-    }
-    if let Some(at) = resumed_from {
-        if at > total_steps {
+        let total = self.total_steps;
+        if step > total {
             bail!(
-                "the checkpoint is at step {at}, past this recipe's {total_steps} steps \
+                "the checkpoint is at step {step}, past this recipe's {total} steps \
                  (train.max_steps / train.max_tokens): nothing to train, and the learning-rate \
-                 schedule would not match. Raise train.max_steps above {at} to train on, or export \
+                 schedule would not match. Raise train.max_steps above {step} to train on, or export \
                  the checkpoint with `train export --checkpoint {}`",
-                run_dir.display()
+                self.run_dir.display()
             );
         }
-        if at == total_steps {
-            say(&format!(
-                "the run is already complete (step {at} of {total_steps}): nothing to train; raise \
+        if step == total {
+            self.say(&format!(
+                "the run is already complete (step {step} of {total}): nothing to train; raise \
                  train.max_steps to train on"
             ));
         }
+        let progress = Progress::new(step, ckpt.state.tokens, ckpt.state.elapsed_s, Some(step));
+        Ok((model, progress))
     }
-    // Precision last: loading replaces parameters with f32 tensors.
-    let (param_dtype, compute_dtype) = t.precision.dtypes();
-    model = model.with_precision(param_dtype, compute_dtype);
 
-    let peak_flops = crate::backend::peak_flops(t.backend, t.peak_flops, rayon_threads());
-    let flops_per_token = config.flops_per_token(t.seq_len);
-    let mut logger = Logger::open(&run_dir, total_steps, resumed_from)?;
-    logger.info(&format!(
-        "training {total_steps} steps × {tokens_per_step} tokens (micro-batch {} × accumulation {} × seq {}), peak {}",
-        t.micro_batch_size,
-        t.grad_accum_steps,
-        t.seq_len,
-        peak_flops.map_or("unknown (set train.peak_flops)".into(), |p| format!("{:.1} TFLOP/s", p / 1e12))
-    ));
+    fn open_logger(&self, resumed_from: Option<u64>) -> Result<Logger> {
+        let t = &self.recipe.train;
+        let logger = Logger::open(&self.run_dir, self.total_steps, resumed_from)?;
+        let peak = crate::backend::peak_flops(t.backend, t.peak_flops, rayon_threads());
+        logger.info(&format!(
+            "training {} steps × {} tokens (micro-batch {} × accumulation {} × seq {}), peak {}",
+            self.total_steps,
+            self.tokens_per_step,
+            t.micro_batch_size,
+            t.grad_accum_steps,
+            t.seq_len,
+            peak.map_or("unknown (set train.peak_flops)".into(), |p| format!(
+                "{:.1} TFLOP/s",
+                p / 1e12
+            ))
+        ));
+        Ok(logger)
+    }
 
-    let save_ckpt = |model: &Model<AB<B>>,
-                     optimizer: &AdamW<B>,
-                     loader: MixState,
-                     step: u64,
-                     tokens: u64,
-                     elapsed: f64|
-     -> Result<PathBuf> {
+    /// Says when a source starts another pass over its shards.
+    fn log_new_epochs(&self, position: &MixState, epochs_seen: &mut [u64], logger: &Logger) {
+        for (c, seen) in position.sources.iter().zip(epochs_seen) {
+            if c.epoch > *seen {
+                logger.info(&format!(
+                    "data: source `{}` is in epoch {} (its shards are being reshuffled and repeated)",
+                    c.name,
+                    c.epoch + 1
+                ));
+                *seen = c.epoch;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_train(
+        &self,
+        logger: &mut Logger,
+        meter: &mut Meter,
+        progress: &Progress,
+        loss: f64,
+        lr: f64,
+        grad_norm: Option<f64>,
+        position: &MixState,
+    ) {
+        let seq_len = self.recipe.train.seq_len as u64;
+        let tokens_per_s = meter.take_rate();
+        let remaining =
+            (self.total_steps - progress.step) as f64 * self.tokens_per_step as f64 / tokens_per_s;
+        logger.train(&TrainRecord {
+            step: progress.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens: progress.tokens,
+            tokens_per_s,
+            mfu: metrics::mfu(
+                tokens_per_s * meter.flops_per_token as f64,
+                meter.peak_flops,
+            ),
+            elapsed_s: progress.elapsed(),
+            eta_s: remaining,
+            peak_rss_mb: metrics::peak_rss_mb(),
+            device_mem_mb: crate::backend::device_memory_mb::<B>(&self.device),
+            tokens_by_source: position
+                .sources
+                .iter()
+                .map(|c| (c.name.clone(), c.windows * seq_len))
+                .collect(),
+            epochs_by_source: position
+                .sources
+                .iter()
+                .map(|c| (c.name.clone(), c.epoch))
+                .collect(),
+        });
+    }
+
+    /// Validation loss per source and mix-weighted, logged with the samples; returns the latter.
+    fn evaluate(&self, model: &Model<B>, progress: &Progress, logger: &mut Logger) -> Result<f64> {
+        let (t, step) = (&self.recipe.train, progress.step);
+        let by_source: Vec<(String, f64)> = self
+            .val
+            .iter()
+            .map(|(name, batches)| {
+                let loss =
+                    validation_loss(model, batches, t.micro_batch_size, t.seq_len, &self.device);
+                (name.clone(), loss)
+            })
+            .collect();
+        let val_loss = mix_weighted_loss(&by_source, &self.recipe, step);
+        logger.eval(&EvalRecord {
+            step,
+            val_loss,
+            val_ppl: val_loss.exp(),
+            tokens: progress.tokens,
+            val_loss_by_source: by_source.into_iter().collect(),
+        });
+        let e = &self.recipe.eval;
+        for i in 0..e.samples {
+            let options = SampleOptions {
+                max_new_tokens: e.sample_max_new_tokens,
+                temperature: e.sample_temperature,
+                top_k: Some(50),
+                top_p: None,
+                seed: t.seed ^ (step << 8) ^ i as u64,
+            };
+            let text = self.sample(model, &e.sample_prompt, &options)?;
+            logger.info(&format!("sample: {text}"));
+            logger.record(&serde_json::json!({"step": step, "sample": text}));
+        }
+        Ok(val_loss)
+    }
+
+    fn sample(&self, model: &Model<B>, prompt: &str, options: &SampleOptions) -> Result<String> {
+        let (config, tokenizer) = (&self.config, &self.tokenizer);
+        sample_text(
+            model,
+            config,
+            tokenizer,
+            prompt,
+            options,
+            self.eot,
+            &self.device,
+        )
+    }
+
+    /// Writes `ckpt/step-N` (model, optimizer, loader position, recipe, tokenizer).
+    fn save_checkpoint(
+        &self,
+        model: &Model<AB<B>>,
+        optimizer: &AdamW<B>,
+        loader: MixState,
+        progress: &Progress,
+    ) -> Result<PathBuf> {
+        let step = progress.step;
         let state = TrainState {
             step,
-            tokens,
+            tokens: progress.tokens,
             loader,
             optimizer_step: optimizer.step,
-            elapsed_s: elapsed,
-            seed: recipe.train.seed,
-            world_size: dist.world_size,
+            elapsed_s: progress.elapsed(),
+            seed: self.recipe.train.seed,
+            world_size: self.dist.world_size,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // Never write a checkpoint that could not be trained on (the step guard keeps NaN out of
@@ -378,241 +798,55 @@ pub fn run<B: Backend>(
         if let Some(bad) = first_nonfinite(&model_tensors).or(first_nonfinite(&optimizer_tensors)) {
             bail!(
                 "not writing the checkpoint of step {step}: `{bad}` has non-finite values ({})",
-                last_good(&run_dir)
+                last_good(&self.run_dir)
             );
         }
         let dir = checkpoint::save(
-            &run_dir,
+            &self.run_dir,
             &CheckpointFiles {
                 model: &model_tensors,
                 optimizer: &optimizer_tensors,
                 state: &state,
-                hf_config: &config.to_hf_config(eot, eot, "float32"),
-                recipe_yaml: &recipe_yaml,
-                tokenizer_json: &tokenizer_path,
+                hf_config: &self.config.to_hf_config(self.eot, self.eot, "float32"),
+                recipe_yaml: &self.recipe_yaml,
+                tokenizer_json: &self.tokenizer_path,
             },
-            recipe.checkpoint.keep_last,
+            self.recipe.checkpoint.keep_last,
         )?;
         Ok(dir)
-    };
-
-    // Batches are read on a background thread, a few steps ahead; `loader.state()` is the
-    // position after the last batch actually trained on, which is what checkpoints save.
-    let mut epochs_seen: Vec<u64> = loader.state().sources.iter().map(|c| c.epoch).collect();
-    let mut loader = Prefetcher::new(loader, PREFETCH_DEPTH);
-    let started = Instant::now();
-    let mut interval_start = Instant::now();
-    let mut interval_tokens = 0u64;
-    let mut last_loss = None;
-    let mut last_val_loss = None;
-    let mut last_saved = resumed_from;
-    let mut stopped_early = false;
-    let mut consecutive_skips = 0u64;
-
-    while step < total_steps {
-        let lr = schedule.lr_at(step);
-        // Forward/backward over the micro-batches, clipping, AdamW: no host sync.
-        let (next, out) = train_step(
-            model,
-            &mut optimizer,
-            lr,
-            step_shape,
-            &NextToken,
-            &mut SingleWorker,
-            &mut || loader.next(),
-            &device,
-        );
-        model = next;
-        let StepOutput {
-            loss: step_loss,
-            grad_norm,
-            skipped_nonfinite,
-        } = out;
-        step += 1;
-        tokens += tokens_per_step;
-        interval_tokens += tokens_per_step;
-        if let Some((loss, norm)) = skipped_nonfinite {
-            let what = format!(
-                "step {step}: loss {loss}, grad_norm {norm}: not finite, the update was not applied"
-            );
-            consecutive_skips += 1;
-            if t.on_nonfinite == OnNonFinite::Stop {
-                bail!(
-                    "{what}; training stopped ({}). Lower train.optimizer.lr, check the data, or \
-                     set train.on_nonfinite: skip_step",
-                    last_good(&run_dir)
-                );
-            }
-            if consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
-                bail!(
-                    "{what}; {consecutive_skips} steps in a row were not finite, training stopped \
-                     ({}). Lower train.optimizer.lr or check the data",
-                    last_good(&run_dir)
-                );
-            }
-            logger.info(&format!("{what} (train.on_nonfinite: skip_step)"));
-        } else {
-            consecutive_skips = 0;
-        }
-
-        let stop_signal = crate::signals::requested();
-        let stop_now = stop_signal.is_some();
-        if stop_now {
-            crate::signals::announce();
-        }
-        let last_step = step == total_steps;
-        let log_due = step.is_multiple_of(t.log_every_steps) || last_step || stop_now;
-        let ckpt_due = (recipe.checkpoint.every_steps > 0
-            && step.is_multiple_of(recipe.checkpoint.every_steps))
-            || last_step
-            || stop_now;
-        if log_due || ckpt_due {
-            // A non-finite loss never gets here unnoticed: `train_step`'s guard refused the step
-            // (above). The value was already read back by the guard, so this is no extra sync.
-            let loss: f64 = step_loss.into_scalar().elem();
-            last_loss = Some(loss);
-            if log_due && dist.is_main() {
-                let position = loader.state();
-                for (c, seen) in position.sources.iter().zip(&mut epochs_seen) {
-                    if c.epoch > *seen {
-                        logger.info(&format!(
-                            "data: source `{}` is in epoch {} (its shards are being reshuffled and repeated)",
-                            c.name,
-                            c.epoch + 1
-                        ));
-                        *seen = c.epoch;
-                    }
-                }
-                let dt = interval_start.elapsed().as_secs_f64().max(1e-9);
-                let tokens_per_s = interval_tokens as f64 / dt;
-                let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-                let remaining = (total_steps - step) as f64 * tokens_per_step as f64 / tokens_per_s;
-                logger.train(&TrainRecord {
-                    step,
-                    loss,
-                    lr,
-                    grad_norm: grad_norm.map(|n| n.into_scalar().elem::<f64>()),
-                    tokens,
-                    tokens_per_s,
-                    mfu: metrics::mfu(tokens_per_s * flops_per_token as f64, peak_flops),
-                    elapsed_s: elapsed,
-                    eta_s: remaining,
-                    peak_rss_mb: metrics::peak_rss_mb(),
-                    device_mem_mb: crate::backend::device_memory_mb::<B>(&device),
-                    tokens_by_source: position
-                        .sources
-                        .iter()
-                        .map(|c| (c.name.clone(), c.windows * t.seq_len as u64))
-                        .collect(),
-                    epochs_by_source: position
-                        .sources
-                        .iter()
-                        .map(|c| (c.name.clone(), c.epoch))
-                        .collect(),
-                });
-                interval_start = Instant::now();
-                interval_tokens = 0;
-            }
-        }
-        logger.set_step(step);
-
-        let eval_due = recipe.eval.every_steps > 0
-            && (step.is_multiple_of(recipe.eval.every_steps) || last_step);
-        if eval_due && dist.is_main() && !val.is_empty() {
-            let pause = Instant::now();
-            let valid = model.valid();
-            let by_source: Vec<(String, f64)> = val
-                .iter()
-                .map(|(name, batches)| {
-                    let loss =
-                        validation_loss(&valid, batches, t.micro_batch_size, t.seq_len, &device);
-                    (name.clone(), loss)
-                })
-                .collect();
-            let val_loss = mix_weighted_loss(&by_source, &recipe, step);
-            last_val_loss = Some(val_loss);
-            logger.eval(&EvalRecord {
-                step,
-                val_loss,
-                val_ppl: val_loss.exp(),
-                tokens,
-                val_loss_by_source: by_source.into_iter().collect(),
-            });
-            for i in 0..recipe.eval.samples {
-                let text = sample_text(
-                    &valid,
-                    &config,
-                    &tokenizer,
-                    &recipe.eval.sample_prompt,
-                    &SampleOptions {
-                        max_new_tokens: recipe.eval.sample_max_new_tokens,
-                        temperature: recipe.eval.sample_temperature,
-                        top_k: Some(50),
-                        top_p: None,
-                        seed: t.seed ^ (step << 8) ^ i as u64,
-                    },
-                    eot,
-                    &device,
-                )?;
-                logger.info(&format!("sample: {text}"));
-                logger.record(&serde_json::json!({"step": step, "sample": text}));
-            }
-            // Evaluation time does not count towards training throughput.
-            interval_start += pause.elapsed();
-        }
-
-        if ckpt_due && dist.is_main() && last_saved != Some(step) {
-            let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-            let dir = save_ckpt(&model, &optimizer, loader.state(), step, tokens, elapsed)?;
-            last_saved = Some(step);
-            logger.info(&format!("checkpoint: {}", dir.display()));
-        }
-        pause_for_tests(&run_dir, step);
-        if let Some(signal) = stop_signal {
-            logger.info(&format!(
-                "stopped by {} at step {step}; continue with --resume",
-                crate::signals::name(signal)
-            ));
-            stopped_early = true;
-            break;
-        }
     }
-    logger.finish();
 
-    let mut summary = RunSummary {
-        run_dir: run_dir.clone(),
-        steps: step,
-        last_loss,
-        last_val_loss,
-        stopped_early,
-        stop_signal: crate::signals::requested().filter(|_| stopped_early),
-        export_dir: None,
-        sample: None,
-    };
-    if !stopped_early && recipe.export.enabled && dist.is_main() {
-        let export_dir = run_dir.join("export");
+    /// The summary, after the export and its sample unless the run was stopped early.
+    fn finish(&self, model: &Model<AB<B>>, progress: Progress) -> Result<RunSummary> {
+        let mut summary = RunSummary {
+            run_dir: self.run_dir.clone(),
+            steps: progress.step,
+            last_loss: progress.last_loss,
+            last_val_loss: progress.last_val_loss,
+            stopped_early: progress.stopped_early,
+            stop_signal: crate::signals::requested().filter(|_| progress.stopped_early),
+            export_dir: None,
+            sample: None,
+        };
+        let export = &self.recipe.export;
+        if progress.stopped_early || !export.enabled || !self.dist.is_main() {
+            return Ok(summary);
+        }
+        let export_dir = self.run_dir.join("export");
         let valid = model.valid();
-        let dtype = match recipe.export.dtype {
+        let dtype = match export.dtype {
             ExportDtype::F32 => kiln_arch::SafetensorsDtype::F32,
             ExportDtype::Bf16 => kiln_arch::SafetensorsDtype::Bf16,
         };
-        export_model(&valid, &config, &tokenizer, &export_dir, dtype)?;
+        export_model(&valid, &self.config, &self.tokenizer, &export_dir, dtype)?;
         metrics::log_line(&format!("export: {}", export_dir.display()));
-        if !recipe.export.sample_prompt.is_empty() {
-            let text = sample_text(
-                &valid,
-                &config,
-                &tokenizer,
-                &recipe.export.sample_prompt,
-                &SampleOptions::greedy(recipe.export.sample_max_new_tokens),
-                eot,
-                &device,
-            )?;
-            summary.sample = Some(text);
+        if !export.sample_prompt.is_empty() {
+            let options = SampleOptions::greedy(export.sample_max_new_tokens);
+            summary.sample = Some(self.sample(&valid, &export.sample_prompt, &options)?);
         }
         summary.export_dir = Some(export_dir);
+        Ok(summary)
     }
-    Ok(summary)
 }
 
 /// Validation loss over sources, weighted by the mix in force at `step` (a source with no
