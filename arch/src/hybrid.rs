@@ -29,7 +29,7 @@
 use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{FloatDType, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -38,8 +38,8 @@ use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
 use crate::layers::{
-    causal_attention, fused_enabled, repeat_kv, rope_attention, Attention, Builder, KvCache,
-    Linear, Mlp, RmsNorm,
+    causal_attention, fused_enabled, repeat_kv, rope_attention, Attention, Builder, ForwardCtx,
+    KvCache, Linear, Mlp, RmsNorm,
 };
 use crate::llama::Materialize;
 use crate::mamba::{MambaConfig, MambaLayerState, MambaMixer, ScanMode};
@@ -504,7 +504,7 @@ impl HybridConfig {
             lm_head: (!self.tie_word_embeddings)
                 .then(|| vb.linear_normal("lm_head", d, self.vocab_size, std)),
             config: self.clone(),
-            compute_dtype: FloatDType::F32,
+            ctx: ForwardCtx::default(),
         };
         model.visit(&mut Materialize);
         model
@@ -531,12 +531,14 @@ impl<B: Backend> JambaMamba<B> {
         &self,
         u: Tensor<B, 3>,
         state: Option<MambaLayerState<B>>,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
         self.mixer.forward_with_norms(
             u,
             state,
             ScanMode::Sequential,
             Some([&self.dt_layernorm, &self.b_layernorm, &self.c_layernorm]),
+            ctx,
         )
     }
 }
@@ -547,6 +549,7 @@ fn attention_no_rope<B: Backend>(
     attn: &Attention<B>,
     x: Tensor<B, 3>,
     past: Option<KvCache<B>>,
+    ctx: &ForwardCtx,
 ) -> (Tensor<B, 3>, KvCache<B>) {
     let [b, s, d] = x.dims();
     let (nh, nkv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
@@ -554,9 +557,12 @@ fn attention_no_rope<B: Backend>(
     if past.is_none() && fused_enabled(&x) {
         // Training / evaluation on the CPU: kiln's fused attention kernel (without RoPE), whose
         // backward beats burn's unfused one.
-        let q = attn.q_proj.forward(x.clone()).reshape([b, s, nh * hd]);
-        let k = attn.k_proj.forward(x.clone()).reshape([b, s, nkv * hd]);
-        let v = attn.v_proj.forward(x).reshape([b, s, nkv * hd]);
+        let q = attn.q_proj.forward(x.clone(), ctx).reshape([b, s, nh * hd]);
+        let k = attn
+            .k_proj
+            .forward(x.clone(), ctx)
+            .reshape([b, s, nkv * hd]);
+        let v = attn.v_proj.forward(x, ctx).reshape([b, s, nkv * hd]);
         let y = rope_attention(q, k.clone(), v.clone(), None, nh, nkv, hd); // [b, s, nh·hd]
         let heads = |t: Tensor<B, 3>| t.reshape([b, s, nkv, hd]).swap_dims(1, 2); // [b, nkv, s, hd]
         let cache = KvCache {
@@ -565,12 +571,12 @@ fn attention_no_rope<B: Backend>(
         };
         let out = attn
             .o_proj
-            .forward(y.reshape([b * s, nh * hd]))
+            .forward(y.reshape([b * s, nh * hd]), ctx)
             .reshape([b, s, d]);
         return (out, cache);
     }
     let heads = |lin: &Linear<B>, n: usize| {
-        lin.forward(x.clone())
+        lin.forward(x.clone(), ctx)
             .reshape([b, s, n, hd])
             .swap_dims(1, 2) // [b, n, s, hd]
     };
@@ -589,7 +595,7 @@ fn attention_no_rope<B: Backend>(
     };
     let y = causal_attention(q, repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv)); // [b, nh, s, hd]
     let y = y.swap_dims(1, 2).reshape([b * s, nh * hd]);
-    (attn.o_proj.forward(y).reshape([b, s, d]), cache)
+    (attn.o_proj.forward(y, ctx).reshape([b, s, d]), cache)
 }
 
 /// One layer: `h += mixer(input_layernorm(h)); h += feed_forward(pre_ff_layernorm(h))`. Exactly
@@ -618,22 +624,22 @@ pub enum HybridLayerState<B: Backend> {
 }
 
 impl<B: Backend> HybridLayer<B> {
-    /// The mixer and the MLP compute in `compute` (the norms hand them that dtype); their
+    /// The mixer and the MLP compute in `ctx.compute` (the norms hand them that dtype); their
     /// outputs are added to the residual stream in its own dtype.
     fn forward(
         &self,
         h: Tensor<B, 3>,
         state: Option<HybridLayerState<B>>,
-        compute: FloatDType,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, HybridLayerState<B>) {
-        let x = self.input_layernorm.forward_as(h.clone(), compute);
+        let x = self.input_layernorm.forward_as(h.clone(), ctx.compute);
         let (y, state) = match (&self.self_attn, &self.mamba) {
             (Some(attn), _) => {
                 let past = match state {
                     Some(HybridLayerState::Attention(kv)) => Some(kv),
                     _ => None,
                 };
-                let (y, kv) = attention_no_rope(attn, x, past);
+                let (y, kv) = attention_no_rope(attn, x, past, ctx);
                 (y, HybridLayerState::Attention(kv))
             }
             (None, Some(mamba)) => {
@@ -641,15 +647,16 @@ impl<B: Backend> HybridLayer<B> {
                     Some(HybridLayerState::Mamba(s)) => Some(s),
                     _ => None,
                 };
-                let (y, s) = mamba.forward(x, past);
+                let (y, s) = mamba.forward(x, past, ctx);
                 (y, HybridLayerState::Mamba(s))
             }
             (None, None) => panic!("hybrid layer without a mixer"),
         };
         let h = residual_add(h, y);
-        let y = self
-            .feed_forward
-            .forward(self.pre_ff_layernorm.forward_as(h.clone(), compute));
+        let y = self.feed_forward.forward(
+            self.pre_ff_layernorm.forward_as(h.clone(), ctx.compute),
+            ctx,
+        );
         (residual_add(h, y), state)
     }
 }
@@ -668,11 +675,9 @@ pub struct Hybrid<B: Backend> {
     /// The config this model was built from.
     #[module(skip)]
     pub config: HybridConfig,
-    /// Dtype of the matmuls and activations inside the layers (f32, or bf16 for mixed
-    /// precision); the residual stream keeps the parameters' dtype, the Mamba layers' selective
-    /// scan runs in f32. Set by [`crate::Model::with_precision`].
+    /// How the blocks compute (precision, quantizers); see [`ForwardCtx`].
     #[module(skip)]
-    pub compute_dtype: FloatDType,
+    pub ctx: ForwardCtx,
 }
 
 /// Generation state of a [`Hybrid`]: KV caches of attention layers, conv/SSM states of Mamba
@@ -685,7 +690,7 @@ impl<B: Backend> Hybrid<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embed_tokens.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None, self.compute_dtype).0;
+            h = layer.forward(h, None, &self.ctx).0;
         }
         self.logits(h)
     }
@@ -706,7 +711,7 @@ impl<B: Backend> Hybrid<B> {
         let dims = input_ids.dims();
         let h = self.embed_tokens.forward(input_ids);
         let h = cache.advance(dims, h, |i, h, state| {
-            self.layers[i].forward(h, state, self.compute_dtype)
+            self.layers[i].forward(h, state, &self.ctx)
         });
         self.logits(h)
     }
@@ -718,7 +723,7 @@ impl<B: Backend> Hybrid<B> {
             &self.embed_tokens,
             self.config.vocab_size,
             h,
-            self.compute_dtype,
+            &self.ctx,
         )
     }
 }
@@ -745,7 +750,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {
     }
 
     fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e].forward(h, None, self.compute_dtype).0
+        self.layers[e].forward(h, None, &self.ctx).0
     }
 
     fn inner_block_forward(
@@ -753,7 +758,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e].forward(h, None, inner.compute_dtype).0
+        inner.layers[e].forward(h, None, &inner.ctx).0
     }
 
     fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {

@@ -24,6 +24,29 @@ mod linear;
 pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};
 pub use linear::{AdapterPlan, Builder, FakeQuant, Linear, LoraPlan, LowRank, Targets};
 
+/// What a forward pass needs besides the token ids and the weights. A model holds one (set by
+/// [`crate::Model::with_precision`] and [`crate::Model::with_fake_quant`]) and hands it to every
+/// block and layer, so a new concern is a field here, not one more argument through four
+/// architectures. (The segment ids of packed sequences will join it with sequence packing.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardCtx {
+    /// Dtype of the blocks' matmuls and activations; the residual stream keeps the parameters'.
+    pub compute: FloatDType,
+    /// Linear layers that carry a fake quantizer apply it (quantization-aware training); off,
+    /// they compute with their float weights.
+    pub fake_quant: bool,
+}
+
+impl Default for ForwardCtx {
+    /// f32, quantizers on.
+    fn default() -> Self {
+        Self {
+            compute: FloatDType::F32,
+            fake_quant: true,
+        }
+    }
+}
+
 /// `t` as `dtype`; no cast op is recorded when it already is.
 pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
     if t.dtype() == DType::from(dtype) {
@@ -309,6 +332,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         past: Option<KvCache<B>>,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, KvCache<B>) {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -317,9 +341,9 @@ impl<B: Backend> Attention<B> {
         let split_heads = |t: Tensor<B, 3>, heads: usize| {
             t.reshape([b, s, heads, hd]).swap_dims(1, 2) // [b, heads, s, hd]
         };
-        let q = split_heads(self.q_proj.forward_rows(x.clone()), nh); // [b, nh, s, hd]
-        let k = split_heads(self.k_proj.forward_rows(x.clone()), nkv); // [b, nkv, s, hd]
-        let v = split_heads(self.v_proj.forward_rows(x), nkv); // [b, nkv, s, hd]
+        let q = split_heads(self.q_proj.forward_rows(x.clone(), ctx), nh); // [b, nh, s, hd]
+        let k = split_heads(self.k_proj.forward_rows(x.clone(), ctx), nkv); // [b, nkv, s, hd]
+        let v = split_heads(self.v_proj.forward_rows(x, ctx), nkv); // [b, nkv, s, hd]
         let q = rope.apply(q, offset);
         let k = rope.apply(k, offset);
 
@@ -339,20 +363,25 @@ impl<B: Backend> Attention<B> {
         let v = repeat_kv(v, nh / nkv); // [b, nh, t, hd]
         let y = causal_attention(q, k, v); // [b, nh, s, hd]
         let y = y.swap_dims(1, 2).reshape([b, s, nh * hd]); // [b, s, nh * hd]
-        (self.o_proj.forward_rows(y), cache) // [b, s, d]
+        (self.o_proj.forward_rows(y, ctx), cache) // [b, s, d]
     }
 
     /// [`Attention::forward`] for positions `0..s` without a KV cache (training, evaluation):
     /// the same values, through the fused kernels where they apply.
-    pub(crate) fn forward_uncached(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+    pub(crate) fn forward_uncached(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        ctx: &ForwardCtx,
+    ) -> Tensor<B, 3> {
         let [_, s, _] = x.dims();
         let [table_len, _] = rope.cos.dims();
         if !fused::enabled(&x) || s > table_len {
-            return self.forward(x, rope, None).0;
+            return self.forward(x, rope, None, ctx).0;
         }
-        let q = self.q_proj.forward_rows(x.clone()); // [b, s, nh * hd]
-        let k = self.k_proj.forward_rows(x.clone()); // [b, s, nkv * hd]
-        let v = self.v_proj.forward_rows(x); // [b, s, nkv * hd]
+        let q = self.q_proj.forward_rows(x.clone(), ctx); // [b, s, nh * hd]
+        let k = self.k_proj.forward_rows(x.clone(), ctx); // [b, s, nkv * hd]
+        let v = self.v_proj.forward_rows(x, ctx); // [b, s, nkv * hd]
         let y = fused::rope_attention(
             q,
             k,
@@ -362,7 +391,7 @@ impl<B: Backend> Attention<B> {
             self.n_kv_heads,
             self.head_dim,
         ); // [b, s, nh * hd]
-        self.o_proj.forward_rows(y) // [b, s, d]
+        self.o_proj.forward_rows(y, ctx) // [b, s, d]
     }
 }
 
@@ -388,11 +417,11 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// `[b, s, d] -> [b, s, d]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward_rows(x.clone()); // [b, s, ffn]
-        let up = self.up_proj.forward_rows(x); // [b, s, ffn]
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward_rows(x.clone(), ctx); // [b, s, ffn]
+        let up = self.up_proj.forward_rows(x, ctx); // [b, s, ffn]
         let hidden = silu_mul(gate, up); // [b, s, ffn]
-        self.down_proj.forward_rows(hidden) // [b, s, d]
+        self.down_proj.forward_rows(hidden, ctx) // [b, s, d]
     }
 }
 

@@ -74,8 +74,8 @@ pub use hf::{
 };
 pub use hybrid::{Hybrid, HybridCache, HybridConfig};
 pub use layers::{
-    float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, KvCache, Linear, LoraPlan, LowRank,
-    RmsNorm, Rope, Targets,
+    float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, ForwardCtx, KvCache, Linear, LoraPlan,
+    LowRank, RmsNorm, Rope, Targets,
 };
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
@@ -314,23 +314,40 @@ impl<B: Backend> Model<B> {
     /// Parameter ids and `require_grad` are kept, so optimizer state stays attached.
     pub fn with_precision(self, param_dtype: FloatDType, compute_dtype: FloatDType) -> Self {
         let mut model = self.map(&mut CastParams(param_dtype));
-        match &mut model {
-            Self::Llama(m) => m.compute_dtype = compute_dtype,
-            Self::Mamba(m) => m.compute_dtype = compute_dtype,
-            Self::Mamba2(m) => m.compute_dtype = compute_dtype,
-            Self::Hybrid(m) => m.compute_dtype = compute_dtype,
-        }
+        model.ctx_mut().compute = compute_dtype;
         model
+    }
+
+    /// Switches the linear layers' fake quantizers (quantization-aware training) on or off; off,
+    /// the model computes with its float weights. On by default; layers without a quantizer are
+    /// not affected.
+    pub fn with_fake_quant(mut self, on: bool) -> Self {
+        self.ctx_mut().fake_quant = on;
+        self
+    }
+
+    /// How the model computes: precision and quantizers (see [`ForwardCtx`]).
+    pub fn ctx(&self) -> &ForwardCtx {
+        match self {
+            Self::Llama(m) => &m.ctx,
+            Self::Mamba(m) => &m.ctx,
+            Self::Mamba2(m) => &m.ctx,
+            Self::Hybrid(m) => &m.ctx,
+        }
+    }
+
+    fn ctx_mut(&mut self) -> &mut ForwardCtx {
+        match self {
+            Self::Llama(m) => &mut m.ctx,
+            Self::Mamba(m) => &mut m.ctx,
+            Self::Mamba2(m) => &mut m.ctx,
+            Self::Hybrid(m) => &mut m.ctx,
+        }
     }
 
     /// The dtype the blocks compute in (see [`Model::with_precision`]).
     pub fn compute_dtype(&self) -> FloatDType {
-        match self {
-            Self::Llama(m) => m.compute_dtype,
-            Self::Mamba(m) => m.compute_dtype,
-            Self::Mamba2(m) => m.compute_dtype,
-            Self::Hybrid(m) => m.compute_dtype,
-        }
+        self.ctx().compute
     }
 }
 

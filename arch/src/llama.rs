@@ -27,7 +27,7 @@ use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
 use crate::layers::{
-    float_dtype, to_dtype, Attention, Builder, KvCache, Linear, Mlp, RmsNorm, Rope,
+    float_dtype, to_dtype, Attention, Builder, ForwardCtx, KvCache, Linear, Mlp, RmsNorm, Rope,
 };
 
 /// Llama hyper-parameters, keyed by the HF `config.json` names.
@@ -460,7 +460,7 @@ impl LlamaConfig {
                 .then(|| vb.linear_normal("lm_head", d, self.vocab_size, std)),
             rotary_emb: Rope::new(self.rope_theta, hd, self.max_position_embeddings, device),
             config: self.clone(),
-            compute_dtype: FloatDType::F32,
+            ctx: ForwardCtx::default(),
         };
         // burn initialises parameters lazily, on first use, and `Clone` of a still-lazy `Param`
         // clones the *initialiser*: a clone would later draw different random weights than the
@@ -502,30 +502,29 @@ impl<B: Backend> DecoderLayer<B> {
         h: Tensor<B, 3>,
         rope: &Rope<B>,
         past: Option<KvCache<B>>,
-        compute: FloatDType,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, KvCache<B>) {
         let residual = float_dtype(&h);
-        let x = self.input_layernorm.forward_as(h.clone(), compute);
-        let (attn, cache) = self.self_attn.forward(x, rope, past);
+        let x = self.input_layernorm.forward_as(h.clone(), ctx.compute);
+        let (attn, cache) = self.self_attn.forward(x, rope, past, ctx);
         let h = h + to_dtype(attn, residual); // [b, s, d]
-        let x = self.post_attention_layernorm.forward_as(h.clone(), compute);
-        let h = h + to_dtype(self.mlp.forward(x), residual);
+        let x = self
+            .post_attention_layernorm
+            .forward_as(h.clone(), ctx.compute);
+        let h = h + to_dtype(self.mlp.forward(x, ctx), residual);
         (h, cache)
     }
 
     /// [`DecoderLayer::forward`] for positions `0..s` with no cache to fill (training, evaluation).
-    fn forward_uncached(
-        &self,
-        h: Tensor<B, 3>,
-        rope: &Rope<B>,
-        compute: FloatDType,
-    ) -> Tensor<B, 3> {
+    fn forward_uncached(&self, h: Tensor<B, 3>, rope: &Rope<B>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let residual = float_dtype(&h);
-        let x = self.input_layernorm.forward_as(h.clone(), compute);
-        let attn = self.self_attn.forward_uncached(x, rope);
+        let x = self.input_layernorm.forward_as(h.clone(), ctx.compute);
+        let attn = self.self_attn.forward_uncached(x, rope, ctx);
         let h = h + to_dtype(attn, residual); // [b, s, d]
-        let x = self.post_attention_layernorm.forward_as(h.clone(), compute);
-        h + to_dtype(self.mlp.forward(x), residual)
+        let x = self
+            .post_attention_layernorm
+            .forward_as(h.clone(), ctx.compute);
+        h + to_dtype(self.mlp.forward(x, ctx), residual)
     }
 }
 
@@ -547,10 +546,9 @@ pub struct Llama<B: Backend> {
     /// The config this model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
-    /// Dtype of the matmuls and activations inside the blocks (f32, or bf16 for mixed precision);
-    /// the residual stream keeps the parameters' dtype. Set by [`crate::Model::with_precision`].
+    /// How the blocks compute (precision, quantizers); see [`ForwardCtx`].
     #[module(skip)]
-    pub compute_dtype: FloatDType,
+    pub ctx: ForwardCtx,
 }
 
 /// Generation cache for [`Llama`]: one `(k, v)` per EFFECTIVE layer (a shared block owns two
@@ -611,7 +609,7 @@ impl<B: Backend> Llama<B> {
         mut cache: Option<&mut LlamaCache<B>>,
     ) -> Tensor<B, 3> {
         let repeats = self.config.repeats();
-        let compute = self.compute_dtype;
+        let ctx = &self.ctx;
         let mut h = self.embed_tokens.forward(input_ids); // [b, s, d]
         for (e, layer) in self
             .layers
@@ -622,24 +620,25 @@ impl<B: Backend> Llama<B> {
             match cache.as_mut() {
                 Some(c) => {
                     let past = c.layers[e].take();
-                    let (next, kv) = layer.forward(h, &self.rotary_emb, past, compute);
+                    let (next, kv) = layer.forward(h, &self.rotary_emb, past, ctx);
                     h = next; // [b, s, d]
                     c.layers[e] = Some(kv);
                 }
-                None => h = layer.forward_uncached(h, &self.rotary_emb, compute), // [b, s, d]
+                None => h = layer.forward_uncached(h, &self.rotary_emb, ctx), // [b, s, d]
             }
         }
-        self.logits(h, compute)
+        self.logits(h, ctx)
     }
 
     /// Final norm and output head: hidden states `[b, s, d]` -> f32 logits `[b, s, vocab]`.
-    fn logits(&self, h: Tensor<B, 3>, compute: FloatDType) -> Tensor<B, 3> {
+    fn logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let [b, s, _] = h.dims();
+        let compute = ctx.compute;
         let h = self.norm.forward_as(h, compute); // [b, s, d]
         let d = self.config.hidden_size;
         let h = h.reshape([b * s, d]); // [b·s, d]
         let logits = match &self.lm_head {
-            Some(head) => head.forward(h), // [b·s, vocab]
+            Some(head) => head.forward(h, ctx), // [b·s, vocab]
             // Tied: logits = h · E^T with E = embed_tokens.weight [vocab, d].
             None => h.matmul(to_dtype(self.embed_tokens.weight.val(), compute).transpose()), // [b·s, vocab]
         };
@@ -699,7 +698,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Llama<B> {
 
     fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
         self.block(e)
-            .forward_uncached(h, &self.rotary_emb, self.compute_dtype)
+            .forward_uncached(h, &self.rotary_emb, &self.ctx)
     }
 
     fn inner_block_forward(
@@ -707,14 +706,10 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Llama<B> {
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e / inner.config.repeats()].forward_uncached(
-            h,
-            &inner.rotary_emb,
-            inner.compute_dtype,
-        )
+        inner.layers[e / inner.config.repeats()].forward_uncached(h, &inner.rotary_emb, &inner.ctx)
     }
 
     fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.logits(h, self.compute_dtype)
+        self.logits(h, &self.ctx)
     }
 }

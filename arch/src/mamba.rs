@@ -51,7 +51,7 @@ use crate::config_keys::ConfigKeys;
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
-use crate::layers::{float_dtype, to_dtype, Builder, Linear, RmsNorm};
+use crate::layers::{float_dtype, to_dtype, Builder, ForwardCtx, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
     uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
@@ -441,7 +441,7 @@ impl MambaConfig {
             // one (`scan_timing` in tests/mamba.rs); the chunked form is for backends where
             // per-op overhead dominates.
             scan: ScanMode::Sequential,
-            compute_dtype: FloatDType::F32,
+            ctx: ForwardCtx::default(),
         }
     }
 
@@ -594,8 +594,9 @@ impl<B: Backend> MambaMixer<B> {
         u: Tensor<B, 3>,
         state: Option<MambaLayerState<B>>,
         scan: ScanMode,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
-        self.forward_with_norms(u, state, scan, None)
+        self.forward_with_norms(u, state, scan, None, ctx)
     }
 
     /// [`MambaMixer::forward`], with Jamba's extra RMSNorms `[dt, B, C]` applied to the low-rank
@@ -607,6 +608,7 @@ impl<B: Backend> MambaMixer<B> {
         state: Option<MambaLayerState<B>>,
         scan: ScanMode,
         norms: Option<[&RmsNorm<B>; 3]>,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
         let [b, l, d] = u.dims();
         let [e, _] = self.A_log.dims();
@@ -618,7 +620,7 @@ impl<B: Backend> MambaMixer<B> {
 
         let xz = self
             .in_proj
-            .forward(u.reshape([b * l, d]))
+            .forward(u.reshape([b * l, d]), ctx)
             .reshape([b, l, 2 * e]);
         let z = xz.clone().narrow(2, e, e); // gate [b, l, E]
         let (x, conv_state) = causal_conv_silu(
@@ -628,7 +630,7 @@ impl<B: Backend> MambaMixer<B> {
             conv_past,
         ); // [b, l, E]
 
-        let dbc = self.x_proj.forward(x.clone().reshape([b * l, e])); // [b·l, R + 2N]
+        let dbc = self.x_proj.forward(x.clone().reshape([b * l, e]), ctx); // [b·l, R + 2N]
         let (delta, b_in, c_out) = (
             dbc.clone().narrow(1, 0, r), // δ [b·l, R]
             dbc.clone().narrow(1, r, n), // B [b·l, N]
@@ -646,7 +648,7 @@ impl<B: Backend> MambaMixer<B> {
         // inputs are cast up here, its gated output cast back to the compute dtype below.
         let compute = float_dtype(&x);
         let f32 = FloatDType::F32;
-        let dt = to_dtype(self.dt_proj.forward(delta), f32); // [b·l, E]
+        let dt = to_dtype(self.dt_proj.forward(delta, ctx), f32); // [b·l, E]
         let dt = softplus(dt).reshape([b, l, e]); // Δ > 0
         let b_in = to_dtype(b_in, f32).reshape([b, l, n]); // B [b, l, N]
         let c_out = to_dtype(c_out, f32).reshape([b, l, n]); // C [b, l, N]
@@ -686,7 +688,7 @@ impl<B: Backend> MambaMixer<B> {
         let y = to_dtype(y, compute);
         let out = self
             .out_proj
-            .forward(y.reshape([b * l, e]))
+            .forward(y.reshape([b * l, e]), ctx)
             .reshape([b, l, d]);
         (
             out,
@@ -870,11 +872,14 @@ impl<B: Backend> MambaBlock<B> {
         h: Tensor<B, 3>,
         state: Option<MambaLayerState<B>>,
         scan: ScanMode,
-        compute: FloatDType,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, MambaLayerState<B>) {
-        let (y, state) = self
-            .mixer
-            .forward(self.norm.forward_as(h.clone(), compute), state, scan);
+        let (y, state) = self.mixer.forward(
+            self.norm.forward_as(h.clone(), ctx.compute),
+            state,
+            scan,
+            ctx,
+        );
         (residual_add(h, y), state)
     }
 }
@@ -897,11 +902,9 @@ pub struct Mamba<B: Backend> {
     /// How [`Mamba::forward`] runs the scan.
     #[module(skip)]
     pub scan: ScanMode,
-    /// Dtype of the matmuls, convolution and activations inside the blocks (f32, or bf16 for
-    /// mixed precision); the residual stream keeps the parameters' dtype and the selective scan
-    /// runs in f32. Set by [`crate::Model::with_precision`].
+    /// How the blocks compute (precision, quantizers); see [`ForwardCtx`].
     #[module(skip)]
-    pub compute_dtype: FloatDType,
+    pub ctx: ForwardCtx,
 }
 
 /// Generation state of a [`Mamba`]: per layer, the convolution and SSM states. Constant size,
@@ -920,7 +923,7 @@ impl<B: Backend> Mamba<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids); // [b, l, d]
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan, self.compute_dtype).0;
+            h = layer.forward(h, None, self.scan, &self.ctx).0;
         }
         self.logits(h)
     }
@@ -951,7 +954,7 @@ impl<B: Backend> Mamba<B> {
         };
         let h = self.embeddings.forward(input_ids); // [b, l, d]
         let h = cache.advance(dims, h, |i, h, state| {
-            self.layers[i].forward(h, state, scan, self.compute_dtype)
+            self.layers[i].forward(h, state, scan, &self.ctx)
         });
         self.logits(h)
     }
@@ -964,7 +967,7 @@ impl<B: Backend> Mamba<B> {
             &self.embeddings,
             self.config.vocab_size,
             h,
-            self.compute_dtype,
+            &self.ctx,
         )
     }
 }
@@ -991,9 +994,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba<B> {
     }
 
     fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e]
-            .forward(h, None, self.scan, self.compute_dtype)
-            .0
+        self.layers[e].forward(h, None, self.scan, &self.ctx).0
     }
 
     fn inner_block_forward(
@@ -1001,9 +1002,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba<B> {
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e]
-            .forward(h, None, inner.scan, inner.compute_dtype)
-            .0
+        inner.layers[e].forward(h, None, inner.scan, &inner.ctx).0
     }
 
     fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {

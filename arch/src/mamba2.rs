@@ -50,7 +50,7 @@ use crate::config_keys::{unsupported, ConfigKeys};
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
-use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, Linear, RmsNorm};
+use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, ForwardCtx, Linear, RmsNorm};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
     uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
@@ -489,7 +489,7 @@ impl Mamba2Config {
             scan: SsdMode::Chunked {
                 chunk: self.chunk_size,
             },
-            compute_dtype: FloatDType::F32,
+            ctx: ForwardCtx::default(),
         }
     }
 
@@ -638,6 +638,7 @@ impl<B: Backend> Mamba2Mixer<B> {
         u: Tensor<B, 3>,
         state: Option<Mamba2LayerState<B>>,
         mode: SsdMode,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, Mamba2LayerState<B>) {
         let [b, l, d] = u.dims();
         let (h, p, g, n) = (
@@ -652,10 +653,10 @@ impl<B: Backend> Mamba2Mixer<B> {
             Some(s) => (Some(s.conv), Some(s.ssm)),
             None => (None, None),
         };
-        let proj = self
-            .in_proj
-            .forward(u.reshape([b * l, d]))
-            .reshape([b, l, e + conv_dim + h]);
+        let proj =
+            self.in_proj
+                .forward(u.reshape([b * l, d]), ctx)
+                .reshape([b, l, e + conv_dim + h]);
         let z = proj.clone().narrow(2, 0, e);
         let (xbc, conv_state) = causal_conv_silu(
             &self.conv1d,
@@ -695,7 +696,7 @@ impl<B: Backend> Mamba2Mixer<B> {
         let y = to_dtype(self.gated_norm(y.reshape([b, l, e]), z), compute);
         let out = self
             .out_proj
-            .forward(y.reshape([b * l, e]))
+            .forward(y.reshape([b * l, e]), ctx)
             .reshape([b, l, d]);
         (
             out,
@@ -983,11 +984,14 @@ impl<B: Backend> Mamba2Block<B> {
         h: Tensor<B, 3>,
         state: Option<Mamba2LayerState<B>>,
         mode: SsdMode,
-        compute: FloatDType,
+        ctx: &ForwardCtx,
     ) -> (Tensor<B, 3>, Mamba2LayerState<B>) {
-        let (y, state) = self
-            .mixer
-            .forward(self.norm.forward_as(h.clone(), compute), state, mode);
+        let (y, state) = self.mixer.forward(
+            self.norm.forward_as(h.clone(), ctx.compute),
+            state,
+            mode,
+            ctx,
+        );
         (residual_add(h, y), state)
     }
 }
@@ -1009,11 +1013,9 @@ pub struct Mamba2<B: Backend> {
     /// How [`Mamba2::forward`] computes the recurrence (default: chunks of `chunk_size`).
     #[module(skip)]
     pub scan: SsdMode,
-    /// Dtype of the matmuls, convolution and activations inside the blocks (f32, or bf16 for
-    /// mixed precision); the residual stream keeps the parameters' dtype and the recurrence runs
-    /// in f32. Set by [`crate::Model::with_precision`].
+    /// How the blocks compute (precision, quantizers); see [`ForwardCtx`].
     #[module(skip)]
-    pub compute_dtype: FloatDType,
+    pub ctx: ForwardCtx,
 }
 
 /// Generation state of a [`Mamba2`]: per layer, conv window and SSM state (constant size). Under
@@ -1031,7 +1033,7 @@ impl<B: Backend> Mamba2<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan, self.compute_dtype).0;
+            h = layer.forward(h, None, self.scan, &self.ctx).0;
         }
         self.logits(h)
     }
@@ -1057,7 +1059,7 @@ impl<B: Backend> Mamba2<B> {
         };
         let h = self.embeddings.forward(input_ids);
         let h = cache.advance(dims, h, |i, h, state| {
-            self.layers[i].forward(h, state, mode, self.compute_dtype)
+            self.layers[i].forward(h, state, mode, &self.ctx)
         });
         self.logits(h)
     }
@@ -1069,7 +1071,7 @@ impl<B: Backend> Mamba2<B> {
             &self.embeddings,
             self.config.vocab_size,
             h,
-            self.compute_dtype,
+            &self.ctx,
         )
     }
 }
@@ -1096,9 +1098,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {
     }
 
     fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e]
-            .forward(h, None, self.scan, self.compute_dtype)
-            .0
+        self.layers[e].forward(h, None, self.scan, &self.ctx).0
     }
 
     fn inner_block_forward(
@@ -1106,9 +1106,7 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e]
-            .forward(h, None, inner.scan, inner.compute_dtype)
-            .0
+        inner.layers[e].forward(h, None, inner.scan, &inner.ctx).0
     }
 
     fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {

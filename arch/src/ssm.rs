@@ -9,7 +9,9 @@ use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, FloatDType, Tensor};
 
-use crate::layers::{float_dtype, fused_enabled, fused_mamba, to_dtype, Linear, RmsNorm};
+use crate::layers::{
+    float_dtype, fused_enabled, fused_mamba, to_dtype, ForwardCtx, Linear, RmsNorm,
+};
 use burn::tensor::activation::silu;
 
 /// Depthwise causal convolution (kernel `k`, weight `[C, 1, K]`, optional bias `[C]`) on `x`
@@ -141,8 +143,8 @@ pub(crate) fn normal_param<B: Backend, const D: usize>(
 }
 
 /// Final norm and head: `h` `[b, l, d]` -> f32 logits `[b, l, vocab]`; without a head, tied:
-/// `h · Eᵀ` with `E = embedding.weight` `[vocab, d]`. The norm hands the head `compute` (its
-/// statistics are f32); the head's matmul runs in `compute`, the logits are cast to f32 (the loss
+/// `h · Eᵀ` with `E = embedding.weight` `[vocab, d]`. The norm hands the head `ctx.compute` (its
+/// statistics are f32); the head's matmul runs in it, the logits are cast to f32 (the loss
 /// is computed in f32 whatever the compute dtype), as [`crate::Llama`] does.
 pub(crate) fn norm_head_logits<B: Backend>(
     norm: &RmsNorm<B>,
@@ -150,12 +152,13 @@ pub(crate) fn norm_head_logits<B: Backend>(
     embedding: &Embedding<B>,
     vocab_size: usize,
     h: Tensor<B, 3>,
-    compute: FloatDType,
+    ctx: &ForwardCtx,
 ) -> Tensor<B, 3> {
     let [b, l, d] = h.dims();
+    let compute = ctx.compute;
     let h = norm.forward_as(h, compute).reshape([b * l, d]); // [b·l, d]
     let logits = match lm_head {
-        Some(head) => head.forward(h),
+        Some(head) => head.forward(h, ctx),
         None => h.matmul(to_dtype(embedding.weight.val(), compute).transpose()),
     }; // [b·l, vocab]
     to_dtype(logits.reshape([b, l, vocab_size]), FloatDType::F32)

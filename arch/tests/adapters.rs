@@ -7,12 +7,12 @@ mod common;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 use common::{
-    ids, max_abs_diff, param_paths, pseudo_random, tiny_config, tiny_hybrid, tiny_mamba,
-    tiny_mamba2, to_vec, B,
+    ids, lock_backend_rng, max_abs_diff, param_paths, pseudo_random, tiny_config, tiny_hybrid,
+    tiny_mamba, tiny_mamba2, to_vec, B,
 };
 use kiln_arch::{
-    AdapterPlan, Builder, LlamaConfig, LoraPlan, Mamba2Config, MambaConfig, Model, ModelConfig,
-    Targets,
+    AdapterPlan, Builder, FakeQuant, ForwardCtx, LlamaConfig, LoraPlan, Mamba2Config, MambaConfig,
+    Model, ModelConfig, Targets,
 };
 
 fn configs() -> Vec<(&'static str, ModelConfig)> {
@@ -135,6 +135,7 @@ impl ModuleMapper<B> for SetLoraB {
 
 #[test]
 fn every_projection_of_every_architecture_carries_its_adapter() {
+    let _rng = lock_backend_rng();
     for (name, config) in configs() {
         let plain = build(&config, &AdapterPlan::default());
         let adapted = build(&config, &lora_everywhere());
@@ -209,7 +210,7 @@ fn an_adapter_adds_exactly_its_low_rank_product() {
         ..layer
     };
     let x = Tensor::<B, 2>::from_data(TensorData::new(pseudo_random(3 * 6, 3), [3, 6]), &device);
-    let with = to_vec(layer.forward(x.clone()));
+    let with = to_vec(layer.forward(x.clone(), &ForwardCtx::default()));
     let base = to_vec(x.clone().matmul(layer.weight.val()));
     let a = layer.lora.as_ref().unwrap().lora_a.val();
     let product = to_vec(x.matmul(a).matmul(b).mul_scalar(2.0));
@@ -229,4 +230,34 @@ fn an_adapter_adds_exactly_its_low_rank_product() {
         None,
     );
     assert!(plain.lora.is_none());
+}
+
+/// The forward context switches every layer's fake quantizer: on (the default), 4-bit weights
+/// move every architecture's logits; off, the model is the plain one, bit for bit. So quantizers,
+/// like adapters, sit on every path (fused kernels included) and are decided in one place.
+#[test]
+fn the_forward_context_switches_fake_quantization_everywhere() {
+    let _rng = lock_backend_rng();
+    let plan = AdapterPlan {
+        lora: None,
+        fake_quant: Some((
+            FakeQuant {
+                bits: 4,
+                group_size: 0,
+            },
+            Targets::AllLinear,
+        )),
+    };
+    for (name, config) in configs() {
+        let plain = logits(&build(&config, &AdapterPlan::default()));
+        let quantized = build(&config, &plan);
+        assert!(quantized.ctx().fake_quant, "{name}: on by default");
+        let on = logits(&quantized);
+        assert!(
+            max_abs_diff(&on, &plain) > 1e-4,
+            "{name}: 4-bit weights change the logits"
+        );
+        let off = logits(&quantized.with_fake_quant(false));
+        assert_eq!(off, plain, "{name}: quantizers off is the float model");
+    }
 }

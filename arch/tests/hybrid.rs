@@ -78,6 +78,30 @@ fn config_matches_hf() {
     assert!(HybridConfig::from_hf_config(&moe).is_err());
     moe["model_type"] = "mamba".into();
     assert!(HybridConfig::from_hf_config(&moe).is_err());
+
+    // Absent keys take `JambaConfig`'s defaults; `num_key_value_heads` absent is 8, `null` is
+    // `num_attention_heads` (transformers' `__post_init__`).
+    let minimal = serde_json::json!({"model_type": "jamba", "num_experts": 1});
+    let c = HybridConfig::from_hf_config(&minimal).unwrap();
+    assert_eq!(
+        (c.hidden_size, c.num_hidden_layers, c.vocab_size),
+        (4096, 32, 65536)
+    );
+    assert_eq!((c.num_attention_heads, c.num_key_value_heads), (32, 8));
+    assert_eq!(
+        (c.attn_layer_period, c.attn_layer_offset, c.mamba_dt_rank),
+        (8, 4, 256)
+    );
+    assert_eq!((c.rms_norm_eps, c.max_position_embeddings), (1e-6, 262144));
+    let mut null_kv = minimal.clone();
+    null_kv["num_key_value_heads"] = serde_json::Value::Null;
+    let c = HybridConfig::from_hf_config(&null_kv).unwrap();
+    assert_eq!(c.num_key_value_heads, 32);
+    // A value of the wrong type names its key.
+    let mut bad = minimal;
+    bad["mamba_d_state"] = "sixteen".into();
+    let e = HybridConfig::from_hf_config(&bad).unwrap_err().to_string();
+    assert!(e.contains("mamba_d_state"), "{e}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use kiln_arch::layers::{causal_attention, repeat_kv, rotate_half, RmsNorm, Rope};
+use kiln_arch::layers::{causal_attention, repeat_kv, rotate_half, ForwardCtx, RmsNorm, Rope};
 
 /// Plain-Rust rotate-half RoPE of one head vector at position `p` (f64 maths).
 fn rope_ref(x: &[f32], p: usize, theta: f64) -> Vec<f32> {
@@ -217,12 +217,14 @@ fn attention_layer_matches_reference_with_gqa_and_cache() {
         tensor(x_all[..s_past * d].to_vec(), [1, s_past, d]),
         rope,
         None,
+        &ForwardCtx::default(),
     );
     assert_eq!(cache.len(), s_past);
     let (out, cache) = attn.forward(
         tensor(x_all[s_past * d..].to_vec(), [1, s, d]),
         rope,
         Some(cache),
+        &ForwardCtx::default(),
     );
     assert_eq!(cache.len(), t);
     let out = to_vec(out); // [s, d]

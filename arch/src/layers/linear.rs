@@ -19,7 +19,7 @@ use burn::tensor::{FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{float_dtype, to_dtype};
+use super::{float_dtype, to_dtype, ForwardCtx};
 
 /// A linear layer `[.., d_in] -> [.., d_out]` with an optional bias, adapter and fake quantizer.
 /// Field names follow HF (`weight`, `bias`), so module paths are the HF tensor names.
@@ -77,10 +77,10 @@ impl<B: Backend> Linear<B> {
     ///
     /// Mixed precision lives here: when `x` is in the compute dtype (bf16) and the master weight in
     /// f32, the weight is cast for the matmul and its gradient is cast back to f32 by autodiff.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &ForwardCtx) -> Tensor<B, 2> {
         let dtype = float_dtype(&x);
         let mut weight = self.weight.val(); // [d_in, d_out]
-        if let Some(quant) = self.fake_quant {
+        if let Some(quant) = self.fake_quant.filter(|_| ctx.fake_quant) {
             weight = quant.apply(weight);
         }
         let bias = self.bias.as_ref().map(|b| b.val());
@@ -102,9 +102,9 @@ impl<B: Backend> Linear<B> {
     /// [`Linear::forward`] on the rows of `x` `[b, s, d_in]` -> `[b, s, d_out]`, as one 2-D
     /// matmul: burn's 3-D linear is a batched matmul against the broadcast weight, whose weight
     /// gradient is a per-batch matmul followed by a sum, where the 2-D form is one product.
-    pub fn forward_rows(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward_rows(&self, x: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
-        let y = self.forward(x.reshape([b * s, d])); // [b·s, d_out]
+        let y = self.forward(x.reshape([b * s, d]), ctx); // [b·s, d_out]
         let d_out = y.dims()[1];
         y.reshape([b, s, d_out])
     }

@@ -11,6 +11,14 @@ pub mod parity;
 
 pub type B = Flex;
 
+/// Held by a test that seeds the backend and draws parameters from it: the backend's RNG is one
+/// per process and tests run on parallel threads, so two such tests would take each other's draws.
+/// (Lazily initialised parameters are drawn at first use, so hold it until the model is used.)
+pub fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// 2 unique blocks, d = 32, 4 query / 2 kv heads of 8, FFN 48, vocab 61.
 pub fn tiny_config() -> LlamaConfig {
     LlamaConfig {
