@@ -299,14 +299,7 @@ impl MambaConfig {
 
     /// How module paths become `MambaForCausalLM` tensor names (see [`crate::hf`]).
     pub fn hf_mapping(&self) -> HfMapping {
-        HfMapping {
-            prefix: "backbone.",
-            renames: &[],
-            layer_repeats: 1,
-            embedding: "embeddings.weight",
-            tie_word_embeddings: self.tie_word_embeddings,
-            ignored_suffixes: &[],
-        }
+        crate::ssm::backbone_hf_mapping(self.tie_word_embeddings)
     }
 
     /// HF `config.json` for `MambaForCausalLM`.

@@ -304,14 +304,7 @@ impl Mamba2Config {
 
     /// How module paths become `Mamba2ForCausalLM` tensor names (see [`crate::hf`]).
     pub fn hf_mapping(&self) -> HfMapping {
-        HfMapping {
-            prefix: "backbone.",
-            renames: &[],
-            layer_repeats: 1,
-            embedding: "embeddings.weight",
-            tie_word_embeddings: self.tie_word_embeddings,
-            ignored_suffixes: &[],
-        }
+        crate::ssm::backbone_hf_mapping(self.tie_word_embeddings)
     }
 
     /// HF `config.json` for `Mamba2ForCausalLM`.

@@ -9,6 +9,7 @@ use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, FloatDType, Tensor};
 
+use crate::hf::HfMapping;
 use crate::layers::{
     float_dtype, fused_enabled, fused_mamba, to_dtype, ForwardCtx, Linear, RmsNorm,
 };
@@ -220,6 +221,19 @@ impl<S> RecurrentCache<S> {
         }
         self.seq_len += l;
         h
+    }
+}
+
+/// The HF mapping of `MambaForCausalLM` and `Mamba2ForCausalLM`: every tensor under `backbone.`
+/// but the head, nothing renamed.
+pub(crate) fn backbone_hf_mapping(tie_word_embeddings: bool) -> HfMapping {
+    HfMapping {
+        prefix: "backbone.",
+        renames: &[],
+        layer_repeats: 1,
+        embedding: "embeddings.weight",
+        tie_word_embeddings,
+        ignored_suffixes: &[],
     }
 }
 
