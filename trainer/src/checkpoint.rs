@@ -262,13 +262,13 @@ pub fn newest(run_dir: &Path) -> Option<PathBuf> {
 /// The run's newest checkpoint, verified. If it is damaged (a file changed, truncated or missing,
 /// or the write never completed) the error says why and names the newest older checkpoint that
 /// verifies, so that the caller can offer it; nothing falls back silently.
-pub fn newest_intact(run_dir: &Path) -> Result<Option<PathBuf>, NewestDamaged> {
+pub fn newest_intact(run_dir: &Path) -> Result<Option<Verified>, NewestDamaged> {
     let mut dirs = step_dirs(run_dir).into_iter().rev().map(|(_, dir)| dir);
     let Some(newest) = dirs.next() else {
         return Ok(None);
     };
     match verify(&newest) {
-        Ok(_) => Ok(Some(newest)),
+        Ok(verified) => Ok(Some(verified)),
         Err(error) => Err(NewestDamaged {
             error,
             intact: dirs.find(|dir| verify(dir).is_ok()),
@@ -283,9 +283,19 @@ pub struct NewestDamaged {
     pub intact: Option<PathBuf>,
 }
 
+/// A checkpoint directory whose files matched the sizes and checksums its `state.json` records.
+#[derive(Debug)]
+pub struct Verified {
+    pub dir: PathBuf,
+    /// The training state from `state.json`.
+    pub state: TrainState,
+    /// False for checkpoints that predate checksums (nothing could be verified).
+    pub checked: bool,
+}
+
 /// Checks a checkpoint directory's files against the sizes and checksums its `state.json`
-/// records; returns the training state. `Ok` with no digests for checkpoints that predate them.
-pub fn verify(dir: &Path) -> Result<(TrainState, bool), CheckpointError> {
+/// records. `Ok` with `checked: false` for checkpoints that predate checksums.
+pub fn verify(dir: &Path) -> Result<Verified, CheckpointError> {
     let damaged = |reason: String| CheckpointError::Damaged {
         dir: dir.to_path_buf(),
         reason,
@@ -335,7 +345,11 @@ pub fn verify(dir: &Path) -> Result<(TrainState, bool), CheckpointError> {
             )));
         }
     }
-    Ok((file.state, !file.files.is_empty()))
+    Ok(Verified {
+        dir: dir.to_path_buf(),
+        state: file.state,
+        checked: !file.files.is_empty(),
+    })
 }
 
 /// Size and xxh3-64 of a file, read in 8 MiB blocks.
@@ -360,11 +374,21 @@ fn digest_file(path: &Path) -> std::io::Result<FileDigest> {
 
 /// Reads a checkpoint directory (`ckpt/step-NNNNNN`) after verifying its files.
 pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    verify(dir)?.load()
+}
+
+impl Verified {
+    /// Reads the checkpoint (without hashing its files a second time).
+    pub fn load(self) -> Result<Checkpoint, CheckpointError> {
+        read(&self.dir, self.state, self.checked)
+    }
+}
+
+fn read(dir: &Path, state: TrainState, checked: bool) -> Result<Checkpoint, CheckpointError> {
     let err = |m: String| CheckpointError::Read {
         path: dir.to_path_buf(),
         message: m,
     };
-    let (state, checked) = verify(dir)?;
     if !checked {
         crate::metrics::log_line(&format!(
             "notice: {} records no checksums (written by an older kiln); its files are not verified",
@@ -460,8 +484,8 @@ mod tests {
         let run = run.path();
         let old = write(run, 10, 0);
         let new = write(run, 20, 0);
-        assert_eq!(verify(&new).unwrap().0.step, 20);
-        assert!(verify(&new).unwrap().1, "digests recorded");
+        assert_eq!(verify(&new).unwrap().state.step, 20);
+        assert!(verify(&new).unwrap().checked, "digests recorded");
         let weights = new.join("model.safetensors");
         let good = fs::read(&weights).unwrap();
 
@@ -488,7 +512,10 @@ mod tests {
         let e = verify(&new).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
         fs::write(new.join("tokenizer.json"), "{}").unwrap();
-        assert_eq!(newest_intact(run).unwrap().as_deref(), Some(new.as_path()));
+        assert_eq!(
+            newest_intact(run).unwrap().map(|v| v.dir),
+            Some(new.clone())
+        );
 
         // A missing state.json is not skipped over: the newest directory is reported.
         fs::remove_file(new.join("state.json")).unwrap();
@@ -512,7 +539,7 @@ mod tests {
             serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         state.as_object_mut().unwrap().remove("files");
         fs::write(&path, state.to_string()).unwrap();
-        let (state, checked) = verify(&dir).unwrap();
+        let Verified { state, checked, .. } = verify(&dir).unwrap();
         assert_eq!((state.step, checked), (5, false));
         assert_eq!(load(&dir).unwrap().state.step, 5);
     }

@@ -77,8 +77,18 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
         })?;
         let newest =
             newest.with_context(|| format!("{} has no checkpoint under ckpt/", dir.display()))?;
-        return load_model_dir(&newest, device);
+        return load_dir(&newest.dir.clone(), Some(newest), device);
     }
+    load_dir(dir, None, device)
+}
+
+/// [`load_model_dir`] on a model or checkpoint directory; `verified` when the caller has already
+/// checked the checkpoint's files.
+fn load_dir<B: Backend>(
+    dir: &Path,
+    verified: Option<checkpoint::Verified>,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
     let config = read_hf_config(dir)?;
     let tokenizer = read_tokenizer(dir)?;
     if let Some(tok) = &tokenizer {
@@ -94,7 +104,10 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
     }
     let fresh: Model<B> = config.init(device);
     let model = if dir.join("state.json").is_file() {
-        let ckpt = checkpoint::load(dir)?;
+        let ckpt = match verified {
+            Some(verified) => verified.load()?,
+            None => checkpoint::load(dir)?,
+        };
         load_named_tensors(
             fresh,
             &ckpt.model,

@@ -145,7 +145,7 @@ pub fn run<B: Backend>(
         std::fs::write(run.run_dir.join("recipe.yaml"), &run.recipe_yaml)?;
     }
     let (model, mut progress) = match resume_dir {
-        Some(dir) => run.resume(&dir, &opts, model, &mut optimizer, &mut loader)?,
+        Some(verified) => run.resume(verified, &opts, model, &mut optimizer, &mut loader)?,
         None => {
             if opts.resume {
                 run.say("--resume: no checkpoint yet, starting from step 0");
@@ -403,7 +403,7 @@ fn open_run_dir(
     recipe: &Recipe,
     opts: &TrainOptions,
     dist: Dist,
-) -> Result<(PathBuf, RunLock, Option<PathBuf>)> {
+) -> Result<(PathBuf, RunLock, Option<checkpoint::Verified>)> {
     // `--resume-from <run>/ckpt/step-N` continues that run unless --out names another one.
     let run_dir = opts
         .out_dir
@@ -423,10 +423,7 @@ fn open_run_dir(
         );
     }
     let resume_dir = match (&opts.resume_from, opts.resume) {
-        (Some(dir), _) => {
-            checkpoint::verify(dir)?;
-            Some(dir.clone())
-        }
+        (Some(dir), _) => Some(checkpoint::verify(dir)?),
         (None, true) => checkpoint::newest_intact(&run_dir).map_err(|damaged| {
             let advice = match &damaged.intact {
                 Some(intact) => format!(
@@ -595,16 +592,17 @@ impl<B: Backend> RunContext<B> {
         say(self.dist, msg);
     }
 
-    /// Loads the checkpoint in `dir` into the model, the optimizer and the loader.
+    /// Loads the checkpoint into the model, the optimizer and the loader.
     fn resume(
         &self,
-        dir: &Path,
+        verified: checkpoint::Verified,
         opts: &TrainOptions,
         model: Model<AB<B>>,
         optimizer: &mut AdamW<B>,
         loader: &mut MixLoader,
     ) -> Result<(Model<AB<B>>, Progress)> {
-        let ckpt = checkpoint::load(dir)?;
+        let ckpt = verified.load()?;
+        let dir = &ckpt.dir;
         check_same_model(dir, &self.recipe)?;
         let model = load_named_tensors(
             model,
