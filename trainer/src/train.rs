@@ -157,8 +157,8 @@ pub fn run<B: Backend>(
     let t = &run.recipe.train;
     let (param_dtype, compute_dtype) = t.precision.dtypes();
     let mut model = model.with_precision(param_dtype, compute_dtype);
-    let mut logger = run.open_logger(progress.resumed_from)?;
     let mut meter = Meter::new(&run);
+    let mut logger = run.open_logger(progress.resumed_from, meter.peak_flops)?;
     let mut epochs_seen: Vec<u64> = loader.state().sources.iter().map(|c| c.epoch).collect();
     // Batches are read on a background thread, a few steps ahead; `loader.state()` is the
     // position after the last batch actually trained on, which is what checkpoints save.
@@ -646,10 +646,9 @@ impl<B: Backend> RunContext<B> {
         Ok((model, progress))
     }
 
-    fn open_logger(&self, resumed_from: Option<u64>) -> Result<Logger> {
+    fn open_logger(&self, resumed_from: Option<u64>, peak: Option<f64>) -> Result<Logger> {
         let t = &self.recipe.train;
         let logger = Logger::open(&self.run_dir, self.total_steps, resumed_from)?;
-        let peak = crate::backend::peak_flops(t.backend, t.peak_flops, rayon_threads());
         logger.info(&format!(
             "training {} steps × {} tokens (micro-batch {} × accumulation {} × seq {}), peak {}",
             self.total_steps,
