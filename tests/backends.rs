@@ -34,7 +34,9 @@ use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::cubecl::config::cache::CacheConfig;
 use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
 use burn::prelude::*;
-use kiln_arch::{HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, Model, ModelConfig};
+use kiln_arch::{
+    HybridConfig, LlamaConfig, Mamba2Config, MambaConfig, Model, ModelConfig, Segments,
+};
 use kiln_data::Batch;
 use kiln_trainer::loss::cross_entropy;
 use kiln_trainer::objective::{batch_tensors, NextToken, SingleWorker};
@@ -233,6 +235,20 @@ fn logits_agree(label: &str, config: ModelConfig) {
         "{label}: loss wgpu {loss_g} vs flex {loss_f}"
     );
 
+    // Packed rows (documents kept apart: attention masks and RoPE positions, Mamba's conv and
+    // state resets): the generic code on wgpu against the fused kernels on flex.
+    let segments = Segments::from_lengths(32, &[vec![10, 1, 21], vec![32]]);
+    let (inputs_f, _) = batch::<Flex>(config.vocab_size(), &Default::default());
+    let (inputs_g, _) = batch::<Wgpu>(config.vocab_size(), &wgpu);
+    let packed_f = flex.forward_with(inputs_f, &flex.ctx().with_segments(Some(segments.clone())));
+    let packed_g = gpu.forward_with(inputs_g, &gpu.ctx().with_segments(Some(segments)));
+    let (pf, pg) = (to_vec(packed_f), to_vec(packed_g));
+    let diff = max_abs_diff(&pf, &pg);
+    assert!(
+        diff < LOGITS_TOL && max_abs_diff(&pf, &lf) > 1e-2,
+        "{label}: packed logits wgpu vs flex: max diff {diff:e} (or packing changed nothing)"
+    );
+
     // Generation path (KV cache, masked attention when the chunk is shorter than the keys): the
     // cached logits of the last positions equal the full forward's, on wgpu.
     let (inputs_g, _) = batch::<Wgpu>(config.vocab_size(), &wgpu);
@@ -406,8 +422,8 @@ fn mamba_scan<Bk: Backend>(l: usize, chunk: Option<usize>, d: &Bk::Device) -> (V
     let a = pattern::<Bk, 2>([e, n], 6, d).neg();
     let (bb, c) = (pattern([b, l, n], 7, d), pattern([b, l, n], 8, d));
     let (y, state) = match chunk {
-        Some(chunk) => selective_scan_chunked(x, dt, a, bb, c, None, chunk),
-        None => selective_scan_sequential(x, dt, a, bb, c, None),
+        Some(chunk) => selective_scan_chunked(x, dt, a, bb, c, None, chunk, None),
+        None => selective_scan_sequential(x, dt, a, bb, c, None, None),
     };
     (to_vec(y), to_vec(state))
 }
@@ -428,8 +444,8 @@ fn ssd<Bk: Backend>(l: usize, chunk: Option<usize>, d: &Bk::Device) -> (Vec<f32>
         .repeat_dim(1, l);
     let a = Tensor::<Bk, 1>::from_floats([-0.5, -1.0, -2.0, -0.2], d);
     let (y, state) = match chunk {
-        Some(chunk) => ssd_chunked(x, dt, a, bb, c, None, chunk),
-        None => ssd_sequential(x, dt, a, bb, c, None),
+        Some(chunk) => ssd_chunked(x, dt, a, bb, c, None, chunk, None),
+        None => ssd_sequential(x, dt, a, bb, c, None, None),
     };
     (to_vec(y), to_vec(state))
 }

@@ -91,7 +91,7 @@ fn run<B: Backend>(
     let (b, s, nh, nkv, hd) = (sh.b, sh.s, sh.nh, sh.nkv, sh.hd);
     if path == Path::KilnFused {
         let tables = Some((rope.cos.clone(), rope.sin.clone()));
-        return rope_attention(q, k, v, tables, nh, nkv, hd);
+        return rope_attention(q, k, v, tables, None, nh, nkv, hd);
     }
     let heads = |t: Tensor<B, 3>, h: usize| t.reshape([b, s, h, hd]).swap_dims(1, 2); // [b, h, s, hd]
     let q = rope.apply(heads(q, nh), 0);

@@ -7,6 +7,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
 
+use crate::layers::ForwardCtx;
+
 /// Adds `other` into `acc` parameter by parameter, for the parameters of `module` (gradient
 /// accumulation over micro-batches, or over the pieces of a checkpointed backward pass).
 pub fn accumulate_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
@@ -47,22 +49,23 @@ pub(crate) trait CheckpointedModel<B: AutodiffBackend>: AutodiffModule<B> {
     fn num_blocks(&self) -> usize;
     /// The block applied `e`-th.
     fn block(&self, e: usize) -> &Self::Block;
-    /// Application `e` of the forward pass (positions `0..s`, no cache, the model's compute
-    /// dtype), with an autodiff graph: `[b, s, d]` -> `[b, s, d]`.
-    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// Application `e` of the forward pass (positions `0..s`, no cache) under `ctx`, with an
+    /// autodiff graph: `[b, s, d]` -> `[b, s, d]`.
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3>;
     /// The same on `inner = self.valid()`, without a graph.
     fn inner_block_forward(
         inner: &Self::InnerModule,
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B::InnerBackend, 3>;
     /// Final norm and head: hidden states `[b, s, d]` -> f32 logits `[b, s, vocab]`.
-    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3>;
+    fn head_logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3>;
 }
 
 /// Forward and backward with per-block activation checkpointing: the gradients of
-/// `loss_fn(logits)` with respect to every parameter of `model`, holding the activations of one
-/// block at a time instead of all of them.
+/// `loss_fn(logits)` (the logits of `input_ids` under `ctx`) with respect to every parameter of
+/// `model`, holding the activations of one block at a time instead of all of them.
 ///
 /// 1. A forward pass without an autodiff graph keeps only each block's input `[b, s, d]`.
 /// 2. Norm, head and loss run with a graph from the last block's output; backward gives the
@@ -78,6 +81,7 @@ pub(crate) trait CheckpointedModel<B: AutodiffBackend>: AutodiffModule<B> {
 pub(crate) fn backward_checkpointed<B: AutodiffBackend, M: CheckpointedModel<B>>(
     model: &M,
     input_ids: Tensor<B, 2, Int>,
+    ctx: &ForwardCtx,
     loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
 ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
     let n = model.num_blocks();
@@ -88,13 +92,13 @@ pub(crate) fn backward_checkpointed<B: AutodiffBackend, M: CheckpointedModel<B>>
     let mut h = model.embedding().valid().forward(input_ids.clone().inner()); // [b, s, d]
     for e in 0..n {
         block_inputs.push(h.clone());
-        h = M::inner_block_forward(&inner, e, h);
+        h = M::inner_block_forward(&inner, e, h, ctx);
     }
     drop(inner);
 
     // 2. Head and loss.
     let leaf = Tensor::<B, 3>::from_inner(h).require_grad();
-    let loss = loss_fn(model.head_logits(leaf.clone()));
+    let loss = loss_fn(model.head_logits(leaf.clone(), ctx));
     let grads = loss.backward();
     let mut d_h = leaf
         .grad(&grads)
@@ -105,7 +109,7 @@ pub(crate) fn backward_checkpointed<B: AutodiffBackend, M: CheckpointedModel<B>>
     for (e, h_in) in block_inputs.into_iter().enumerate().rev() {
         let block = model.block(e);
         let leaf = Tensor::<B, 3>::from_inner(h_in).require_grad();
-        let out = model.block_forward(e, leaf.clone());
+        let out = model.block_forward(e, leaf.clone(), ctx);
         let grads = (out * Tensor::from_inner(d_h)).sum().backward();
         d_h = leaf
             .grad(&grads)

@@ -38,8 +38,8 @@ use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
 use crate::layers::{
-    causal_attention, fused_enabled, repeat_kv, rope_attention, Attention, Builder, ForwardCtx,
-    KvCache, Linear, Mlp, RmsNorm,
+    causal_attention, fused_enabled, packed_without_cache, repeat_kv, rope_attention,
+    segment_attention, Attention, Builder, ForwardCtx, KvCache, Linear, Mlp, RmsNorm,
 };
 use crate::llama::Materialize;
 use crate::mamba::{MambaConfig, MambaLayerState, MambaMixer, ScanMode};
@@ -544,7 +544,8 @@ impl<B: Backend> JambaMamba<B> {
 }
 
 /// Causal GQA attention of `x` `[b, s, d]` over `past` and itself, without positional encoding
-/// (HF `JambaAttention`). Returns `[b, s, d]` and the extended cache.
+/// (HF `JambaAttention`); with `ctx.segments`, within each packed document. Returns `[b, s, d]`
+/// and the extended cache.
 fn attention_no_rope<B: Backend>(
     attn: &Attention<B>,
     x: Tensor<B, 3>,
@@ -553,6 +554,7 @@ fn attention_no_rope<B: Backend>(
 ) -> (Tensor<B, 3>, KvCache<B>) {
     let [b, s, d] = x.dims();
     let (nh, nkv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let segments = packed_without_cache(ctx, past.is_some());
     let x = x.reshape([b * s, d]);
     if past.is_none() && fused_enabled(&x) {
         // Training / evaluation on the CPU: kiln's fused attention kernel (without RoPE), whose
@@ -563,7 +565,7 @@ fn attention_no_rope<B: Backend>(
             .forward(x.clone(), ctx)
             .reshape([b, s, nkv * hd]);
         let v = attn.v_proj.forward(x, ctx).reshape([b, s, nkv * hd]);
-        let y = rope_attention(q, k.clone(), v.clone(), None, nh, nkv, hd); // [b, s, nh·hd]
+        let y = rope_attention(q, k.clone(), v.clone(), None, segments, nh, nkv, hd); // [b, s, nh·hd]
         let heads = |t: Tensor<B, 3>| t.reshape([b, s, nkv, hd]).swap_dims(1, 2); // [b, nkv, s, hd]
         let cache = KvCache {
             k: heads(k),
@@ -593,7 +595,11 @@ fn attention_no_rope<B: Backend>(
         k: k.clone(),
         v: v.clone(),
     };
-    let y = causal_attention(q, repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv)); // [b, nh, s, hd]
+    let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv)); // [b, nh, t, hd]
+    let y = match segments {
+        Some(seg) => segment_attention(q, k, v, seg),
+        None => causal_attention(q, k, v),
+    }; // [b, nh, s, hd]
     let y = y.swap_dims(1, 2).reshape([b * s, nh * hd]);
     (attn.o_proj.forward(y, ctx).reshape([b, s, d]), cache)
 }
@@ -688,11 +694,16 @@ pub type HybridCache<B> = RecurrentCache<HybridLayerState<B>>;
 impl<B: Backend> Hybrid<B> {
     /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, &self.ctx)
+    }
+
+    /// [`Hybrid::forward`] under `ctx` (a batch's context: packed documents, see [`ForwardCtx`]).
+    pub fn forward_with(&self, input_ids: Tensor<B, 2, Int>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let mut h = self.embed_tokens.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None, &self.ctx).0;
+            h = layer.forward(h, None, ctx).0;
         }
-        self.logits(h)
+        self.logits(h, ctx)
     }
 
     /// An empty cache for `batch` sequences.
@@ -713,17 +724,17 @@ impl<B: Backend> Hybrid<B> {
         let h = cache.advance(dims, h, |i, h, state| {
             self.layers[i].forward(h, state, &self.ctx)
         });
-        self.logits(h)
+        self.logits(h, &self.ctx)
     }
 
-    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         norm_head_logits(
             &self.final_layernorm,
             self.lm_head.as_ref(),
             &self.embed_tokens,
             self.config.vocab_size,
             h,
-            &self.ctx,
+            ctx,
         )
     }
 }
@@ -749,19 +760,20 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Hybrid<B> {
         &self.layers[e]
     }
 
-    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e].forward(h, None, &self.ctx).0
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.layers[e].forward(h, None, ctx).0
     }
 
     fn inner_block_forward(
         inner: &Hybrid<B::InnerBackend>,
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e].forward(h, None, &inner.ctx).0
+        inner.layers[e].forward(h, None, ctx).0
     }
 
-    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.logits(h)
+    fn head_logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.logits(h, ctx)
     }
 }

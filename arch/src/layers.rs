@@ -14,35 +14,53 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData};
 
 mod fused;
 pub(crate) mod fused_mamba;
 pub mod fused_scan;
 mod linear;
+mod segments;
 
 pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};
 pub use linear::{AdapterPlan, Builder, FakeQuant, Linear, LoraPlan, LowRank, Targets};
+pub use segments::Segments;
 
 /// What a forward pass needs besides the token ids and the weights. A model holds one (set by
 /// [`crate::Model::with_precision`] and [`crate::Model::with_fake_quant`]) and hands it to every
 /// block and layer, so a new concern is a field here, not one more argument through four
-/// architectures. (The segment ids of packed sequences will join it with sequence packing.)
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// architectures.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ForwardCtx {
     /// Dtype of the blocks' matmuls and activations; the residual stream keeps the parameters'.
     pub compute: FloatDType,
     /// Linear layers that carry a fake quantizer apply it (quantization-aware training); off,
     /// they compute with their float weights.
     pub fake_quant: bool,
+    /// Document boundaries of packed rows, kept apart by every layer (see [`Segments`]); `None`:
+    /// each row is one sequence. Set per batch ([`ForwardCtx::with_segments`]), never held by a
+    /// model.
+    pub segments: Option<Segments>,
 }
 
 impl Default for ForwardCtx {
-    /// f32, quantizers on.
+    /// f32, quantizers on, no packing.
     fn default() -> Self {
         Self {
             compute: FloatDType::F32,
             fake_quant: true,
+            segments: None,
+        }
+    }
+}
+
+impl ForwardCtx {
+    /// This context for a batch whose rows pack the documents `segments` describes (`None`: one
+    /// sequence per row). Rows of a single document take the unpacked path.
+    pub fn with_segments(&self, segments: Option<Segments>) -> Self {
+        Self {
+            segments: segments.filter(Segments::is_packed),
+            ..self.clone()
         }
     }
 }
@@ -200,6 +218,19 @@ impl<B: Backend> Rope<B> {
         let sin = to_dtype(sin, dtype).unsqueeze::<4>(); // [1, 1, seq, head_dim]
         x.clone() * cos + rotate_half(x) * sin
     }
+
+    /// Rotates `x` `[batch, heads, seq, head_dim]` whose token `(r, i)` sits at position
+    /// `positions[r, i]` (`< seq`; packed documents restart at 0).
+    pub fn apply_at(&self, x: Tensor<B, 4>, positions: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [b, _, seq, hd] = x.dims();
+        let dtype = float_dtype(&x);
+        let (cos, sin) = self.cos_sin(0, seq); // [seq, head_dim] each
+        let flat = positions.reshape([b * seq]);
+        let rows = |table: Tensor<B, 2>| {
+            to_dtype(table.select(0, flat.clone()), dtype).reshape([b, 1, seq, hd])
+        }; // [b, 1, seq, head_dim]
+        x.clone() * rows(cos) + rotate_half(x) * rows(sin)
+    }
 }
 
 /// `cat(-x[.., d/2:], x[.., :d/2])` on the last dimension: `[.., d] -> [.., d]`.
@@ -221,6 +252,28 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2) // [b, n_kv, 1, t, hd]
         .expand([b, n_kv, n_rep, t, hd]) // [b, n_kv, n_rep, t, hd]
         .reshape([b, n_kv * n_rep, t, hd])
+}
+
+/// Scaled-dot-product attention within the documents of packed rows (see [`Segments`]): query
+/// `i` sees keys `start(i)..=i`. `q`, `k`, `v` `[b, h, s, hd]`; returns `[b, h, s, hd]`.
+pub fn segment_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    segments: &Segments,
+) -> Tensor<B, 4> {
+    let [b, h, s, hd] = q.dims();
+    segments.check_dims(b, s);
+    let mask = segments
+        .attention_mask::<B>(&q.device()) // [b, s, s]
+        .unsqueeze_dim::<4>(1) // [b, 1, s, s]
+        .expand([b, h, s, s]);
+    let options = AttentionModuleOptions {
+        scale: Some((hd as f64).powf(-0.5)),
+        softcap: None,
+        is_causal: false,
+    };
+    attention(q, k, v, Some(mask), None, options)
 }
 
 /// Causal scaled-dot-product attention, scale `head_dim^-0.5`.
@@ -256,6 +309,17 @@ pub fn causal_attention<B: Backend>(
             .expand([b, h, s, t]);
         attention(q, k, v, Some(mask), None, options(false))
     }
+}
+
+/// The packed documents of `ctx`, for a layer that may also be continuing a cache: packing is
+/// for training and evaluation, from position 0; panics when both are given.
+pub(crate) fn packed_without_cache(ctx: &ForwardCtx, has_past: bool) -> Option<&Segments> {
+    let segments = ctx.segments.as_ref();
+    assert!(
+        segments.is_none() || !has_past,
+        "packed segments cannot continue a generation cache"
+    );
+    segments
 }
 
 /// Keys and values of one attention layer for the positions seen so far (after RoPE, before the
@@ -325,7 +389,8 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// Attends `x` `[b, s, d]` to itself and to `past` (the positions before it).
+    /// Attends `x` `[b, s, d]` to itself and to `past` (the positions before it); with
+    /// `ctx.segments` (no `past` then), each packed document only to itself.
     /// Returns the output `[b, s, d]` and the cache extended by these `s` positions.
     pub fn forward(
         &self,
@@ -337,6 +402,8 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let offset = past.as_ref().map_or(0, KvCache::len);
+        let segments = packed_without_cache(ctx, past.is_some());
+        let device = x.device();
 
         let split_heads = |t: Tensor<B, 3>, heads: usize| {
             t.reshape([b, s, heads, hd]).swap_dims(1, 2) // [b, heads, s, hd]
@@ -344,8 +411,16 @@ impl<B: Backend> Attention<B> {
         let q = split_heads(self.q_proj.forward_rows(x.clone(), ctx), nh); // [b, nh, s, hd]
         let k = split_heads(self.k_proj.forward_rows(x.clone(), ctx), nkv); // [b, nkv, s, hd]
         let v = split_heads(self.v_proj.forward_rows(x, ctx), nkv); // [b, nkv, s, hd]
-        let q = rope.apply(q, offset);
-        let k = rope.apply(k, offset);
+        let (q, k) = match segments {
+            Some(seg) => {
+                let positions = seg.positions::<B>(&device); // [b, s]
+                (
+                    rope.apply_at(q, positions.clone()),
+                    rope.apply_at(k, positions),
+                )
+            }
+            None => (rope.apply(q, offset), rope.apply(k, offset)),
+        };
 
         let (k, v) = match past {
             Some(past) => (
@@ -361,7 +436,10 @@ impl<B: Backend> Attention<B> {
 
         let k = repeat_kv(k, nh / nkv); // [b, nh, t, hd]
         let v = repeat_kv(v, nh / nkv); // [b, nh, t, hd]
-        let y = causal_attention(q, k, v); // [b, nh, s, hd]
+        let y = match segments {
+            Some(seg) => segment_attention(q, k, v, seg),
+            None => causal_attention(q, k, v),
+        }; // [b, nh, s, hd]
         let y = y.swap_dims(1, 2).reshape([b, s, nh * hd]); // [b, s, nh * hd]
         (self.o_proj.forward_rows(y, ctx), cache) // [b, s, d]
     }
@@ -387,6 +465,7 @@ impl<B: Backend> Attention<B> {
             k,
             v,
             Some((rope.cos.clone(), rope.sin.clone())),
+            ctx.segments.as_ref(),
             self.n_heads,
             self.n_kv_heads,
             self.head_dim,

@@ -75,7 +75,7 @@ pub use hf::{
 pub use hybrid::{Hybrid, HybridCache, HybridConfig};
 pub use layers::{
     float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, ForwardCtx, KvCache, Linear, LoraPlan,
-    LowRank, RmsNorm, Rope, Targets,
+    LowRank, RmsNorm, Rope, Segments, Targets,
 };
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
@@ -272,11 +272,18 @@ impl<B: Backend> Model<B> {
 
     /// `input_ids` `[batch, seq]` → logits `[batch, seq, vocab]` (f32), causal, positions `0..seq`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, self.ctx())
+    }
+
+    /// [`Model::forward`] under `ctx`: the model's own context ([`Model::ctx`]) with what one
+    /// batch adds, the documents its rows pack ([`ForwardCtx::with_segments`]): each document
+    /// then gets the logits it would get alone.
+    pub fn forward_with(&self, input_ids: Tensor<B, 2, Int>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         match self {
-            Self::Llama(m) => m.forward(input_ids),
-            Self::Mamba(m) => m.forward(input_ids),
-            Self::Mamba2(m) => m.forward(input_ids),
-            Self::Hybrid(m) => m.forward(input_ids),
+            Self::Llama(m) => m.forward_with(input_ids, ctx),
+            Self::Mamba(m) => m.forward_with(input_ids, ctx),
+            Self::Mamba2(m) => m.forward_with(input_ids, ctx),
+            Self::Hybrid(m) => m.forward_with(input_ids, ctx),
         }
     }
 
@@ -358,18 +365,31 @@ impl<B: Backend> HfModel<B> for Model<B> {
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
-    /// Forward + backward of `loss_fn(self.forward(input_ids))` with per-block activation
-    /// checkpointing (see [`Llama::backward_checkpointed`]): the loss, detached, and the gradients.
+    /// Forward + backward of `loss_fn(self.forward_with(input_ids, ctx))` with per-block
+    /// activation checkpointing: the loss, detached, and the gradients keyed by parameter id (as
+    /// `GradientsParams::from_grads` gives them).
+    ///
+    /// 1. A forward pass without an autodiff graph keeps only each block's input `[b, s, d]`.
+    /// 2. Norm, head and loss run with a graph from the last block's output; backward gives the
+    ///    head's gradients and `dL/dh` at that output.
+    /// 3. Each block, last to first, is recomputed with a graph from its saved input, and
+    ///    backward of `sum(block(h) · dL/dout)` gives its parameters' gradients and `dL/dh` at
+    ///    its input (a shared block's applications add up).
+    /// 4. The same for the embedding lookup.
+    ///
+    /// Cost: one extra forward pass of the blocks. Every backward is a separate graph, so this
+    /// works on every backend and with the fused CPU kernels.
     pub fn backward_checkpointed(
         &self,
         input_ids: Tensor<B, 2, Int>,
+        ctx: &ForwardCtx,
         loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
     ) -> (Tensor<B::InnerBackend, 1>, burn::optim::GradientsParams) {
         match self {
-            Self::Llama(m) => m.backward_checkpointed(input_ids, loss_fn),
-            Self::Mamba(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
-            Self::Mamba2(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
-            Self::Hybrid(m) => grads::backward_checkpointed(m, input_ids, loss_fn),
+            Self::Llama(m) => grads::backward_checkpointed(m, input_ids, ctx, loss_fn),
+            Self::Mamba(m) => grads::backward_checkpointed(m, input_ids, ctx, loss_fn),
+            Self::Mamba2(m) => grads::backward_checkpointed(m, input_ids, ctx, loss_fn),
+            Self::Hybrid(m) => grads::backward_checkpointed(m, input_ids, ctx, loss_fn),
         }
     }
 }

@@ -15,7 +15,6 @@
 
 use burn::module::{Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
-use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
@@ -574,7 +573,12 @@ impl<B: Backend> LlamaCache<B> {
 impl<B: Backend> Llama<B> {
     /// `input_ids` `[b, s]` -> logits `[b, s, vocab]` (f32), positions `0..s`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.run(input_ids, None)
+        self.run(input_ids, None, &self.ctx)
+    }
+
+    /// [`Llama::forward`] under `ctx` (a batch's context: packed documents, see [`ForwardCtx`]).
+    pub fn forward_with(&self, input_ids: Tensor<B, 2, Int>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.run(input_ids, None, ctx)
     }
 
     /// An empty cache for `batch` sequences.
@@ -600,16 +604,16 @@ impl<B: Backend> Llama<B> {
             "forward_cached: batch {b} but the cache was created for batch {}",
             cache.batch
         );
-        self.run(input_ids, Some(cache))
+        self.run(input_ids, Some(cache), &self.ctx)
     }
 
     fn run(
         &self,
         input_ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut LlamaCache<B>>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B, 3> {
         let repeats = self.config.repeats();
-        let ctx = &self.ctx;
         let mut h = self.embed_tokens.forward(input_ids); // [b, s, d]
         for (e, layer) in self
             .layers
@@ -650,31 +654,6 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-impl<B: AutodiffBackend> Llama<B> {
-    /// Forward and backward with per-block activation checkpointing: the gradients of
-    /// `loss_fn(self.forward(input_ids))` with respect to every parameter, holding the
-    /// activations of one block at a time instead of all of them.
-    ///
-    /// 1. A forward pass without an autodiff graph keeps only each block's input `[b, s, d]`.
-    /// 2. Norm, head and loss run with a graph from the last block's output; backward gives the
-    ///    head's gradients and `dL/dh` at that output.
-    /// 3. Each block, last to first, is recomputed with a graph from its saved input, and
-    ///    backward of `sum(block(h) · dL/dout)` gives its parameters' gradients and `dL/dh` at
-    ///    its input (a shared block's two applications add up).
-    /// 4. The same for the embedding lookup.
-    ///
-    /// Cost: one extra forward pass of the blocks. Every backward is a separate graph, so this
-    /// works on every backend and with the fused CPU kernels. Returns the loss (detached) and the
-    /// gradients keyed by parameter id, as `GradientsParams::from_grads` would.
-    pub fn backward_checkpointed(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        loss_fn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
-    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-        crate::grads::backward_checkpointed(self, input_ids, loss_fn)
-    }
-}
-
 impl<B: Backend> HfModel<B> for Llama<B> {
     fn hf_mapping(&self) -> HfMapping {
         self.config.hf_mapping()
@@ -696,20 +675,20 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Llama<B> {
         &self.layers[e / self.config.repeats()]
     }
 
-    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.block(e)
-            .forward_uncached(h, &self.rotary_emb, &self.ctx)
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.block(e).forward_uncached(h, &self.rotary_emb, ctx)
     }
 
     fn inner_block_forward(
         inner: &Llama<B::InnerBackend>,
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e / inner.config.repeats()].forward_uncached(h, &inner.rotary_emb, &inner.ctx)
+        inner.layers[e / inner.config.repeats()].forward_uncached(h, &inner.rotary_emb, ctx)
     }
 
-    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.logits(h, &self.ctx)
+    fn head_logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.logits(h, ctx)
     }
 }

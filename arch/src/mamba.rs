@@ -51,10 +51,10 @@ use crate::config_keys::ConfigKeys;
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
-use crate::layers::{float_dtype, to_dtype, Builder, ForwardCtx, Linear, RmsNorm};
+use crate::layers::{float_dtype, to_dtype, Builder, ForwardCtx, Linear, RmsNorm, Segments};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
-    uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
+    uniform_param, ChunkDocIds, DocIds, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
 };
 
 /// A chunk length for [`ScanMode::Chunked`] (set with [`Mamba::with_scan`]; the default mode is
@@ -621,6 +621,7 @@ impl<B: Backend> MambaMixer<B> {
             self.conv_kernel,
             xz.narrow(2, 0, e),
             conv_past,
+            ctx,
         ); // [b, l, E]
 
         let dbc = self.x_proj.forward(x.clone().reshape([b * l, e]), ctx); // [b·l, R + 2N]
@@ -652,6 +653,8 @@ impl<B: Backend> MambaMixer<B> {
         // On the CPU backend (f32) a hand-written kernel with its own backward pass replaces the
         // op-by-op scan (~50× faster; same values: `layers::fused_scan` tests). `scan` then
         // does not matter; `KILN_FUSED_KERNELS=0` switches back to it.
+        // Packed documents (ctx.segments) reset the state at their starts.
+        let docs = ctx.segments.as_ref();
         let (y, ssm_state) = if crate::layers::fused_enabled(&x) {
             crate::layers::fused_scan::selective_scan_with_state(
                 x.clone(),
@@ -660,14 +663,15 @@ impl<B: Backend> MambaMixer<B> {
                 b_in,
                 c_out,
                 ssm_past,
+                docs,
             )
         } else {
             match scan {
                 ScanMode::Sequential => {
-                    selective_scan_sequential(x.clone(), dt, a, b_in, c_out, ssm_past)
+                    selective_scan_sequential(x.clone(), dt, a, b_in, c_out, ssm_past, docs)
                 }
                 ScanMode::Chunked { chunk } => {
-                    selective_scan_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
+                    selective_scan_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk, docs)
                 }
             }
         }; // y [b, l, E]
@@ -699,7 +703,8 @@ impl<B: Backend> MambaMixer<B> {
 /// `b_in` (B), `c_out` (C) `[b, l, N]`; `h0` the state before position 0 `[b, E, N]` (zeros when
 /// `None`). Returns `y` `[b, l, E]` (without the `D ⊙ x` skip) and the state after the last
 /// position `[b, E, N]`:
-/// `h_t = exp(Δ_t ⊙ A) ⊙ h_{t−1} + (Δ_t ⊙ x_t) ⊗ B_t`, `y_t = h_t · C_t`.
+/// `h_t = exp(Δ_t ⊙ A) ⊙ h_{t−1} + (Δ_t ⊙ x_t) ⊗ B_t`, `y_t = h_t · C_t`. With `segments`
+/// (packed rows), `h_{t−1}` counts as 0 where a document other than the row's first starts.
 ///
 /// Cost: `l` steps of a few `[b, E, N]` ops; autodiff keeps `O(b · l · E · N)`. The per-step
 /// slices come from [`split_steps`], so the backward pass is `O(l log l)`, not `O(l²)`.
@@ -710,11 +715,21 @@ pub fn selective_scan_sequential<B: Backend>(
     b_in: Tensor<B, 3>,
     c_out: Tensor<B, 3>,
     h0: Option<Tensor<B, 3>>,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let [bs, l, e] = x.dims();
     let [_, n] = a.dims();
     // Discretisation for every position at once, as HF does.
     let decay = (dt.clone().reshape([bs, l, e, 1]) * a.reshape([1, 1, e, n])).exp(); // [b, l, E, N]
+    let decay = match segments {
+        Some(seg) => {
+            decay
+                * seg
+                    .carries::<B>(&x.device(), x.dtype())
+                    .reshape([bs, l, 1, 1])
+        }
+        None => decay,
+    };
     let input = (dt * x).reshape([bs, l, e, 1]) * b_in.reshape([bs, l, 1, n]); // [b, l, E, N]
     let mut h = h0.unwrap_or_else(|| Tensor::zeros([bs, e, n], (&input.device(), input.dtype())));
     let steps = split_steps(decay, 1)
@@ -730,8 +745,9 @@ pub fn selective_scan_sequential<B: Backend>(
     (y, h)
 }
 
-/// The selective scan by chunks of `chunk` positions: same inputs, outputs and values as
-/// [`selective_scan_sequential`] (up to rounding), with no loop over positions.
+/// The selective scan by chunks of `chunk` positions: same inputs (packed `segments` included),
+/// outputs and values as [`selective_scan_sequential`] (up to rounding), with no loop over
+/// positions.
 ///
 /// The scan is the first-order linear recurrence `h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t x_t ⊗ B_t`
 /// (element-wise over the `E·N` state entries), read out as `y_t = h_t · C_t`;
@@ -741,6 +757,7 @@ pub fn selective_scan_sequential<B: Backend>(
 /// `T` (the intra-chunk decay matrix; `T ×` the sequential scan's memory), in `O(log_T l)`
 /// tensor ops. The decay is per (channel, state) in Mamba-1, so unlike Mamba-2's scalar decay
 /// the chunk's work cannot become matmuls.
+#[allow(clippy::too_many_arguments)]
 pub fn selective_scan_chunked<B: Backend>(
     x: Tensor<B, 3>,
     dt: Tensor<B, 3>,
@@ -749,6 +766,7 @@ pub fn selective_scan_chunked<B: Backend>(
     c_out: Tensor<B, 3>,
     h0: Option<Tensor<B, 3>>,
     chunk: usize,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     assert!(chunk > 0, "selective_scan_chunked: chunk must be positive");
     let [bs, l, e] = x.dims();
@@ -758,7 +776,8 @@ pub fn selective_scan_chunked<B: Backend>(
     let input = ((dt * x).reshape([bs, l, e, 1]) * b_in.reshape([bs, l, 1, n])) // Δx ⊗ B
         .reshape([bs, l, e * n]);
     let h0 = h0.map(|h| h.reshape([bs, e * n]));
-    let (h, h_last) = linear_recurrence_chunked(log_decay, input, h0, chunk); // [b, l, E·N]
+    let docs = segments.map(|seg| DocIds::of(seg, &input.device(), input.dtype()));
+    let (h, h_last) = linear_recurrence_chunked(log_decay, input, h0, chunk, docs); // [b, l, E·N]
     let y = (h.reshape([bs, l, e, n]) * c_out.reshape([bs, l, 1, n]))
         .sum_dim(3)
         .reshape([bs, l, e]); // y_t = h_t · C_t
@@ -785,11 +804,17 @@ pub fn selective_scan_chunked<B: Backend>(
 ///
 /// A length that is not a multiple of `T` is padded with `log_decay = 0`, `input = 0` (decay 1,
 /// nothing added), which leaves every state, the last included, unchanged.
+///
+/// With `docs` (packed documents), a term from position `s` reaches position `t` only when both
+/// are in one document (no reset in between), and a carried state only the positions of its own
+/// document: the same masks at every level, with each chunk standing for the document of its
+/// last position.
 fn linear_recurrence_chunked<B: Backend>(
     log_decay: Tensor<B, 3>,
     input: Tensor<B, 3>,
     h0: Option<Tensor<B, 2>>,
     chunk: usize,
+    docs: Option<DocIds<B>>,
 ) -> (Tensor<B, 3>, Tensor<B, 2>) {
     let [bs, l, m] = input.dims();
     let device = input.device();
@@ -804,6 +829,7 @@ fn linear_recurrence_chunked<B: Backend>(
             Tensor::cat(vec![v, Tensor::zeros([bs, pad, m], (&device, dtype))], 1)
         }
     };
+    let docs = docs.map(|d| d.padded(pad).chunks(nc, t));
     let cum = pad_seq(log_decay).reshape([bs, nc, t, m]).cumsum(2); // S [b, c, T, M]
     let input = pad_seq(input).reshape([bs, nc, t, m]);
 
@@ -824,6 +850,10 @@ fn linear_recurrence_chunked<B: Backend>(
     .reshape([1, 1, t, t, 1]);
     let seg = cum.clone().reshape([bs, nc, t, 1, m]) - cum.clone().reshape([bs, nc, 1, t, m]);
     let decay = (seg + causal).exp(); // exp(S_t − S_s), 0 for s > t: [b, c, T(t), T(s), M]
+    let decay = match &docs {
+        Some(d) => decay * d.same_within_chunks().unsqueeze_dim::<5>(4),
+        None => decay,
+    };
     let local = (decay * input.reshape([bs, nc, 1, t, m]))
         .sum_dim(3)
         .reshape([bs, nc, t, m]); // [b, c, T, M]
@@ -836,12 +866,19 @@ fn linear_recurrence_chunked<B: Backend>(
         let chunk_decay = cum.clone().narrow(2, t - 1, 1).reshape([bs, nc, m]);
         let chunk_input = local.clone().narrow(2, t - 1, 1).reshape([bs, nc, m]);
         // after[c] = state at the end of chunk c.
-        let (after, _) = linear_recurrence_chunked(chunk_decay, chunk_input, Some(h0.clone()), t);
+        let chunk_docs = docs.as_ref().map(ChunkDocIds::chunk_level);
+        let (after, _) =
+            linear_recurrence_chunked(chunk_decay, chunk_input, Some(h0.clone()), t, chunk_docs);
         Tensor::cat(vec![h0.reshape([bs, 1, m]), after.narrow(1, 0, nc - 1)], 1)
     };
 
-    // 3. Add the carried state, decayed to each position.
-    let h = local + cum.exp() * starts.reshape([bs, nc, 1, m]); // [b, c, T, M]
+    // 3. Add the carried state, decayed to each position (within its document).
+    let carried = cum.exp() * starts.reshape([bs, nc, 1, m]); // [b, c, T, M]
+    let carried = match &docs {
+        Some(d) => carried * d.same_as_entering().unsqueeze_dim::<4>(3),
+        None => carried,
+    };
+    let h = local + carried; // [b, c, T, M]
     let h = h.reshape([bs, nc * t, m]);
     let last = h.clone().narrow(1, nc * t - 1, 1).reshape([bs, m]);
     (h.narrow(1, 0, l), last)
@@ -914,11 +951,16 @@ impl<B: Backend> Mamba<B> {
 
     /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, &self.ctx)
+    }
+
+    /// [`Mamba::forward`] under `ctx` (a batch's context: packed documents, see [`ForwardCtx`]).
+    pub fn forward_with(&self, input_ids: Tensor<B, 2, Int>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids); // [b, l, d]
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan, &self.ctx).0;
+            h = layer.forward(h, None, self.scan, ctx).0;
         }
-        self.logits(h)
+        self.logits(h, ctx)
     }
 
     /// An empty cache for `batch` sequences.
@@ -949,18 +991,18 @@ impl<B: Backend> Mamba<B> {
         let h = cache.advance(dims, h, |i, h, state| {
             self.layers[i].forward(h, state, scan, &self.ctx)
         });
-        self.logits(h)
+        self.logits(h, &self.ctx)
     }
 
     /// Final norm and head: `[b, l, d]` -> logits `[b, l, vocab]`.
-    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         norm_head_logits(
             &self.norm_f,
             self.lm_head.as_ref(),
             &self.embeddings,
             self.config.vocab_size,
             h,
-            &self.ctx,
+            ctx,
         )
     }
 }
@@ -986,19 +1028,20 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba<B> {
         &self.layers[e]
     }
 
-    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e].forward(h, None, self.scan, &self.ctx).0
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.layers[e].forward(h, None, self.scan, ctx).0
     }
 
     fn inner_block_forward(
         inner: &Mamba<B::InnerBackend>,
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e].forward(h, None, inner.scan, &inner.ctx).0
+        inner.layers[e].forward(h, None, inner.scan, ctx).0
     }
 
-    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.logits(h)
+    fn head_logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.logits(h, ctx)
     }
 }

@@ -50,10 +50,12 @@ use crate::config_keys::{unsupported, ConfigKeys};
 use crate::error::{check_positive, ArchError};
 use crate::grads::CheckpointedModel;
 use crate::hf::{HfMapping, HfModel};
-use crate::layers::{float_dtype, silu_mul, to_dtype, Builder, ForwardCtx, Linear, RmsNorm};
+use crate::layers::{
+    float_dtype, silu_mul, to_dtype, Builder, ForwardCtx, Linear, RmsNorm, Segments,
+};
 use crate::ssm::{
     causal_conv_silu, norm_head_logits, normal_param, residual_add, softplus, split_steps,
-    uniform_param, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
+    uniform_param, DocIds, RecurrentCache, KILN_RESCALE_PRENORM_RESIDUAL,
 };
 
 /// Mamba-2 hyper-parameters, keyed by the HF `Mamba2Config` names; defaults are transformers'.
@@ -656,6 +658,7 @@ impl<B: Backend> Mamba2Mixer<B> {
             self.conv_kernel,
             proj.clone().narrow(2, e, conv_dim),
             conv_past,
+            ctx,
         );
         // The recurrence runs in f32 whatever the compute dtype (as `mamba_ssm` does): its
         // inputs are cast up here, the gated norm's output cast back to the compute dtype below.
@@ -675,13 +678,17 @@ impl<B: Backend> Mamba2Mixer<B> {
         let ssm_past = ssm_past.map(|s| to_dtype(s, f32));
         // On the CPU backend (f32) the fused selective-scan kernel runs the recurrence (`mode`
         // then does not matter; `KILN_FUSED_KERNELS=0` switches back to it): see `ssd_fused`.
+        // Packed documents (ctx.segments) reset the state at their starts.
+        let docs = ctx.segments.as_ref();
         let (y, ssm_state) = if crate::layers::fused_enabled(&x) {
-            ssd_fused(x.clone(), dt, a, b_in, c_out, ssm_past)
+            ssd_fused(x.clone(), dt, a, b_in, c_out, ssm_past, docs)
         } else {
             match mode {
-                SsdMode::Sequential => ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past),
+                SsdMode::Sequential => {
+                    ssd_sequential(x.clone(), dt, a, b_in, c_out, ssm_past, docs)
+                }
                 SsdMode::Chunked { chunk } => {
-                    ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk)
+                    ssd_chunked(x.clone(), dt, a, b_in, c_out, ssm_past, chunk, docs)
                 }
             }
         }; // [b, l, H, P]
@@ -740,7 +747,8 @@ fn per_head<B: Backend>(t: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
 /// Inputs: `x` `[b, l, H, P]`; `dt` (Δ, after softplus) `[b, l, H]`; `a` (A < 0) `[H]`; `b_in`,
 /// `c_out` `[b, l, G, N]`; `h0` `[b, H, P, N]` (zeros when `None`). Returns `y` `[b, l, H, P]`
 /// (without the `D` skip) and the last state `[b, H, P, N]`:
-/// `h_t = exp(Δ_t A) h_{t−1} + (Δ_t x_t) ⊗ B_t`, `y_t = h_t C_t`.
+/// `h_t = exp(Δ_t A) h_{t−1} + (Δ_t x_t) ⊗ B_t`, `y_t = h_t C_t`. With `segments` (packed rows),
+/// `h_{t−1}` counts as 0 where a document other than the row's first starts.
 pub fn ssd_sequential<B: Backend>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
@@ -748,10 +756,15 @@ pub fn ssd_sequential<B: Backend>(
     b_in: Tensor<B, 4>,
     c_out: Tensor<B, 4>,
     h0: Option<Tensor<B, 4>>,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let [bs, l, h, p] = x.dims();
     let n = b_in.dims()[3];
     let decay = (dt.clone() * a.reshape([1, 1, h])).exp().swap_dims(1, 2); // [b, H, l]
+    let decay = match segments {
+        Some(seg) => decay * seg.carries::<B>(&x.device(), x.dtype()).reshape([bs, 1, l]),
+        None => decay,
+    };
     let xdt = (x * dt.reshape([bs, l, h, 1])).swap_dims(1, 2); // [b, H, l, P]
     let bh = per_head(b_in, h); // [b, H, l, N]
     let ch = per_head(c_out, h);
@@ -791,6 +804,7 @@ pub fn ssd_fused<B: Backend>(
     b_in: Tensor<B, 4>,
     c_out: Tensor<B, 4>,
     h0: Option<Tensor<B, 4>>,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let [bs, l, h, p] = x.dims();
     let [_, _, g, n] = b_in.dims();
@@ -820,6 +834,7 @@ pub fn ssd_fused<B: Backend>(
             per_group(&b_in),
             per_group(&c_out),
             h0.clone().map(|s| group(s, 1, gi)),
+            segments,
         ); // y [b, l, E/G], state [b, E/G, N]
         ys.push(y);
         states.push(state);
@@ -841,6 +856,11 @@ pub fn ssd_fused<B: Backend>(
 ///
 /// A length that is not a multiple of `T` is padded with `a = 0`, `Δx = 0`: the final state is
 /// unchanged. Every exponent is ≤ 0 where it is used.
+///
+/// With `segments` (packed documents) each of the four terms is masked to pairs of positions (or
+/// states) in one document, so that nothing crosses a document start: `L` within chunks, the
+/// inputs that reach a chunk's end state, the chunk-to-chunk decays and the carried states.
+#[allow(clippy::too_many_arguments)]
 pub fn ssd_chunked<B: Backend>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
@@ -849,6 +869,7 @@ pub fn ssd_chunked<B: Backend>(
     c_out: Tensor<B, 4>,
     h0: Option<Tensor<B, 4>>,
     chunk: usize,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     assert!(chunk > 0, "ssd_chunked: chunk must be positive");
     let [bs, l, h, p] = x.dims();
@@ -885,6 +906,10 @@ pub fn ssd_chunked<B: Backend>(
         )
     };
     let cum = log_decay.reshape([bs, h, nc, t]).cumsum(3); // S [b, H, c, T]
+    let docs = segments.map(|seg| DocIds::of(seg, &device, dtype).padded(pad).chunks(nc, t));
+    // A per-position mask `[b, c, T]` (or pair mask `[b, c, T, T]`) broadcast over the heads.
+    let over_heads3 = |m: Tensor<B, 3>| m.unsqueeze_dim::<4>(1); // [b, 1, c, T]
+    let over_heads4 = |m: Tensor<B, 4>| m.unsqueeze_dim::<5>(1); // [b, 1, c, T, T]
 
     // 1. Intra-chunk.
     let causal: Vec<f32> = (0..t * t)
@@ -903,14 +928,21 @@ pub fn ssd_chunked<B: Backend>(
     .reshape([1, 1, 1, t, t]);
     let seg = cum.clone().reshape([bs, h, nc, t, 1]) - cum.clone().reshape([bs, h, nc, 1, t]);
     let decay = (seg + causal).exp(); // [b, H, c, T(t), T(s)]
+    let decay = match &docs {
+        Some(d) => decay * over_heads4(d.same_within_chunks()),
+        None => decay,
+    };
     let scores = ch.clone().matmul(bh.clone().swap_dims(3, 4)) * decay; // [b, H, c, T, T]
     let y_diag = scores.matmul(xdt.clone()); // [b, H, c, T, P]
 
     // 2. Each chunk's end state from a zero start.
     let last = cum.clone().narrow(3, t - 1, 1); // [b, H, c, 1]
-    let to_end = (last.clone() - cum.clone())
-        .exp()
-        .reshape([bs, h, nc, t, 1]);
+    let to_end = (last.clone() - cum.clone()).exp(); // [b, H, c, T]
+    let to_end = match &docs {
+        Some(d) => to_end * over_heads3(d.same_as_last()),
+        None => to_end,
+    }
+    .reshape([bs, h, nc, t, 1]);
     let states = xdt.swap_dims(3, 4).matmul(bh * to_end); // [b, H, c, P, N]
 
     // 3. States entering each chunk (and the final one): new_i = Σ_{j ≤ i} exp(cc_i − cc_j) s_j
@@ -946,12 +978,21 @@ pub fn ssd_chunked<B: Backend>(
     )
     .reshape([1, 1, m, m]);
     let chunk_decay = (cc.clone().reshape([bs, h, m, 1]) - cc.reshape([bs, h, 1, m]) + mask).exp();
+    let chunk_decay = match &docs {
+        // State i (before chunk i) takes state j only when both are in one document.
+        Some(d) => chunk_decay * d.same_states().unsqueeze_dim::<4>(1),
+        None => chunk_decay,
+    };
     let new = chunk_decay.matmul(all); // [b, H, c + 1, P·N]
     let final_state = new.clone().narrow(2, nc, 1).reshape([bs, h, p, n]);
     let starts = new.narrow(2, 0, nc).reshape([bs, h, nc, p, n]);
 
     // 4. The carried state, read out and decayed to each position.
-    let y_off = ch.matmul(starts.swap_dims(3, 4)) * cum.exp().reshape([bs, h, nc, t, 1]);
+    let carried = match &docs {
+        Some(d) => cum.exp() * over_heads3(d.same_as_entering()),
+        None => cum.exp(),
+    }; // [b, H, c, T]
+    let y_off = ch.matmul(starts.swap_dims(3, 4)) * carried.reshape([bs, h, nc, t, 1]);
     let y = (y_diag + y_off)
         .reshape([bs, h, nc * t, p])
         .narrow(2, 0, l)
@@ -1024,11 +1065,16 @@ impl<B: Backend> Mamba2<B> {
 
     /// `input_ids` `[b, l]` -> logits `[b, l, vocab]`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, &self.ctx)
+    }
+
+    /// [`Mamba2::forward`] under `ctx` (a batch's context: packed documents, see [`ForwardCtx`]).
+    pub fn forward_with(&self, input_ids: Tensor<B, 2, Int>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         let mut h = self.embeddings.forward(input_ids);
         for layer in &self.layers {
-            h = layer.forward(h, None, self.scan, &self.ctx).0;
+            h = layer.forward(h, None, self.scan, ctx).0;
         }
-        self.logits(h)
+        self.logits(h, ctx)
     }
 
     /// An empty cache for `batch` sequences.
@@ -1054,17 +1100,17 @@ impl<B: Backend> Mamba2<B> {
         let h = cache.advance(dims, h, |i, h, state| {
             self.layers[i].forward(h, state, mode, &self.ctx)
         });
-        self.logits(h)
+        self.logits(h, &self.ctx)
     }
 
-    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
         norm_head_logits(
             &self.norm_f,
             self.lm_head.as_ref(),
             &self.embeddings,
             self.config.vocab_size,
             h,
-            &self.ctx,
+            ctx,
         )
     }
 }
@@ -1090,19 +1136,20 @@ impl<B: AutodiffBackend> CheckpointedModel<B> for Mamba2<B> {
         &self.layers[e]
     }
 
-    fn block_forward(&self, e: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layers[e].forward(h, None, self.scan, &self.ctx).0
+    fn block_forward(&self, e: usize, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.layers[e].forward(h, None, self.scan, ctx).0
     }
 
     fn inner_block_forward(
         inner: &Mamba2<B::InnerBackend>,
         e: usize,
         h: Tensor<B::InnerBackend, 3>,
+        ctx: &ForwardCtx,
     ) -> Tensor<B::InnerBackend, 3> {
-        inner.layers[e].forward(h, None, inner.scan, &inner.ctx).0
+        inner.layers[e].forward(h, None, inner.scan, ctx).0
     }
 
-    fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.logits(h)
+    fn head_logits(&self, h: Tensor<B, 3>, ctx: &ForwardCtx) -> Tensor<B, 3> {
+        self.logits(h, ctx)
     }
 }

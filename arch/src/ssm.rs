@@ -11,7 +11,8 @@ use burn::tensor::{Distribution, FloatDType, Tensor};
 
 use crate::hf::HfMapping;
 use crate::layers::{
-    float_dtype, fused_enabled, fused_mamba, to_dtype, ForwardCtx, Linear, RmsNorm,
+    float_dtype, fused_enabled, fused_mamba, packed_without_cache, to_dtype, ForwardCtx, Linear,
+    RmsNorm, Segments,
 };
 use burn::tensor::activation::silu;
 
@@ -20,6 +21,9 @@ use burn::tensor::activation::silu;
 /// `conv1d(padding = K − 1)[..., :l]`. Returns `[b, l, C]` and the new past (the last K − 1
 /// inputs).
 ///
+/// With `segments` (packed documents, no `past`), a tap reading a position of an earlier
+/// document reads 0 instead, as if each document were convolved alone.
+///
 /// K shifted multiply-adds instead of burn's grouped `conv1d`: no `[b, C, l]` transposes, and
 /// the same code serves a single generation step.
 pub(crate) fn causal_conv<B: Backend>(
@@ -27,6 +31,7 @@ pub(crate) fn causal_conv<B: Backend>(
     k: usize,
     x: Tensor<B, 3>,
     past: Option<Tensor<B, 3>>,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let [b, l, c] = x.dims();
     let past = match past {
@@ -37,8 +42,17 @@ pub(crate) fn causal_conv<B: Backend>(
     let w = to_dtype(conv1d.weight.val(), float_dtype(&padded))
         .reshape([c, k])
         .transpose(); // [K, C]: tap j of every channel
-    let tap =
-        |j: usize| padded.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c]);
+                      // Tap j reads position t − (K − 1 − j).
+    let tap = |j: usize| {
+        let read = padded.clone().narrow(1, j, l); // [b, l, C]
+        let read = match segments {
+            Some(seg) if j < k - 1 => {
+                read * seg.reaches_back::<B>(k - 1 - j, &padded.device(), padded.dtype())
+            }
+            _ => read,
+        };
+        read * w.clone().narrow(0, j, 1).reshape([1, 1, c])
+    };
     let mut y = tap(0);
     for j in 1..k {
         y = y + tap(j);
@@ -50,15 +64,18 @@ pub(crate) fn causal_conv<B: Backend>(
     (y, past)
 }
 
-/// [`causal_conv`] followed by SiLU (the Mamba mixers' convolution branch). On the CPU backend in
-/// f32, from position 0 and with a bias (training, evaluation, prefill), one fused kernel with
-/// its own backward (`layers/fused_mamba.rs`); the burn ops otherwise.
+/// [`causal_conv`] followed by SiLU (the Mamba mixers' convolution branch), within the packed
+/// documents of `ctx`. On the CPU backend in f32, from position 0 and with a bias (training,
+/// evaluation, prefill), one fused kernel with its own backward (`layers/fused_mamba.rs`); the
+/// burn ops otherwise.
 pub(crate) fn causal_conv_silu<B: Backend>(
     conv1d: &Conv1d<B>,
     k: usize,
     x: Tensor<B, 3>,
     past: Option<Tensor<B, 3>>,
+    ctx: &ForwardCtx,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let segments = packed_without_cache(ctx, past.is_some());
     match (&conv1d.bias, past) {
         (Some(bias), None) if fused_enabled(&x) => {
             let [b, l, c] = x.dims();
@@ -74,10 +91,13 @@ pub(crate) fn causal_conv_silu<B: Backend>(
                 to_dtype(conv1d.weight.val(), f32),
                 to_dtype(bias.val(), f32),
             );
-            (fused_mamba::conv_silu(x, w, bias), past.swap_dims(1, 2))
+            (
+                fused_mamba::conv_silu(x, w, bias, segments),
+                past.swap_dims(1, 2),
+            )
         }
         (_, past) => {
-            let (y, past) = causal_conv(conv1d, k, x, past);
+            let (y, past) = causal_conv(conv1d, k, x, past, segments);
             (silu(y), past)
         }
     }
@@ -251,4 +271,125 @@ pub(crate) fn rescale_prenorm_residual_export(rescale: bool) -> [(&'static str, 
         ("rescale_prenorm_residual", false),
         (KILN_RESCALE_PRENORM_RESIDUAL, rescale),
     ]
+}
+
+/// 1 where `a` and `b` (same shape) are equal, 0 elsewhere, in `a`'s dtype.
+fn equal_as_float<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = a.dtype();
+    a.equal(b).float().cast(dtype)
+}
+
+/// The documents of packed positions as the chunked scans use them (see [`Segments`]): a float
+/// id per position (its document's first position), `[b, l]`, and the document of the state
+/// entering position 0, `[b, 1]` (the first position's: a row's first document continues `h0`).
+#[derive(Clone, Debug)]
+pub(crate) struct DocIds<B: Backend> {
+    ids: Tensor<B, 2>,
+    before: Tensor<B, 2>,
+}
+
+impl<B: Backend> DocIds<B> {
+    /// The documents of `segments`, in `dtype` (the scan's).
+    pub(crate) fn of(segments: &Segments, device: &B::Device, dtype: burn::tensor::DType) -> Self {
+        let ids = segments.ids::<B>(device, dtype); // [b, l]
+        let before = ids.clone().narrow(1, 0, 1); // [b, 1]
+        Self { ids, before }
+    }
+
+    /// `pad` more positions in the last position's document (a chunked scan's padding, which
+    /// must not reset anything).
+    pub(crate) fn padded(self, pad: usize) -> Self {
+        if pad == 0 {
+            return self;
+        }
+        let [b, l] = self.ids.dims();
+        let last = self.ids.clone().narrow(1, l - 1, 1).expand([b, pad]);
+        Self {
+            ids: Tensor::cat(vec![self.ids, last], 1),
+            before: self.before,
+        }
+    }
+
+    /// Cut into `nc` chunks of `t` positions (`nc · t` positions, padded).
+    pub(crate) fn chunks(self, nc: usize, t: usize) -> ChunkDocIds<B> {
+        let [b, _] = self.ids.dims();
+        ChunkDocIds {
+            ids: self.ids.reshape([b, nc, t]),
+            before: self.before,
+        }
+    }
+}
+
+/// [`DocIds`] cut into chunks: ids `[b, c, T]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ChunkDocIds<B: Backend> {
+    ids: Tensor<B, 3>,
+    before: Tensor<B, 2>,
+}
+
+impl<B: Backend> ChunkDocIds<B> {
+    /// `[b, c, T(t), T(s)]`: 1 where positions `t` and `s` of a chunk are in one document.
+    pub(crate) fn same_within_chunks(&self) -> Tensor<B, 4> {
+        let [b, nc, t] = self.ids.dims();
+        let rows = self
+            .ids
+            .clone()
+            .reshape([b, nc, t, 1])
+            .expand([b, nc, t, t]);
+        let cols = self
+            .ids
+            .clone()
+            .reshape([b, nc, 1, t])
+            .expand([b, nc, t, t]);
+        equal_as_float(rows, cols)
+    }
+
+    /// `[b, c]`: the document of each chunk's last position.
+    pub(crate) fn last(&self) -> Tensor<B, 2> {
+        let [b, nc, t] = self.ids.dims();
+        self.ids.clone().narrow(2, t - 1, 1).reshape([b, nc])
+    }
+
+    /// `[b, c + 1]`: the document of the state before each chunk (`before`, then each chunk's
+    /// last position's), and after the last chunk.
+    pub(crate) fn states(&self) -> Tensor<B, 2> {
+        Tensor::cat(vec![self.before.clone(), self.last()], 1)
+    }
+
+    /// `[b, c + 1, c + 1]`: 1 where two of [`ChunkDocIds::states`] are in one document.
+    pub(crate) fn same_states(&self) -> Tensor<B, 3> {
+        let states = self.states(); // [b, c + 1]
+        let [b, m] = states.dims();
+        let rows = states.clone().reshape([b, m, 1]).expand([b, m, m]);
+        let cols = states.reshape([b, 1, m]).expand([b, m, m]);
+        equal_as_float(rows, cols)
+    }
+
+    /// `[b, c, T]`: 1 where a position is in the document of its chunk's last position (its
+    /// input reaches the chunk's end state).
+    pub(crate) fn same_as_last(&self) -> Tensor<B, 3> {
+        let [b, nc, t] = self.ids.dims();
+        let last = self.last().reshape([b, nc, 1]).expand([b, nc, t]);
+        equal_as_float(self.ids.clone(), last)
+    }
+
+    /// `[b, c, T]`: 1 where a position is in the document of the state entering its chunk (the
+    /// carried state reaches it).
+    pub(crate) fn same_as_entering(&self) -> Tensor<B, 3> {
+        let [b, nc, t] = self.ids.dims();
+        let entering = self
+            .states()
+            .narrow(1, 0, nc)
+            .reshape([b, nc, 1])
+            .expand([b, nc, t]);
+        equal_as_float(self.ids.clone(), entering)
+    }
+
+    /// One level up: one position per chunk, in the document of its last position.
+    pub(crate) fn chunk_level(&self) -> DocIds<B> {
+        DocIds {
+            ids: self.last(),
+            before: self.before.clone(),
+        }
+    }
 }

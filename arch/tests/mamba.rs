@@ -13,7 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::*;
 use kiln_arch::mamba::{selective_scan_chunked, selective_scan_sequential, ScanMode};
-use kiln_arch::{ArchError, HfModel, HfTensor, Mamba, MambaConfig};
+use kiln_arch::{ArchError, HfModel, HfTensor, Mamba, MambaConfig, Segments};
 
 type AB = Autodiff<B>;
 
@@ -65,7 +65,20 @@ fn scan_forms_agree() {
         (20, 64),
         (100, 4),
     ] {
-        for with_h0 in [false, true] {
+        // Unpacked, and two packed rows: a document of one token after the first third, and
+        // halves (documents across and at chunk edges).
+        let doc_ids = |r: usize, t: usize| match r {
+            0 => u32::from(t >= l / 3) + u32::from(t > l / 3),
+            _ => u32::from(t >= l / 2),
+        };
+        let ids: Vec<u32> = (0..bs * l).map(|k| doc_ids(k / l, k % l)).collect();
+        let packed = Segments::from_ids(bs, l, &ids);
+        for (with_h0, segments) in [
+            (false, None),
+            (true, None),
+            (false, Some(&packed)),
+            (true, Some(&packed)),
+        ] {
             let s = scan_inputs(bs, l, e, n, l as u64);
             let args = || {
                 (
@@ -78,9 +91,9 @@ fn scan_forms_agree() {
                 )
             };
             let (x, dt, a, b, c, h0) = args();
-            let (y_seq, h_seq) = selective_scan_sequential(x, dt, a, b, c, h0);
+            let (y_seq, h_seq) = selective_scan_sequential(x, dt, a, b, c, h0, segments);
             let (x, dt, a, b, c, h0) = args();
-            let (y_chk, h_chk) = selective_scan_chunked(x, dt, a, b, c, h0, chunk);
+            let (y_chk, h_chk) = selective_scan_chunked(x, dt, a, b, c, h0, chunk, segments);
             assert_eq!(y_chk.dims(), [bs, l, e]);
             let (y_seq, y_chk) = (to_vec(y_seq), to_vec(y_chk));
             let dy = max_abs_diff(&y_seq, &y_chk);
@@ -89,7 +102,7 @@ fn scan_forms_agree() {
             assert!(scale > 0.1, "degenerate test input");
             assert!(
                 dy < 1e-5 && dh < 1e-5,
-                "l={l} chunk={chunk} h0={with_h0}: y diff {dy}, state diff {dh}"
+                "l={l} chunk={chunk} h0={with_h0} {segments:?}: y diff {dy}, state diff {dh}"
             );
         }
     }
@@ -138,8 +151,8 @@ fn scan_gradients_match_finite_differences() {
         let (bs, l, e) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let n = a.dims()[1];
         let (y, h) = match chunk {
-            None => selective_scan_sequential(x, dt, a, b, c, Some(h0)),
-            Some(chunk) => selective_scan_chunked(x, dt, a, b, c, Some(h0), chunk),
+            None => selective_scan_sequential(x, dt, a, b, c, Some(h0), None),
+            Some(chunk) => selective_scan_chunked(x, dt, a, b, c, Some(h0), chunk, None),
         };
         let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
         let v64: Vec<f64> = v.iter().map(|&x| x as f64).collect();
@@ -697,8 +710,8 @@ fn scan_timing() {
             let b = tensor_of::<AB, 3>(s.b.clone(), [bs, l, n]).require_grad();
             let c = tensor_of::<AB, 3>(s.c.clone(), [bs, l, n]).require_grad();
             let (y, _) = match chunk {
-                None => selective_scan_sequential(x.clone(), dt, a, b, c, None),
-                Some(chunk) => selective_scan_chunked(x.clone(), dt, a, b, c, None, chunk),
+                None => selective_scan_sequential(x.clone(), dt, a, b, c, None, None),
+                Some(chunk) => selective_scan_chunked(x.clone(), dt, a, b, c, None, chunk, None),
             };
             let grads = y.sum().backward();
             to_vec(x.grad(&grads).expect("grad"))[0]

@@ -12,7 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use kiln_arch::mamba2::{ssd_chunked, ssd_fused, ssd_sequential, SsdMode};
-use kiln_arch::{ArchError, HfModel, HfTensor, Mamba2, Mamba2Config};
+use kiln_arch::{ArchError, HfModel, HfTensor, Mamba2, Mamba2Config, Segments};
 use serde_json::json;
 
 type AB = Autodiff<B>;
@@ -70,7 +70,17 @@ enum Form {
 }
 
 /// `form`'s outputs and final state against the sequential reference.
-fn check_values(form: Form, (l, h, p, g, n): (usize, usize, usize, usize, usize), with_h0: bool) {
+fn check_values(form: Form, dims: (usize, usize, usize, usize, usize), with_h0: bool) {
+    check_packed_values(form, dims, with_h0, None);
+}
+
+/// [`check_values`] for two rows that pack the documents `segments` describes.
+fn check_packed_values(
+    form: Form,
+    (l, h, p, g, n): (usize, usize, usize, usize, usize),
+    with_h0: bool,
+    segments: Option<&Segments>,
+) {
     let (x, dt, a, bb, c, h0) = ssd_inputs::<B>(2, l, h, p, g, n, l as u64);
     let h0 = with_h0.then_some(h0);
     let (ys, hs) = ssd_sequential(
@@ -80,10 +90,11 @@ fn check_values(form: Form, (l, h, p, g, n): (usize, usize, usize, usize, usize)
         bb.clone(),
         c.clone(),
         h0.clone(),
+        segments,
     );
     let (yf, hf) = match form {
-        Form::Chunked(chunk) => ssd_chunked(x, dt, a, bb, c, h0, chunk),
-        Form::Fused => ssd_fused(x, dt, a, bb, c, h0),
+        Form::Chunked(chunk) => ssd_chunked(x, dt, a, bb, c, h0, chunk, segments),
+        Form::Fused => ssd_fused(x, dt, a, bb, c, h0, segments),
         Form::Sequential => unreachable!("the reference itself"),
     };
     assert_eq!(yf.dims(), [2, l, h, p]);
@@ -92,8 +103,29 @@ fn check_values(form: Form, (l, h, p, g, n): (usize, usize, usize, usize, usize)
     let dh = max_abs_diff(&to_vec(hs), &to_vec(hf));
     assert!(
         dy < 1e-4 && dh < 1e-4,
-        "{form:?} g {g} l {l} h0 {with_h0}: y {dy}, state {dh}"
+        "{form:?} g {g} l {l} h0 {with_h0} {segments:?}: y {dy}, state {dh}"
     );
+}
+
+/// With packed documents, every form resets the state where the sequential reference does
+/// (which the model tests hold against each document run alone): documents within a chunk,
+/// across chunk edges, of one token, starting at a chunk's first position.
+#[test]
+fn packed_forms_match_sequential() {
+    let l = 13;
+    let seg = Segments::from_lengths(l, &[vec![4, 1, 3, 5], vec![8, 5]]);
+    for form in [
+        Form::Chunked(1),
+        Form::Chunked(4),
+        Form::Chunked(5),
+        Form::Fused,
+    ] {
+        for g in [1, 2] {
+            for with_h0 in [false, true] {
+                check_packed_values(form, (l, 4, 3, g, 5), with_h0, Some(&seg));
+            }
+        }
+    }
 }
 
 #[test]
@@ -132,6 +164,7 @@ fn ssd_state_carries_over() {
         c.clone(),
         None,
         4,
+        None,
     );
     let cut = |t: Tensor<B, 4>, s: usize, len: usize| t.narrow(1, s, len);
     let (y1, h1) = ssd_chunked(
@@ -142,6 +175,7 @@ fn ssd_state_carries_over() {
         cut(c.clone(), 0, 6),
         None,
         4,
+        None,
     );
     let (y2, h2) = ssd_sequential(
         cut(x, 6, 7),
@@ -150,6 +184,7 @@ fn ssd_state_carries_over() {
         cut(bb, 6, 7),
         cut(c, 6, 7),
         Some(h1),
+        None,
     );
     let y = Tensor::cat(vec![y1, y2], 1);
     assert!(max_abs_diff(&to_vec(y_all), &to_vec(y)) < 1e-4);
@@ -186,9 +221,9 @@ fn check_gradients(g: usize) {
             Some(h0.clone()),
         );
         let (y, last) = match form {
-            Form::Chunked(chunk) => ssd_chunked(xc, dtc, ac, bc, cc, h0c, chunk),
-            Form::Sequential => ssd_sequential(xc, dtc, ac, bc, cc, h0c),
-            Form::Fused => ssd_fused(xc, dtc, ac, bc, cc, h0c),
+            Form::Chunked(chunk) => ssd_chunked(xc, dtc, ac, bc, cc, h0c, chunk, None),
+            Form::Sequential => ssd_sequential(xc, dtc, ac, bc, cc, h0c, None),
+            Form::Fused => ssd_fused(xc, dtc, ac, bc, cc, h0c, None),
         };
         let w = rand::<AB, 4>([2, l, h, p], 3, 1.0);
         let loss = if with_state {

@@ -2,7 +2,8 @@
 //! objective needs besides the tokens.
 
 /// `rows × (seq_len + 1)` token ids, row-major (row `r` = one window: input `row[..seq_len]`,
-/// target `row[1..]`), and an optional loss mask.
+/// target `row[1..]`), an optional loss mask and, when rows pack several documents, where they
+/// start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub tokens: Vec<u32>,
@@ -10,6 +11,13 @@ pub struct Batch {
     /// on (a prompt token in supervised fine-tuning, padding), as labels of -100 in transformers.
     /// `None` = every target counts (pretraining).
     pub loss_mask: Option<Vec<bool>>,
+    /// One document id per *input* position (`rows × seq_len`) when rows pack several documents
+    /// (fine-tuning examples, pretraining documents): a document starts wherever the id changes
+    /// along a row. The model keeps documents apart (attention, RoPE positions, Mamba's
+    /// convolution and state restart), so each one trains as if alone. Whether the target that
+    /// crosses into the next document counts is the loss mask's business. `None` = one sequence
+    /// per row.
+    pub doc_ids: Option<Vec<u32>>,
 }
 
 impl Batch {
@@ -28,6 +36,7 @@ impl From<Vec<u32>> for Batch {
         Self {
             tokens,
             loss_mask: None,
+            doc_ids: None,
         }
     }
 }

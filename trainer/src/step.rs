@@ -10,7 +10,7 @@
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use kiln_arch::Model;
+use kiln_arch::{Model, Segments};
 use kiln_data::Batch;
 
 use crate::objective::{batch_tensors, GradSync, Objective};
@@ -91,11 +91,14 @@ pub fn train_step<B: Backend, O: Objective>(
             seq_len,
             device,
         );
+        // This micro-batch's forward context: the model's, plus the documents its rows pack.
+        let segments = (batch.doc_ids.as_deref()).map(|ids| Segments::from_ids(rows, seq_len, ids));
+        let ctx = model.ctx().with_segments(segments);
         let scaled_loss = |logits| objective.loss_sum(logits, targets).div_scalar(normaliser); // [1]
         let (scaled, micro) = if shape.activation_checkpointing {
-            model.backward_checkpointed(inputs, scaled_loss)
+            model.backward_checkpointed(inputs, &ctx, scaled_loss)
         } else {
-            let loss = scaled_loss(model.forward(inputs));
+            let loss = scaled_loss(model.forward_with(inputs, &ctx));
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             (loss.inner(), grads)
         };
@@ -458,7 +461,43 @@ mod seam_tests {
         Batch {
             tokens,
             loss_mask: Some(mask),
+            doc_ids: None,
         }
+    }
+
+    /// A row packing two documents trains exactly as the two documents in rows of their own:
+    /// same loss, gradient norm and update. The packed row is `A (4 tokens) | B (5 tokens)`, its
+    /// target crossing from A into B masked out; alone, each document is padded at its end
+    /// (causal, so the padding does not reach it) and its padding targets masked out.
+    #[test]
+    fn a_packed_row_trains_as_its_documents_alone() {
+        let (a, b) = ([11u32, 52, 7, 90], [3u32, 64, 28, 45, 19]);
+        let packed_tokens = [&a[..], &b[..]].concat(); // 9 tokens: one window of 8 inputs
+        let mut packed_mask = vec![true; 8];
+        packed_mask[3] = false; // a3 -> b0
+        let packed = Batch {
+            tokens: packed_tokens.clone(),
+            loss_mask: Some(packed_mask.clone()),
+            doc_ids: Some(vec![0, 0, 0, 0, 1, 1, 1, 1]),
+        };
+        let pad = |doc: &[u32]| [doc, &vec![1u32; 9 - doc.len()][..]].concat();
+        let targets = |doc: &[u32]| (0..8).map(|i| i + 1 < doc.len()).collect::<Vec<_>>();
+        let alone = masked(
+            [pad(&a), pad(&b)].concat(),
+            [targets(&a), targets(&b)].concat(),
+        );
+        let (lp, np, wp) = step(vec![packed], 1, &mut SingleWorker);
+        let (la, na, wa) = step(vec![alone], 2, &mut SingleWorker);
+        assert!((lp - la).abs() < 1e-5, "loss {lp} vs {la}");
+        assert!((np - na).abs() < 1e-5 * na, "grad norm {np} vs {na}");
+        assert!(close(&wp, &wa, 1e-5), "updated weights differ");
+        // Without the document ids B attends to A: the same row trains differently.
+        let (lu, _, _) = step(
+            vec![masked(packed_tokens, packed_mask)],
+            1,
+            &mut SingleWorker,
+        );
+        assert!((lu - la).abs() > 1e-4, "loss {lu} vs {la}");
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32) -> bool {

@@ -36,6 +36,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
+use super::Segments;
 use crate::simd::{exp, simd};
 
 /// The autodiff flavour of the CPU backend (the training backend).
@@ -619,18 +620,26 @@ fn permute_rows(
     dst
 }
 
+/// The first position of the document of position `i` of batch row `bi` (0 without packing).
+#[inline(always)]
+fn doc_start(starts: Option<&[u32]>, s: usize, bi: usize, i: usize) -> usize {
+    starts.map_or(0, |st| st[bi * s + i] as usize)
+}
+
 /// `src` `[b, s, h, hd]` → `[b, h, s, hd]`; with `rope`, each row rotated (rotate-half, HF):
-/// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[hd/2:], x[:hd/2])`.
+/// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[hd/2:], x[:hd/2])`, at its position
+/// inside its document (`i − start`; `i` without packing).
 fn to_heads(
     src: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    hd: usize,
+    (b, s, h, hd): (usize, usize, usize, usize),
     rope: Option<(&[f32], &[f32])>,
+    starts: Option<&[u32]>,
 ) -> Vec<f32> {
     // dst unit (bi, hh) row i <- src row (bi, i, hh).
-    let locate = |unit: usize, i: usize| (((unit / h) * s + i) * h + unit % h, i);
+    let locate = |unit: usize, i: usize| {
+        let bi = unit / h;
+        ((bi * s + i) * h + unit % h, i - doc_start(starts, s, bi, i))
+    };
     permute_rows(
         src,
         (b * h, s, hd),
@@ -644,17 +653,18 @@ fn to_heads(
 }
 
 /// `src` `[b, h, s, hd]` → `[b, s, h, hd]`; with `rope`, each row goes through the transpose of
-/// the rotation (the RoPE backward): `g·cos + rotate_halfᵀ(g·sin)`, `rotate_halfᵀ(z) = cat(z[hd/2:], -z[:hd/2])`.
+/// the rotation at the row's position (the RoPE backward): `g·cos + rotate_halfᵀ(g·sin)`, `rotate_halfᵀ(z) = cat(z[hd/2:], -z[:hd/2])`.
 fn from_heads(
     src: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    hd: usize,
+    (b, s, h, hd): (usize, usize, usize, usize),
     rope: Option<(&[f32], &[f32])>,
+    starts: Option<&[u32]>,
 ) -> Vec<f32> {
     // dst row (bi, i) head hh <- src row (bi, hh, i).
-    let locate = |row: usize, hh: usize| (((row / s) * h + hh) * s + row % s, row % s);
+    let locate = |row: usize, hh: usize| {
+        let (bi, i) = (row / s, row % s);
+        ((bi * h + hh) * s + i, i - doc_start(starts, s, bi, i))
+    };
     permute_rows(
         src,
         (b * s, h, hd),
@@ -764,10 +774,13 @@ fn row_blocks(n_rep: usize, s: usize) -> impl Iterator<Item = (usize, usize, usi
     })
 }
 
-/// Scaled, causally masked softmax of one row of scores in place; `valid = position + 1`.
+/// Scaled, masked softmax of one row of scores in place: keys `lo..valid` are seen (`lo` = the
+/// document's first position, `valid` = the query's position + 1), the others get 0.
 #[inline(always)]
-fn softmax_row(row: &mut [f32], valid: usize, scale: f32) {
-    let (z, masked) = row.split_at_mut(valid);
+fn softmax_row(row: &mut [f32], lo: usize, valid: usize, scale: f32) {
+    let (before, row) = row.split_at_mut(lo);
+    before.fill(0.0);
+    let (z, masked) = row.split_at_mut(valid - lo);
     let mut max = f32::NEG_INFINITY;
     for v in z.iter_mut() {
         *v *= scale;
@@ -783,11 +796,15 @@ fn softmax_row(row: &mut [f32], valid: usize, scale: f32) {
     masked.fill(0.0);
 }
 
-/// The softmax and scale backward of one row in place: dS = P ⊙ (dP − Σ P ⊙ dP) · scale.
+/// The softmax and scale backward of one row in place: dS = P ⊙ (dP − Σ P ⊙ dP) · scale, over
+/// the seen keys `lo..valid` (0 elsewhere).
 #[inline(always)]
-fn softmax_bwd_row(dp: &mut [f32], p: &[f32], valid: usize, scale: f32) {
-    let (d, masked) = dp.split_at_mut(valid);
-    let c = dot(&p[..valid], d);
+fn softmax_bwd_row(dp: &mut [f32], p: &[f32], lo: usize, valid: usize, scale: f32) {
+    let (before, dp) = dp.split_at_mut(lo);
+    before.fill(0.0);
+    let p = &p[lo..];
+    let (d, masked) = dp.split_at_mut(valid - lo);
+    let c = dot(&p[..valid - lo], d);
     for (d, &p) in d.iter_mut().zip(p) {
         *d = p * (*d - c) * scale;
     }
@@ -809,6 +826,8 @@ struct AttnState {
     p: Arc<Vec<f32>>,
     /// RoPE tables `(cos, sin)` for positions `0..s`, `[s, hd]` each; `None`: no rotation.
     rope: Option<(FlexTensor, FlexTensor)>,
+    /// Document boundaries of packed rows; `None`: one sequence per row.
+    segments: Option<Segments>,
 }
 
 impl core::fmt::Debug for AttnState {
@@ -836,6 +855,7 @@ fn attn_fwd(
     k: &FlexTensor,
     v: &FlexTensor,
     rope: Option<(FlexTensor, FlexTensor)>,
+    segments: Option<Segments>,
     dims: AttnDims,
 ) -> (FlexTensor, AttnState) {
     let AttnDims {
@@ -849,11 +869,12 @@ fn attn_fwd(
     let n_rep = dims.n_rep();
     let rows = n_rep * s;
     let units = b * nkv;
+    let starts = segments.as_ref().map(Segments::starts);
     let (qh, kh, vh) = with_tables(&rope, |r| {
         (
-            with_f32(q, |q| to_heads(q, b, s, nh, hd, r)),
-            with_f32(k, |k| to_heads(k, b, s, nkv, hd, r)),
-            with_f32(v, |v| to_heads(v, b, s, nkv, hd, None)),
+            with_f32(q, |q| to_heads(q, (b, s, nh, hd), r, starts)),
+            with_f32(k, |k| to_heads(k, (b, s, nkv, hd), r, starts)),
+            with_f32(v, |v| to_heads(v, (b, s, nkv, hd), None, None)),
         )
     });
     let mut p = zeros(units * rows * s);
@@ -876,29 +897,34 @@ fn attn_fwd(
                 let v = &vh_ref[unit * s * hd..][..s * hd];
                 let p = &mut p[u * rows * s..][..rows * s];
                 let o = &mut o[u * rows * hd..][..rows * hd];
+                let bi = unit / nkv;
                 for (row0, n, i0) in row_blocks(n_rep, s) {
-                    let keys = i0 + n; // the block's positions see keys 0..keys
+                    // The block's positions see keys kb..keys (kb: the first row's document
+                    // start; starts grow along a row).
+                    let (kb, keys) = (doc_start(starts, s, bi, i0), i0 + n);
                     let pb = &mut p[row0 * s..(row0 + n) * s];
                     // S = Q·Kᵀ, then the masked softmax row by row, then O = P·V.
                     let qb = View::rows(&q[row0 * hd..], hd);
-                    matmul(pb, s, false, (n, keys, hd), qb, View::transposed(k, hd));
+                    let kt = View::transposed(&k[kb * hd..], hd);
+                    matmul(&mut pb[kb..], s, false, (n, keys - kb, hd), qb, kt);
                     for r in 0..n {
-                        softmax_row(&mut pb[r * s..(r + 1) * s], i0 + r + 1, scale);
+                        let lo = doc_start(starts, s, bi, i0 + r);
+                        softmax_row(&mut pb[r * s..(r + 1) * s], lo, i0 + r + 1, scale);
                     }
                     let ob = &mut o[row0 * hd..(row0 + n) * hd];
                     matmul(
                         ob,
                         hd,
                         false,
-                        (n, hd, keys),
-                        View::rows(pb, s),
-                        View::rows(v, hd),
+                        (n, hd, keys - kb),
+                        View::rows(&pb[kb..], s),
+                        View::rows(&v[kb * hd..], hd),
                     );
                 }
             }
         },
     );
-    let out = from_heads(&o, b, s, nh, hd, None);
+    let out = from_heads(&o, (b, s, nh, hd), None, None);
     let state = AttnState {
         dims,
         q: Arc::new(qh),
@@ -906,6 +932,7 @@ fn attn_fwd(
         v: Arc::new(vh),
         p: Arc::new(p),
         rope,
+        segments,
     };
     (new_flex(out, &[b, s, nh * hd]), state)
 }
@@ -919,6 +946,7 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
         v,
         p,
         rope,
+        segments,
     } = state;
     let AttnDims {
         b,
@@ -931,7 +959,8 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
     let n_rep = dims.n_rep();
     let rows = n_rep * s;
     let units = b * nkv;
-    let go = with_f32(g, |g| to_heads(g, b, s, nh, hd, None)); // dO [units, rows, hd]
+    let starts = segments.as_ref().map(Segments::starts);
+    let go = with_f32(g, |g| to_heads(g, (b, s, nh, hd), None, None)); // dO [units, rows, hd]
     let mut dq = zeros(units * rows * hd);
     let mut dk = zeros(units * s * hd);
     let mut dv = zeros(units * s * hd);
@@ -958,8 +987,9 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
                 let dq = &mut dq[u * rows * hd..][..rows * hd];
                 let dk = &mut dk[u * s * hd..][..s * hd];
                 let dv = &mut dv[u * s * hd..][..s * hd];
+                let bi = unit / nkv;
                 for (row0, n, i0) in row_blocks(n_rep, s) {
-                    let keys = i0 + n;
+                    let (kb, keys) = (doc_start(starts, s, bi, i0), i0 + n);
                     let (gb, qb, pb) = (
                         &go[row0 * hd..(row0 + n) * hd],
                         &q[row0 * hd..(row0 + n) * hd],
@@ -968,16 +998,17 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
                     // dP = dO·Vᵀ, then dS = softmax backward, row by row.
                     let db = &mut ds[..n * s];
                     matmul(
-                        db,
+                        &mut db[kb..],
                         s,
                         false,
-                        (n, keys, hd),
+                        (n, keys - kb, hd),
                         View::rows(gb, hd),
-                        View::transposed(v, hd),
+                        View::transposed(&v[kb * hd..], hd),
                     );
                     for r in 0..n {
                         let (d, pr) = (&mut db[r * s..(r + 1) * s], &pb[r * s..(r + 1) * s]);
-                        softmax_bwd_row(d, pr, i0 + r + 1, scale);
+                        let lo = doc_start(starts, s, bi, i0 + r);
+                        softmax_bwd_row(d, pr, lo, i0 + r + 1, scale);
                     }
                     let db = &ds[..n * s];
                     // dQ = dS·K; dK += dSᵀ·Q and dV += Pᵀ·dO for the keys the block sees.
@@ -986,13 +1017,17 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
                         dqb,
                         hd,
                         false,
-                        (n, hd, keys),
-                        View::rows(db, s),
-                        View::rows(k, hd),
+                        (n, hd, keys - kb),
+                        View::rows(&db[kb..], s),
+                        View::rows(&k[kb * hd..], hd),
                     );
-                    let (dsb, pbt) = (View::transposed(db, s), View::transposed(pb, s));
-                    matmul(dk, hd, true, (keys, hd, n), dsb, View::rows(qb, hd));
-                    matmul(dv, hd, true, (keys, hd, n), pbt, View::rows(gb, hd));
+                    let (dsb, pbt) = (
+                        View::transposed(&db[kb..], s),
+                        View::transposed(&pb[kb..], s),
+                    );
+                    let (dkb, dvb) = (&mut dk[kb * hd..], &mut dv[kb * hd..]);
+                    matmul(dkb, hd, true, (keys - kb, hd, n), dsb, View::rows(qb, hd));
+                    matmul(dvb, hd, true, (keys - kb, hd, n), pbt, View::rows(gb, hd));
                 }
             }
         },
@@ -1000,11 +1035,11 @@ fn attn_bwd(state: AttnState, g: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTe
     drop(p);
     let (dq, dk) = with_tables(&rope, |r| {
         (
-            from_heads(&dq, b, s, nh, hd, r),
-            from_heads(&dk, b, s, nkv, hd, r),
+            from_heads(&dq, (b, s, nh, hd), r, starts),
+            from_heads(&dk, (b, s, nkv, hd), r, starts),
         )
     });
-    let dv = from_heads(&dv, b, s, nkv, hd, None);
+    let dv = from_heads(&dv, (b, s, nkv, hd), None, None);
     (
         new_flex(dq, &[b, s, nh * hd]),
         new_flex(dk, &[b, s, nkv * hd]),
@@ -1031,22 +1066,30 @@ impl Backward<Flex, 3> for AttnBackward {
 }
 
 /// RoPE on `q`/`k` (when `rope` is given) then causal grouped-query attention, for positions
-/// `0..s`.
+/// `0..s`; with `segments`, within each packed document (RoPE positions restart at its start,
+/// queries see only its keys).
 ///
 /// `q` `[b, s, nh·hd]`, `k`/`v` `[b, s, nkv·hd]` (the projections' outputs); `rope` the RoPE
 /// tables `(cos, sin)` (at least `s` rows of `hd`), or `None` for attention without positional
 /// encoding. Returns the attention output `[b, s, nh·hd]` (heads merged, ready for `o_proj`).
-/// Same maths as `Rope::apply` + `repeat_kv` + `causal_attention`.
+/// Same maths as `Rope::apply` + `repeat_kv` + `causal_attention` (`Rope::apply_at` +
+/// `segment_attention` with segments).
+#[allow(clippy::too_many_arguments)]
 pub fn rope_attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    segments: Option<&Segments>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
 ) -> Tensor<B, 3> {
     let [b, s, _] = q.dims();
+    if let Some(seg) = segments {
+        seg.check_dims(b, s);
+    }
+    let segments = segments.cloned();
     let dims = AttnDims {
         b,
         s,
@@ -1070,7 +1113,7 @@ pub fn rope_attention<B: Backend>(
                 flex(recast::<B, Flex, 3>(k)),
                 flex(recast::<B, Flex, 3>(v)),
             );
-            recast(from_flex::<3>(attn_fwd(&q, &k, &v, rope, dims).0))
+            recast(from_flex::<3>(attn_fwd(&q, &k, &v, rope, segments, dims).0))
         }
         Kind::Autodiff => {
             let (q, k, v) = (
@@ -1078,7 +1121,14 @@ pub fn rope_attention<B: Backend>(
                 ad_prim(recast::<B, Ad, 3>(k)),
                 ad_prim(recast::<B, Ad, 3>(v)),
             );
-            let (out, state) = attn_fwd(&q.primitive, &k.primitive, &v.primitive, rope, dims);
+            let (out, state) = attn_fwd(
+                &q.primitive,
+                &k.primitive,
+                &v.primitive,
+                rope,
+                segments,
+                dims,
+            );
             let out = match AttnBackward
                 .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
                 .compute_bound()
@@ -1095,7 +1145,7 @@ pub fn rope_attention<B: Backend>(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::layers::{causal_attention, repeat_kv, Rope};
+    use crate::layers::{causal_attention, repeat_kv, segment_attention, Rope};
     use burn::tensor::Tolerance;
 
     /// Deterministic values in [-1, 1).
@@ -1208,11 +1258,37 @@ pub(super) mod tests {
             // accumulate over blocks.
             (2, 150, 4, 2, 16),
         ] {
-            check_rope_attention(b, s, nh, nkv, hd);
+            check_rope_attention(b, s, nh, nkv, hd, None);
         }
     }
 
-    fn check_rope_attention(b: usize, s: usize, nh: usize, nkv: usize, hd: usize) {
+    #[test]
+    fn packed_rope_attention_matches_generic_with_gradients() {
+        // Documents inside one block of query rows, across block edges (BQ = 64: a block whose
+        // rows start in different documents), one-token documents, an unpacked row.
+        for (s, nh, nkv, hd, rows) in [
+            (9, 6, 2, 8, vec![vec![4, 5], vec![1, 1, 7]]),
+            (
+                150,
+                4,
+                2,
+                16,
+                vec![vec![30, 70, 1, 49], vec![150], vec![64, 64, 22]],
+            ),
+        ] {
+            let seg = Segments::from_lengths(s, &rows);
+            check_rope_attention(rows.len(), s, nh, nkv, hd, Some(seg));
+        }
+    }
+
+    fn check_rope_attention(
+        b: usize,
+        s: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        segments: Option<Segments>,
+    ) {
         let rope = Rope::<Ad>::new(10000.0, hd, s.max(64), &Default::default());
         let (qs, ks, vs) = (
             values(b * s * nh * hd, 7),
@@ -1229,6 +1305,7 @@ pub(super) mod tests {
             k.clone(),
             v.clone(),
             Some((rope.cos.clone(), rope.sin.clone())),
+            segments.as_ref(),
             nh,
             nkv,
             hd,
@@ -1242,12 +1319,18 @@ pub(super) mod tests {
             leaf(&vs, [b, s, nkv * hd]),
         );
         let heads = |t: Tensor<Ad, 3>, h: usize| t.reshape([b, s, h, hd]).swap_dims(1, 2);
-        let qh = rope.apply(heads(q2.clone(), nh), 0);
-        let kh = repeat_kv(rope.apply(heads(k2.clone(), nkv), 0), nh / nkv);
+        let rotate = |t: Tensor<Ad, 4>| match &segments {
+            Some(seg) => rope.apply_at(t, seg.positions(&Default::default())),
+            None => rope.apply(t, 0),
+        };
+        let qh = rotate(heads(q2.clone(), nh));
+        let kh = repeat_kv(rotate(heads(k2.clone(), nkv)), nh / nkv);
         let vh = repeat_kv(heads(v2.clone(), nkv), nh / nkv);
-        let y2 = causal_attention(qh, kh, vh)
-            .swap_dims(1, 2)
-            .reshape([b, s, nh * hd]);
+        let y2 = match &segments {
+            Some(seg) => segment_attention(qh, kh, vh, seg),
+            None => causal_attention(qh, kh, vh),
+        };
+        let y2 = y2.swap_dims(1, 2).reshape([b, s, nh * hd]);
         let grads2 = probe(y2.clone(), 10).backward();
 
         assert_close(y.inner(), y2.inner(), "attention y");
@@ -1286,6 +1369,7 @@ pub(super) mod tests {
             t(&ks, nkv * hd),
             t(&vs, nkv * hd),
             Some((rope.cos.clone(), rope.sin.clone())),
+            None,
             nh,
             nkv,
             hd,
@@ -1296,6 +1380,7 @@ pub(super) mod tests {
             leaf(&ks, [b, s, nkv * hd]),
             leaf(&vs, [b, s, nkv * hd]),
             Some((rope_ad.cos.clone(), rope_ad.sin.clone())),
+            None,
             nh,
             nkv,
             hd,

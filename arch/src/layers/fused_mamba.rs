@@ -32,6 +32,7 @@ use super::fused::{
     ad_prim, flex, from_ad_prim, from_flex, kind, new_flex, ranges, recast, run, sigmoid, split,
     with_f32, zeros, Ad, Kind,
 };
+use super::Segments;
 use crate::simd::ln_1p_exp;
 
 /// `t` itself when its f32 elements are contiguous, else a contiguous copy.
@@ -121,14 +122,29 @@ fn taps(w: &[f32], d: ConvDims) -> Vec<f32> {
     t
 }
 
+/// The first position tap reads of row `r` (batch row `r / l`, position `r % l`) may read: its
+/// document's start with packed `starts` (`[b, l]`), else 0.
+#[inline(always)]
+fn first_readable(starts: Option<&[u32]>, r: usize) -> usize {
+    starts.map_or(0, |st| st[r] as usize)
+}
+
 /// Pre-activation of row `r` (batch row `r / l`, position `r % l`) into `pre` (`C` values).
 #[inline(always)]
-fn conv_row(x: &[f32], taps: &[f32], bias: &[f32], d: ConvDims, r: usize, pre: &mut [f32]) {
+fn conv_row(
+    x: &[f32],
+    taps: &[f32],
+    bias: &[f32],
+    (d, starts): (ConvDims, Option<&[u32]>),
+    r: usize,
+    pre: &mut [f32],
+) {
     let (c, t) = (d.c, r % d.l);
+    let first = first_readable(starts, r);
     pre.copy_from_slice(bias);
     for j in 0..d.k {
         // Tap j reads position t + j − (K − 1).
-        let Some(src_t) = (t + j).checked_sub(d.k - 1) else {
+        let Some(src_t) = (t + j).checked_sub(d.k - 1).filter(|&p| p >= first) else {
             continue;
         };
         let src = &x[(r - t + src_t) * c..][..c];
@@ -138,7 +154,13 @@ fn conv_row(x: &[f32], taps: &[f32], bias: &[f32], d: ConvDims, r: usize, pre: &
     }
 }
 
-fn conv_silu_fwd(x: &[f32], w: &[f32], bias: &[f32], d: ConvDims) -> Vec<f32> {
+fn conv_silu_fwd(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    d: ConvDims,
+    starts: Option<&[u32]>,
+) -> Vec<f32> {
     let taps = taps(w, d);
     let mut y = zeros(d.b * d.l * d.c);
     par_blocks(
@@ -149,7 +171,7 @@ fn conv_silu_fwd(x: &[f32], w: &[f32], bias: &[f32], d: ConvDims) -> Vec<f32> {
         |rows, [y]| {
             for (i, r) in rows.enumerate() {
                 let out = &mut y[i * d.c..][..d.c];
-                conv_row(x, &taps, bias, d, r, out);
+                conv_row(x, &taps, bias, (d, starts), r, out);
                 for v in out.iter_mut() {
                     *v = silu_and_grad(*v).0;
                 }
@@ -166,6 +188,7 @@ fn conv_silu_bwd(
     w: &[f32],
     bias: &[f32],
     d: ConvDims,
+    starts: Option<&[u32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n_rows, c, k) = (d.b * d.l, d.c, d.k);
     let taps = taps(w, d);
@@ -183,7 +206,7 @@ fn conv_silu_bwd(
         |rows, [dpre, db_parts, dw_parts]| {
             for (i, r) in rows.clone().enumerate() {
                 let dp = &mut dpre[i * c..][..c];
-                conv_row(x, &taps, bias, d, r, dp);
+                conv_row(x, &taps, bias, (d, starts), r, dp);
                 for (p, &g) in dp.iter_mut().zip(&dy[r * c..][..c]) {
                     *p = g * silu_and_grad(*p).1;
                 }
@@ -192,9 +215,9 @@ fn conv_silu_bwd(
                     *s += g;
                 }
                 let dw = &mut dw_parts[blk * k * c..][..k * c];
-                let t = r % d.l;
+                let (t, first) = (r % d.l, first_readable(starts, r));
                 for j in 0..k {
-                    let Some(src_t) = (t + j).checked_sub(k - 1) else {
+                    let Some(src_t) = (t + j).checked_sub(k - 1).filter(|&p| p >= first) else {
                         continue;
                     };
                     let src = &x[(r - t + src_t) * c..][..c];
@@ -218,7 +241,8 @@ fn conv_silu_bwd(
                 let t = r % d.l;
                 for j in 0..k {
                     let dst_t = t + (k - 1) - j;
-                    if dst_t >= d.l {
+                    // Output dst_t's tap j reads position t, unless t is before its document.
+                    if dst_t >= d.l || t < first_readable(starts, r - t + dst_t) {
                         continue;
                     }
                     let dp = &dpre[(r - t + dst_t) * c..][..c];
@@ -244,16 +268,25 @@ fn conv_silu_bwd(
 struct ConvSiluBackward;
 
 impl Backward<Flex, 3> for ConvSiluBackward {
-    /// (x, weight, bias, dims)
-    type State = (FlexTensor, FlexTensor, FlexTensor, ConvDims);
+    /// (x, weight, bias, dims, packed documents)
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        ConvDims,
+        Option<Segments>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, w, bias, d) = ops.state;
+        let (x, w, bias, d, segments) = ops.state;
+        let starts = segments.as_ref().map(Segments::starts);
         let (dx, dw, db) = with_f32(&dy, |dy| {
             with_f32(&x, |x| {
-                with_f32(&w, |w| with_f32(&bias, |b| conv_silu_bwd(dy, x, w, b, d)))
+                with_f32(&w, |w| {
+                    with_f32(&bias, |b| conv_silu_bwd(dy, x, w, b, d, starts))
+                })
             })
         });
         for (node, grad, shape) in [
@@ -269,13 +302,19 @@ impl Backward<Flex, 3> for ConvSiluBackward {
 }
 
 /// `silu(causal_conv(x))` from position 0: `x` `[b, l, C]` (channels last), `weight` `[C, 1, K]`
-/// (a depthwise `Conv1d`'s), `bias` `[C]`; returns `[b, l, C]`.
+/// (a depthwise `Conv1d`'s), `bias` `[C]`; returns `[b, l, C]`. With `segments`, no tap reads a
+/// position of an earlier packed document.
 pub(crate) fn conv_silu<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 3>,
     bias: Tensor<B, 1>,
+    segments: Option<&Segments>,
 ) -> Tensor<B, 3> {
     let [b, l, c] = x.dims();
+    if let Some(seg) = segments {
+        seg.check_dims(b, l);
+    }
+    let starts = segments.map(Segments::starts);
     let d = ConvDims {
         b,
         l,
@@ -284,7 +323,9 @@ pub(crate) fn conv_silu<B: Backend>(
     };
     let fwd = |x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor| {
         let y = with_f32(x, |x| {
-            with_f32(w, |w| with_f32(bias, |bias| conv_silu_fwd(x, w, bias, d)))
+            with_f32(w, |w| {
+                with_f32(bias, |bias| conv_silu_fwd(x, w, bias, d, starts))
+            })
         });
         new_flex(y, &[b, l, c])
     };
@@ -311,7 +352,10 @@ pub(crate) fn conv_silu<B: Backend>(
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish((x_data, w.primitive, bias.primitive, d), y),
+                OpsKind::Tracked(prep) => {
+                    let state = (x_data, w.primitive, bias.primitive, d, segments.cloned());
+                    prep.finish(state, y)
+                }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             };
             recast(from_ad_prim::<3>(out))
@@ -564,10 +608,19 @@ mod tests {
     fn conv_silu_matches_generic_with_gradients() {
         // Lengths shorter than the kernel, around a block of rows, and several batch rows (rows
         // of different batch rows must not see each other); channel counts not a power of two.
-        for (b, l, c, k) in [(2, 2, 5, 4), (3, 23, 7, 4), (2, 70, 16, 4), (1, 9, 3, 2)] {
+        // Packed rows: documents shorter than the kernel, of one token, across a block of rows.
+        let packed = |l: usize, rows: Vec<Vec<usize>>| Some(Segments::from_lengths(l, &rows));
+        for (b, l, c, k, segments) in [
+            (2, 2, 5, 4, None),
+            (3, 23, 7, 4, None),
+            (2, 70, 16, 4, None),
+            (1, 9, 3, 2, None),
+            (2, 9, 5, 4, packed(9, vec![vec![2, 1, 6], vec![4, 5]])),
+            (2, 70, 16, 4, packed(70, vec![vec![63, 3, 4], vec![70]])),
+        ] {
             let (xs, ws, bs) = (values(b * l * c, 11), values(c * k, 12), values(c, 13));
             let (x, w, bias) = (leaf(&xs, [b, l, c]), leaf(&ws, [c, 1, k]), leaf(&bs, [c]));
-            let y = conv_silu(x.clone(), w.clone(), bias.clone());
+            let y = conv_silu(x.clone(), w.clone(), bias.clone(), segments.as_ref());
             let grads = probe(y.clone(), 14).backward();
 
             // The generic path: the shifted-multiply-add conv of `ssm.rs`, then SiLU.
@@ -578,11 +631,11 @@ mod tests {
             conv.weight = burn::module::Param::from_tensor(leaf(&ws, [c, 1, k]));
             conv.bias = Some(burn::module::Param::from_tensor(leaf(&bs, [c])));
             let x2 = leaf(&xs, [b, l, c]);
-            let (y2, _) = causal_conv(&conv, k, x2.clone(), None);
+            let (y2, _) = causal_conv(&conv, k, x2.clone(), None, segments.as_ref());
             let y2 = silu(y2);
             let grads2 = probe(y2.clone(), 14).backward();
 
-            let what = format!("conv_silu b {b} l {l} c {c} k {k}");
+            let what = format!("conv_silu b {b} l {l} c {c} k {k} {segments:?}");
             assert_close(y.inner(), y2.inner(), &format!("{what}: y"));
             let dx2 = x2.grad(&grads2).unwrap();
             assert_close(x.grad(&grads).unwrap(), dx2, &format!("{what}: dx"));
@@ -670,8 +723,14 @@ mod tests {
             plain(&xs, vec![b, l, c]),
             plain(&ws, vec![c, 1, k]),
             Tensor::<Flex, 1>::from_floats(bs.as_slice(), &dev),
+            None,
         );
-        let y_ad = conv_silu(leaf(&xs, [b, l, c]), leaf(&ws, [c, 1, k]), leaf(&bs, [c]));
+        let y_ad = conv_silu(
+            leaf(&xs, [b, l, c]),
+            leaf(&ws, [c, 1, k]),
+            leaf(&bs, [c]),
+            None,
+        );
         assert_close(y_plain, y_ad.inner(), "conv_silu plain vs autodiff");
     }
 }

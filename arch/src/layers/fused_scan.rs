@@ -39,6 +39,7 @@ use super::fused::{
     ad_prim, flex, from_ad_prim, from_flex, kind, new_flex, ranges, recast, run, split, zeros, Ad,
     Kind,
 };
+use super::Segments;
 use crate::simd::exp;
 
 /// Channels per job: the lanes of the inner loops (four AVX2 registers).
@@ -229,8 +230,9 @@ fn step(h: &mut [Lanes], at: &[Lanes], ds: &Lanes, xs: &Lanes, bt: &[f32], ct: &
 }
 
 /// [`step`] without the read-out, from state `prev` into `next`, keeping the decays
-/// `exp(Δ·A)` in `dk`.
+/// `keep · exp(Δ·A)` in `dk` (`keep` 0 at a packed document's start: the state is reset).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn step_into(
     prev: &[Lanes],
     next: &mut [Lanes],
@@ -239,6 +241,7 @@ fn step_into(
     ds: &Lanes,
     xs: &Lanes,
     bt: &[f32],
+    keep: f32,
 ) {
     let mut u = [0.0f32; EB];
     for i in 0..EB {
@@ -247,13 +250,13 @@ fn step_into(
     let it = next.iter_mut().zip(dk.iter_mut()).zip(prev);
     for (((hn, dk), hp), (ak, &bk)) in it.zip(at.iter().zip(bt)) {
         for i in 0..EB {
-            dk[i] = exp(ds[i] * ak[i]);
+            dk[i] = keep * exp(ds[i] * ak[i]);
             hn[i] = dk[i] * hp[i] + u[i] * bk;
         }
     }
 }
 
-/// The inputs as contiguous f32 slices (`h0` optional).
+/// The inputs as contiguous f32 slices (`h0` optional), and the document starts of packed rows.
 struct Inputs<'a> {
     x: &'a [f32],
     dt: &'a [f32],
@@ -261,6 +264,17 @@ struct Inputs<'a> {
     b: &'a [f32],
     c: &'a [f32],
     h0: Option<&'a [f32]>,
+    /// `[b, l]`: the first position of each position's document (see `layers::Segments`).
+    starts: Option<&'a [u32]>,
+}
+
+impl Inputs<'_> {
+    /// True when position `t` of batch row `bi` begins a packed document other than the row's
+    /// first: the state before it is dropped.
+    #[inline(always)]
+    fn resets(&self, l: usize, bi: usize, t: usize) -> bool {
+        t > 0 && self.starts.is_some_and(|st| st[bi * l + t] as usize == t)
+    }
 }
 
 /// Forward: returns `y` `[b, l, E]` and the last state `[b, E, N]`.
@@ -291,6 +305,9 @@ fn scan_fwd(inp: &Inputs, d: Dims) -> (Vec<f32>, Vec<f32>) {
                     let row = (bi * l + t) * e + e0;
                     let (ds, xs) = (load(inp.dt, row, w), load(inp.x, row, w));
                     let bc = (bi * l + t) * n;
+                    if inp.resets(l, bi, t) {
+                        h.fill([0.0; EB]);
+                    }
                     let yt = step(
                         &mut h,
                         &at,
@@ -362,7 +379,8 @@ fn scan_bwd(dy: &[f32], inp: &Inputs, d: Dims) -> Grads {
                     let bc = (bi * l + t) * n;
                     let (prev, next) = hs[t * n..(t + 2) * n].split_at_mut(n);
                     let dk = &mut dks[t * n..(t + 1) * n];
-                    step_into(prev, next, dk, &at, &ds, &xs, &inp.b[bc..bc + n]);
+                    let keep = if inp.resets(l, bi, t) { 0.0 } else { 1.0 };
+                    step_into(prev, next, dk, &at, &ds, &xs, &inp.b[bc..bc + n], keep);
                 }
                 g.fill([0.0; EB]);
                 da.fill([0.0; EB]);
@@ -467,6 +485,7 @@ struct ScanState {
     b: FlexTensor,
     c: FlexTensor,
     h0: Option<FlexTensor>,
+    segments: Option<Segments>,
 }
 
 impl ScanState {
@@ -484,6 +503,7 @@ impl ScanState {
             b: contig(b),
             c: contig(c),
             h0: None,
+            segments: None,
         }
     }
 
@@ -498,6 +518,9 @@ impl ScanState {
         if let Some(h0) = &self.h0 {
             assert_eq!(h0.shape().to_vec(), [b, e, n], "fused_scan: h0 shape");
         }
+        if let Some(seg) = &self.segments {
+            seg.check_dims(b, l);
+        }
         Dims { b, l, e, n }
     }
 
@@ -509,6 +532,7 @@ impl ScanState {
             b: f32s(&self.b),
             c: f32s(&self.c),
             h0: self.h0.as_ref().map(f32s),
+            starts: self.segments.as_ref().map(Segments::starts),
         }
     }
 
@@ -568,11 +592,14 @@ pub fn selective_scan<B: Backend>(
     b_in: Tensor<B, 3>,
     c_out: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
-    selective_scan_with_state(x, dt, a, b_in, c_out, None).0
+    selective_scan_with_state(x, dt, a, b_in, c_out, None, None).0
 }
 
 /// [`selective_scan`] continuing from state `h0` `[b, E, N]` (zeros when `None`); also returns
 /// the state after the last position `[b, E, N]`, like `mamba::selective_scan_sequential`.
+///
+/// With `segments` (packed rows), the state is reset to zero at the start of every document but
+/// a row's first (which continues from `h0`), as if each document were scanned alone.
 ///
 /// `y` is differentiable w.r.t. all six inputs (`h0` included); the returned state is not: under
 /// `Autodiff` it is a detached (untracked) tensor, so no gradient flows back through it (fine for
@@ -584,6 +611,7 @@ pub fn selective_scan_with_state<B: Backend>(
     b_in: Tensor<B, 3>,
     c_out: Tensor<B, 3>,
     h0: Option<Tensor<B, 3>>,
+    segments: Option<&Segments>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     match kind::<B>().expect("fused_scan::selective_scan on an unsupported backend") {
         Kind::Plain => {
@@ -596,6 +624,7 @@ pub fn selective_scan_with_state<B: Backend>(
                 &f3(c_out),
             );
             st.h0 = h0.map(|h| contig(&f3(h)));
+            st.segments = segments.cloned();
             let (y, h) = st.forward();
             (recast(from_flex::<3>(y)), recast(from_flex::<3>(h)))
         }
@@ -628,6 +657,7 @@ pub fn selective_scan_with_state<B: Backend>(
                 &c.primitive,
             );
             st.h0 = h0.map(|h| contig(&h.primitive));
+            st.segments = segments.cloned();
             let (y, h_last) = st.forward();
             let nodes = [
                 x.node.clone(),
@@ -776,6 +806,7 @@ mod tests {
                 bm.clone(),
                 cm.clone(),
                 None,
+                None,
             );
             assert_abs(y, y_ref, &format!("{what} y"));
             let (_, h) = selective_scan_with_state(
@@ -784,6 +815,7 @@ mod tests {
                 a.clone(),
                 bm.clone(),
                 cm.clone(),
+                None,
                 None,
             );
             assert_abs(h, h_ref, &format!("{what} h_last"));
@@ -795,8 +827,9 @@ mod tests {
                 bm.clone(),
                 cm.clone(),
                 Some(h0.clone()),
+                None,
             );
-            let (y_ref, h_ref) = selective_scan_sequential(x, dt, a, bm, cm, Some(h0));
+            let (y_ref, h_ref) = selective_scan_sequential(x, dt, a, bm, cm, Some(h0), None);
             assert_abs(y, y_ref, &format!("{what} y from h0"));
             assert_abs(h, h_ref, &format!("{what} h_last from h0"));
         }
@@ -835,7 +868,7 @@ mod tests {
         let bm = dbc.clone().narrow(1, r, n).reshape([b, l, n]);
         let cm = dbc.narrow(1, r + n, n).reshape([b, l, n]);
         let y = selective_scan(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone());
-        let (y_ref, _) = selective_scan_sequential(x, dt, a, bm, cm, None);
+        let (y_ref, _) = selective_scan_sequential(x, dt, a, bm, cm, None, None);
         assert_abs(y, y_ref, "strided y");
     }
 
@@ -852,13 +885,25 @@ mod tests {
     fn gradients_match_autodiff_of_sequential() {
         for (i, &[b, l, e, n]) in SHAPES.iter().enumerate() {
             for with_h0 in [false, true] {
-                check_gradients(&Case::new(b, l, e, n, 100 + 10 * i as u64), with_h0);
+                check_gradients(&Case::new(b, l, e, n, 100 + 10 * i as u64), with_h0, None);
             }
         }
     }
 
-    fn check_gradients(case: &Case, with_h0: bool) {
-        let what = format!("{:?} h0 {with_h0}", case.dims);
+    #[test]
+    fn packed_rows_match_sequential_with_gradients() {
+        // Rows of several documents (one of a single token, one starting at the last position)
+        // and a row of one; from zeros and from h0 (which only the first document continues).
+        let (b, l, e, n) = (3, 12, 40, 8);
+        let rows = vec![vec![5, 1, 6], vec![12], vec![3, 8, 1]];
+        let seg = Segments::from_lengths(l, &rows);
+        for with_h0 in [false, true] {
+            check_gradients(&Case::new(b, l, e, n, 900), with_h0, Some(&seg));
+        }
+    }
+
+    fn check_gradients(case: &Case, with_h0: bool, segments: Option<&Segments>) {
+        let what = format!("{:?} h0 {with_h0} packed {}", case.dims, segments.is_some());
         let leaves = || {
             let (x, dt, a, bm, cm, h0) = case.tensors::<Ad>();
             (
@@ -878,6 +923,7 @@ mod tests {
             bm.clone(),
             cm.clone(),
             with_h0.then(|| h0.clone()),
+            segments,
         );
         let grads = probe(y.clone(), 7).backward();
 
@@ -889,6 +935,7 @@ mod tests {
             bm2.clone(),
             cm2.clone(),
             with_h0.then(|| h02.clone()),
+            segments,
         );
         let grads2 = probe(y2.clone(), 7).backward();
 
@@ -917,15 +964,15 @@ mod tests {
     fn plain_matches_autodiff_and_untracked() {
         let case = Case::new(2, 11, 45, 16, 3);
         let (x, dt, a, bm, cm, h0) = case.tensors::<Flex>();
-        let (y, h) = selective_scan_with_state(x, dt, a, bm, cm, Some(h0));
+        let (y, h) = selective_scan_with_state(x, dt, a, bm, cm, Some(h0), None);
         // Autodiff, nothing tracked.
         let (x, dt, a, bm, cm, h0) = case.tensors::<Ad>();
-        let (y2, h2) = selective_scan_with_state(x, dt, a, bm, cm, Some(h0));
+        let (y2, h2) = selective_scan_with_state(x, dt, a, bm, cm, Some(h0), None);
         assert_abs(y.clone(), y2.inner(), "plain vs untracked y");
         assert_abs(h.clone(), h2.inner(), "plain vs untracked h");
         // Autodiff, tracked: the state comes back detached.
         let (x, dt, a, bm, cm, h0) = case.tensors::<Ad>();
-        let (y3, h3) = selective_scan_with_state(x.require_grad(), dt, a, bm, cm, Some(h0));
+        let (y3, h3) = selective_scan_with_state(x.require_grad(), dt, a, bm, cm, Some(h0), None);
         assert!(
             !h3.is_require_grad()
                 && h3
@@ -999,7 +1046,7 @@ mod tests {
             let y = if fused {
                 selective_scan(x.clone(), dt, a, bm, cm)
             } else {
-                selective_scan_sequential(x.clone(), dt, a, bm, cm, None).0
+                selective_scan_sequential(x.clone(), dt, a, bm, cm, None, None).0
             };
             let _ = y.clone().into_data(); // force the forward
             let t1 = std::time::Instant::now();

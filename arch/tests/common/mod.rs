@@ -213,7 +213,7 @@ pub fn assert_checkpointed_equals_plain(
     let loss_fn = |logits: Tensor<AB, 3>| cross_entropy(logits, target.clone());
     let loss = loss_fn(model.forward(input.clone()));
     let plain = GradientsParams::from_grads(loss.backward(), model);
-    let (ck_loss, checkpointed) = model.backward_checkpointed(input, loss_fn);
+    let (ck_loss, checkpointed) = model.backward_checkpointed(input, model.ctx(), loss_fn);
     let (l1, l2) = (to_vec(loss.inner())[0], to_vec(ck_loss)[0]);
     assert!((l1 - l2).abs() < 1e-6, "loss {l1} vs {l2}");
     let mut cmp = Compare {
