@@ -5,8 +5,10 @@
 //! mapping is one generic walk over the model ([`to_hf_tensors`], [`load_hf_tensors`],
 //! [`hf_layout`]) plus a small per-architecture [`HfMapping`] table. The generic rules:
 //! - every [`Linear`](crate::Linear) weight is transposed: burn stores `[in, out]`, HF `[out, in]`;
-//! - adapter tensors (a `Linear`'s `lora`) are not base-model tensors: they are left out (the
-//!   PEFT export writes them);
+//! - adapter tensors (a `Linear`'s `lora`) are not base-model tensors: they are left out, and
+//!   written by the same walk in PEFT's naming instead ([`to_peft_tensors`], [`load_peft_tensors`]):
+//!   `base_model.model.` + the adapted layer's HF name + `.lora_A.weight` (`[r, in]`) /
+//!   `.lora_B.weight` (`[out, r]`), as `peft`'s `get_peft_model_state_dict` writes them;
 //! - a tied head has no `lm_head.weight`; an HF checkpoint that still carries it (equal to the
 //!   embedding) is accepted.
 //!
@@ -94,6 +96,27 @@ impl HfMapping {
         }
     }
 
+    /// The module path of the HF name `hf_name` (of a parameter or a module): the inverse of
+    /// [`HfMapping::hf_names`], a shared block's copies giving one path. `None` for a name
+    /// outside this model's prefix.
+    pub fn kiln_path(&self, hf_name: &str) -> Option<String> {
+        if hf_name == HEAD || hf_name.starts_with("lm_head.") {
+            return Some(hf_name.to_string());
+        }
+        let mut path = hf_name.strip_prefix(self.prefix)?.to_string();
+        let layer = path
+            .strip_prefix("layers.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_string())));
+        if let Some((i, rest)) = layer.filter(|_| self.layer_repeats > 1) {
+            path = format!("layers.{}.{rest}", i / self.layer_repeats);
+        }
+        for (kiln, hf) in self.renames.iter().rev() {
+            path = path.replacen(hf, kiln, 1);
+        }
+        Some(path)
+    }
+
     /// The embedding's HF name when the head is tied.
     fn tied_embedding(&self) -> Option<String> {
         self.tie_word_embeddings
@@ -162,6 +185,29 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Which tensors a walk covers: the base model's (HF names) or the LoRA adapters' (PEFT names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Base,
+    Adapters,
+}
+
+/// What PEFT puts before the base model's HF names in an adapter file.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The HF-style path of an adapter factor: `….q_proj.lora.lora_a` → `….q_proj.lora_A.weight`.
+fn peft_path(path: &str) -> String {
+    for (kiln, peft) in [
+        (".lora.lora_a", ".lora_A.weight"),
+        (".lora.lora_b", ".lora_B.weight"),
+    ] {
+        if let Some(layer) = path.strip_suffix(kiln) {
+            return format!("{layer}{peft}");
+        }
+    }
+    path.to_string()
+}
+
 /// One base-model parameter in HF terms: its HF name(s) (several for a shared block), HF shape
 /// and, when read, its values in HF layout.
 struct HfParam {
@@ -195,13 +241,28 @@ fn hf_order(params: &[HfParam]) -> Vec<(&str, &HfParam)> {
     out
 }
 
-/// Collects every base-model parameter (`with_data: false`: names and shapes only, without
+/// Collects every parameter of `part` (`with_data: false`: names and shapes only, without
 /// materialising lazy parameters).
 struct Export<'a> {
     mapping: &'a HfMapping,
+    part: Part,
     path: ModulePath,
     with_data: bool,
     out: Vec<HfParam>,
+}
+
+impl Export<'_> {
+    /// The HF (or PEFT) names of the parameter at module path `path`.
+    fn names(mapping: &HfMapping, part: Part, path: &str) -> Vec<String> {
+        match part {
+            Part::Base => mapping.hf_names(path),
+            Part::Adapters => mapping
+                .hf_names(&peft_path(path))
+                .into_iter()
+                .map(|n| format!("{PEFT_PREFIX}{n}"))
+                .collect(),
+        }
+    }
 }
 
 impl<B: Backend> ModuleVisitor<B> for Export<'_> {
@@ -212,7 +273,7 @@ impl<B: Backend> ModuleVisitor<B> for Export<'_> {
         self.path.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.path.is_adapter() {
+        if self.path.is_adapter() != (self.part == Part::Adapters) {
             return;
         }
         let mut shape = param.lazy_shape().to_vec();
@@ -225,7 +286,8 @@ impl<B: Backend> ModuleVisitor<B> for Export<'_> {
                 .into_vec::<f32>()
                 .expect("converted tensor data is f32");
         }
-        if self.path.is_linear_weight() {
+        // Linear weights and both LoRA factors are `[in, out]` in burn, `[out, in]` in PyTorch.
+        if self.path.is_linear_weight() || self.part == Part::Adapters {
             let (d_in, d_out) = (shape[0], shape[1]);
             if self.with_data {
                 data = transpose(&data, d_in, d_out);
@@ -233,7 +295,7 @@ impl<B: Backend> ModuleVisitor<B> for Export<'_> {
             shape = vec![d_out, d_in];
         }
         let path = self.path.name();
-        let names = self.mapping.hf_names(&path);
+        let names = Self::names(self.mapping, self.part, &path);
         let shared_block = (names.len() > 1).then(|| {
             let mut parts = path.splitn(3, '.');
             format!(
@@ -254,10 +316,12 @@ impl<B: Backend> ModuleVisitor<B> for Export<'_> {
 fn hf_params<B: Backend, M: Module<B>>(
     model: &M,
     mapping: &HfMapping,
+    part: Part,
     with_data: bool,
 ) -> Vec<HfParam> {
     let mut walk = Export {
         mapping,
+        part,
         path: ModulePath::default(),
         with_data,
         out: Vec::new(),
@@ -269,7 +333,22 @@ fn hf_params<B: Backend, M: Module<B>>(
 /// Every base-model parameter under its HF name(s), in HF layout (`[out, in]`), in module order;
 /// a shared block once per HF layer, no `lm_head.weight` when tied.
 pub fn to_hf_tensors<B: Backend, M: Module<B>>(model: &M, mapping: &HfMapping) -> Vec<HfTensor> {
-    let params = hf_params(model, mapping, true);
+    tensors_of(model, mapping, Part::Base)
+}
+
+/// Every LoRA adapter factor under its PEFT name (`base_model.model.model.layers.0.self_attn.
+/// q_proj.lora_A.weight` `[r, in]`, `….lora_B.weight` `[out, r]`), in module order; a shared
+/// block's adapter once per HF layer. Empty for a model without adapters.
+pub fn to_peft_tensors<B: Backend, M: Module<B>>(model: &M, mapping: &HfMapping) -> Vec<HfTensor> {
+    tensors_of(model, mapping, Part::Adapters)
+}
+
+fn tensors_of<B: Backend, M: Module<B>>(
+    model: &M,
+    mapping: &HfMapping,
+    part: Part,
+) -> Vec<HfTensor> {
+    let params = hf_params(model, mapping, part, true);
     hf_order(&params)
         .into_iter()
         .map(|(name, p)| HfTensor {
@@ -286,7 +365,7 @@ pub fn hf_layout<B: Backend, M: Module<B>>(
     model: &M,
     mapping: &HfMapping,
 ) -> Vec<(String, Vec<usize>)> {
-    let params = hf_params(model, mapping, false);
+    let params = hf_params(model, mapping, Part::Base, false);
     hf_order(&params)
         .into_iter()
         .map(|(name, p)| (name.to_string(), p.shape.clone()))
@@ -315,6 +394,17 @@ pub trait HfModel<B: Backend>: Module<B> {
     fn load_hf_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
         let mapping = self.hf_mapping();
         load_hf_tensors(self, &mapping, tensors)
+    }
+
+    /// Every LoRA factor under its PEFT name (see [`to_peft_tensors`]).
+    fn to_peft_tensors(&self) -> Vec<HfTensor> {
+        to_peft_tensors(self, &self.hf_mapping())
+    }
+
+    /// Replaces every LoRA factor with the PEFT tensors (see [`load_peft_tensors`]).
+    fn load_peft_tensors(self, tensors: &HashMap<String, HfTensor>) -> Result<Self, ArchError> {
+        let mapping = self.hf_mapping();
+        load_peft_tensors(self, &mapping, tensors)
     }
 }
 
@@ -352,9 +442,10 @@ fn fetch<'a>(
 fn check_hf_tensors<B: Backend, M: Module<B>>(
     model: &M,
     mapping: &HfMapping,
+    part: Part,
     tensors: &HashMap<String, HfTensor>,
 ) -> Result<(), ArchError> {
-    let params = hf_params(model, mapping, false);
+    let params = hf_params(model, mapping, part, false);
     for p in &params {
         for name in &p.names {
             fetch(tensors, name, &p.shape)?;
@@ -365,13 +456,14 @@ fn check_hf_tensors<B: Backend, M: Module<B>>(
                 return Err(ArchError::TiedTensorMismatch {
                     first: first.clone(),
                     second: copy.clone(),
-                    reason: "layer sharing: HF layers 2i and 2i+1 are one kiln block",
+                    reason:
+                        "layer sharing: HF layers 2i and 2i+1 are one kiln block (and one adapter)",
                 });
             }
         }
     }
     let head = "lm_head.weight";
-    let tied = mapping.tied_embedding();
+    let tied = mapping.tied_embedding().filter(|_| part == Part::Base);
     if let Some(embed) = &tied {
         if let Some(embed_t) = tensors.get(embed).filter(|_| tensors.contains_key(head)) {
             if fetch(tensors, head, &embed_t.shape)?.data != embed_t.data {
@@ -391,7 +483,7 @@ fn check_hf_tensors<B: Backend, M: Module<B>>(
         .keys()
         .filter(|k| !expected.contains(k.as_str()))
         .filter(|k| !(tied.is_some() && k.as_str() == head))
-        .filter(|k| !mapping.ignored(k))
+        .filter(|k| part == Part::Adapters || !mapping.ignored(k))
         .collect();
     if !unexpected.is_empty() {
         return Err(ArchError::UnexpectedTensors {
@@ -401,9 +493,10 @@ fn check_hf_tensors<B: Backend, M: Module<B>>(
     Ok(())
 }
 
-/// Replaces every base-model parameter by its HF tensor (checked by [`check_hf_tensors`] first).
+/// Replaces every parameter of `part` by its HF tensor (checked by [`check_hf_tensors`] first).
 struct Import<'a> {
     mapping: &'a HfMapping,
+    part: Part,
     path: ModulePath,
     tensors: &'a HashMap<String, HfTensor>,
 }
@@ -416,12 +509,12 @@ impl<B: Backend> ModuleMapper<B> for Import<'_> {
         self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if self.path.is_adapter() {
+        if self.path.is_adapter() != (self.part == Part::Adapters) {
             return param;
         }
         // A shared block reads its first HF layer (the copies were checked equal).
-        let t = &self.tensors[&self.mapping.hf_names(&self.path.name())[0]];
-        let (shape, data) = if self.path.is_linear_weight() {
+        let t = &self.tensors[&Export::names(self.mapping, self.part, &self.path.name())[0]];
+        let (shape, data) = if self.path.is_linear_weight() || self.part == Part::Adapters {
             let (d_out, d_in) = (t.shape[0], t.shape[1]);
             (vec![d_in, d_out], transpose(&t.data, d_out, d_in))
         } else {
@@ -443,9 +536,28 @@ pub fn load_hf_tensors<B: Backend, M: Module<B>>(
     mapping: &HfMapping,
     tensors: &HashMap<String, HfTensor>,
 ) -> Result<M, ArchError> {
-    check_hf_tensors(&model, mapping, tensors)?;
+    check_hf_tensors(&model, mapping, Part::Base, tensors)?;
     Ok(model.map(&mut Import {
         mapping,
+        part: Part::Base,
+        path: ModulePath::default(),
+        tensors,
+    }))
+}
+
+/// Loads a PEFT adapter file's tensors into the LoRA factors of `model` (built with adapters on
+/// the layers the adapter targets), with the checks of [`load_hf_tensors`]: every factor present
+/// with its shape, a shared block's copies equal, no tensor the model has no place for (an adapter
+/// on a layer this model does not adapt is named). Base weights are kept.
+pub fn load_peft_tensors<B: Backend, M: Module<B>>(
+    model: M,
+    mapping: &HfMapping,
+    tensors: &HashMap<String, HfTensor>,
+) -> Result<M, ArchError> {
+    check_hf_tensors(&model, mapping, Part::Adapters, tensors)?;
+    Ok(model.map(&mut Import {
+        mapping,
+        part: Part::Adapters,
         path: ModulePath::default(),
         tensors,
     }))

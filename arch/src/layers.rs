@@ -23,7 +23,7 @@ mod linear;
 mod segments;
 
 pub use fused::{enabled as fused_enabled, recast, rope_attention, set_num_threads};
-pub use linear::{AdapterPlan, Builder, FakeQuant, Linear, LoraPlan, LowRank, Targets};
+pub use linear::{AdapterPlan, Builder, FakeQuant, Linear, LoraInit, LoraPlan, LowRank, Targets};
 pub use segments::Segments;
 
 /// What a forward pass needs besides the token ids and the weights. A model holds one (set by

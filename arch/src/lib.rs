@@ -61,7 +61,7 @@ pub mod mamba2;
 pub mod simd;
 mod ssm;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -74,8 +74,8 @@ pub use hf::{
 };
 pub use hybrid::{Hybrid, HybridCache, HybridConfig};
 pub use layers::{
-    float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, ForwardCtx, KvCache, Linear, LoraPlan,
-    LowRank, RmsNorm, Rope, Segments, Targets,
+    float_dtype, to_dtype, AdapterPlan, Builder, FakeQuant, ForwardCtx, KvCache, Linear, LoraInit,
+    LoraPlan, LowRank, RmsNorm, Rope, Segments, Targets,
 };
 pub use llama::{Llama, LlamaCache, LlamaConfig};
 pub use mamba::{Mamba, MambaCache, MambaConfig};
@@ -355,6 +355,63 @@ impl<B: Backend> Model<B> {
     /// The dtype the blocks compute in (see [`Model::with_precision`]).
     pub fn compute_dtype(&self) -> FloatDType {
         self.ctx().compute
+    }
+
+    /// Freezes everything but the LoRA adapters (parameter-efficient fine-tuning): the base
+    /// parameters stop requiring gradients, so the backward pass computes none for them and the
+    /// optimizer keeps no state for them.
+    pub fn with_frozen_base(self) -> Self {
+        struct Freeze(hf::ModulePath);
+        impl<B: Backend> ModuleMapper<B> for Freeze {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.0.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.0.exit();
+            }
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                if self.0.is_adapter() {
+                    p
+                } else {
+                    p.set_require_grad(false)
+                }
+            }
+        }
+        self.map(&mut Freeze(hf::ModulePath::default()))
+    }
+
+    /// Module path of every linear layer (`layers.0.self_attn.q_proj`) and whether it carries
+    /// a LoRA adapter, in module order.
+    pub fn linear_layers(&self) -> Vec<(String, bool)> {
+        struct Linears {
+            path: hf::ModulePath,
+            out: Vec<(String, bool)>,
+        }
+        impl<B: Backend> ModuleVisitor<B> for Linears {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.path.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.exit();
+            }
+            fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<B, D>>) {
+                if self.path.is_linear_weight() {
+                    let weight = self.path.name();
+                    let layer = weight.strip_suffix(".weight").unwrap_or(&weight);
+                    self.out.push((layer.to_string(), false));
+                } else if self.path.is_adapter() {
+                    if let Some(last) = self.out.last_mut() {
+                        last.1 = true;
+                    }
+                }
+            }
+        }
+        let mut walk = Linears {
+            path: hf::ModulePath::default(),
+            out: Vec::new(),
+        };
+        self.visit(&mut walk);
+        walk.out
     }
 }
 

@@ -68,6 +68,7 @@ fn lora_everywhere() -> AdapterPlan {
                 .to_vec(),
             ),
             seed: 5,
+            init: Default::default(),
         }),
         fake_quant: None,
     }
@@ -259,5 +260,40 @@ fn the_forward_context_switches_fake_quantization_everywhere() {
         );
         let off = logits(&quantized.with_fake_quant(false));
         assert_eq!(off, plain, "{name}: quantizers off is the float model");
+    }
+}
+
+/// With the base frozen, a backward pass (plain or checkpointed) gives gradients to the adapters
+/// and to nothing else, and every adapter factor gets one (B = 0 still passes a gradient to B).
+#[test]
+fn a_frozen_base_gets_no_gradients() {
+    use burn::backend::Autodiff;
+    use burn::optim::GradientsParams;
+    type AB = Autodiff<B>;
+    for (name, config) in configs() {
+        let _rng = lock_backend_rng();
+        let device = Default::default();
+        let plan = lora_everywhere();
+        let model: Model<AB> = config
+            .init_with(&Builder::with_plan(&device, &plan))
+            .with_frozen_base();
+        assert!(model.linear_layers().iter().all(|(_, adapted)| *adapted));
+        let input = Tensor::from_inner(ids(&[&[1, 5, 9, 2, 7], &[3, 3, 8, 1, 0]]));
+        let loss_of = |logits: Tensor<AB, 3>| logits.square().mean();
+        let plain =
+            GradientsParams::from_grads(loss_of(model.forward(input.clone())).backward(), &model);
+        let (_, checkpointed) = model.backward_checkpointed(input, model.ctx(), loss_of);
+        for (grads, how) in [(&plain, "plain"), (&checkpointed, "checkpointed")] {
+            for (path, id, rank) in param_paths(&model) {
+                let has = match rank {
+                    1 => grads.get::<B, 1>(id).is_some(),
+                    2 => grads.get::<B, 2>(id).is_some(),
+                    3 => grads.get::<B, 3>(id).is_some(),
+                    _ => unreachable!(),
+                };
+                let adapter = path.contains(".lora.");
+                assert_eq!(has, adapter, "{name} {how}: {path} gradient {has}");
+            }
+        }
     }
 }

@@ -174,11 +174,24 @@ pub struct LoraPlan {
     /// path), not from the backend's: the base weights of a model built with adapters are the
     /// same as without.
     pub seed: u64,
+    /// How `A` is drawn (`B` starts at 0).
+    pub init: LoraInit,
 }
 
-/// Which linear layers a plan applies to, by the last component of their module path (PEFT's
-/// `target_modules`: `["q_proj", "v_proj"]`), or all of them (PEFT's `"all-linear"`, which leaves
-/// out the output head; name `lm_head` to include it).
+/// PEFT's `init_lora_weights` for `A`: `true` (kaiming-uniform) or `"gaussian"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoraInit {
+    /// `U(±1/sqrt(d_in))` (kaiming-uniform with a = sqrt(5), PEFT's default).
+    #[default]
+    Kaiming,
+    /// `normal(0, 1/r)`.
+    Gaussian,
+}
+
+/// Which linear layers a plan applies to, by name as PEFT's `target_modules` match: a name matches
+/// a layer whose module path is that name or ends with `.name` (`q_proj`, `self_attn.q_proj`,
+/// `layers.1.mlp.up_proj`); or all of them (PEFT's `"all-linear"`, which leaves out the output
+/// head; name `lm_head` to include it).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
     AllLinear,
@@ -190,7 +203,10 @@ impl Targets {
         let name = path.rsplit('.').next().unwrap_or(path);
         match self {
             Targets::AllLinear => name != "lm_head",
-            Targets::Names(names) => names.iter().any(|n| n == name || n == path),
+            Targets::Names(names) => names.iter().any(|n| {
+                path == n
+                    || (path.ends_with(n.as_str()) && path[..path.len() - n.len()].ends_with('.'))
+            }),
         }
     }
 }
@@ -277,7 +293,8 @@ impl<'a, B: Backend> Builder<'a, B> {
 }
 
 impl LoraPlan {
-    /// PEFT's init: `A ~ U(±1/sqrt(d_in))` (kaiming-uniform with a = sqrt(5)), `B = 0`.
+    /// PEFT's init: `A ~ U(±1/sqrt(d_in))` (kaiming-uniform with a = sqrt(5)) or
+    /// `normal(0, 1/r)` (gaussian), `B = 0`.
     fn init<B: Backend>(
         &self,
         path: &str,
@@ -290,10 +307,25 @@ impl LoraPlan {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ path_hash);
-        let bound = 1.0 / (d_in as f32).sqrt();
-        let a: Vec<f32> = (0..d_in * self.rank)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
+        let a: Vec<f32> = match self.init {
+            LoraInit::Kaiming => {
+                let bound = 1.0 / (d_in as f32).sqrt();
+                (0..d_in * self.rank)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect()
+            }
+            LoraInit::Gaussian => {
+                // Box–Muller: two uniforms per normal draw.
+                let std = 1.0 / self.rank as f64;
+                (0..d_in * self.rank)
+                    .map(|_| {
+                        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                        let u2: f64 = rng.random();
+                        (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                    })
+                    .collect()
+            }
+        };
         let scale = if self.use_rslora {
             self.alpha / (self.rank as f64).sqrt()
         } else {
@@ -369,5 +401,11 @@ mod tests {
         assert!(some.matches("layers.1.mlp.up_proj"));
         assert!(!some.matches("layers.0.mlp.up_proj"));
         assert!(!some.matches("layers.0.self_attn.k_proj"));
+        let dotted = Targets::Names(vec!["self_attn.q_proj".into(), "proj".into()]);
+        assert!(dotted.matches("layers.3.self_attn.q_proj"));
+        assert!(
+            !dotted.matches("layers.3.self_attn.k_proj"),
+            "whole components only"
+        );
     }
 }
