@@ -1692,3 +1692,200 @@ fn state_space_models_train_identically_with_activation_checkpointing() {
         }
     }
 }
+
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_ending(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `data.document_masking: true` trains on the same windows with each window's documents kept
+/// apart: the losses (same init, same batches as the unmasked reference run) move a little once
+/// a window holds a document start (a story is a few hundred tokens, a window 32), validation
+/// runs masked too, and a missing document index is an error naming it.
+#[test]
+fn document_masking_keeps_the_documents_of_a_window_apart() {
+    let (_, reference) = shared_run();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "");
+    let run = dir.path().join("run");
+    let args = |run: &Path| {
+        vec![
+            "--recipe".to_string(),
+            recipe.to_str().unwrap().to_string(),
+            "--out".to_string(),
+            run.to_str().unwrap().to_string(),
+            "--set".to_string(),
+            "data.document_masking=true".to_string(),
+            "--set".to_string(),
+            "train.max_steps=10".to_string(),
+        ]
+    };
+    let out = ok(Command::new(TRAIN).args(args(&run)).output().unwrap());
+    let log =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("document masking on"), "{log}");
+    let (masked, plain) = (losses(&run), losses(reference));
+    assert_eq!(masked.len(), 10);
+    let rel: Vec<f64> = masked
+        .iter()
+        .zip(plain)
+        .map(|((_, a), (_, b))| (a - b).abs() / b)
+        .collect();
+    assert!(
+        rel.iter().any(|&r| r > 1e-5) && rel.iter().all(|&r| r < 0.05),
+        "masked vs unmasked losses, relative differences per step: {rel:?}"
+    );
+    let evals = metrics(&run)
+        .iter()
+        .filter(|v| v.get("val_loss").is_some())
+        .count();
+    assert!(evals > 0, "validation ran");
+
+    for idx in files_ending(&dir.path().join("data-cache"), ".idx") {
+        std::fs::remove_file(idx).unwrap();
+    }
+    let out = Command::new(TRAIN)
+        .args(args(&dir.path().join("run2")))
+        .output()
+        .unwrap();
+    fails_with(out, &[".idx", "document_masking"]);
+}
+
+/// A LoRA run (`lora:` section, `model.init_from` a kiln export): only the adapters train (the
+/// checkpointed base equals the export it started from), the loss falls, and `export/` is a PEFT
+/// adapter directory. `target_modules` that match nothing list the layers that exist.
+#[test]
+fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
+    let (_, reference) = shared_run();
+    let base = reference.join("export");
+    let dir = tempfile::tempdir().unwrap();
+    let lora = "lora: {r: 4, alpha: 8, target_modules: all-linear}\n";
+    let recipe = tiny_recipe(dir.path(), lora);
+    let run = dir.path().join("run");
+    let init = format!("model.init_from={}", base.display());
+    let out = ok(train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &init,
+        "--set",
+        "train.max_steps=10",
+    ]));
+    let log =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("trainable in LoRA adapters (r 4) on 14 of 14 linear layers"),
+        "{log}"
+    );
+    let l = losses(&run);
+    assert!(
+        l.last().unwrap().1 < l[0].1,
+        "LoRA loss did not fall: {l:?}"
+    );
+
+    // The base is frozen: the checkpoint's base weights are the export's.
+    let ckpt = kiln_arch::read_safetensors(run.join("ckpt/step-000010/model.safetensors")).unwrap();
+    let exported = kiln_arch::read_safetensors(base.join("model.safetensors")).unwrap();
+    assert_eq!(
+        ckpt["embed_tokens.weight"].data,
+        exported["model.embed_tokens.weight"].data
+    );
+    let (q, q_hf) = (
+        &ckpt["layers.1.self_attn.q_proj.weight"],
+        &exported["model.layers.1.self_attn.q_proj.weight"],
+    );
+    let (d_in, d_out) = (q.shape[0], q.shape[1]);
+    for i in 0..d_in {
+        for o in 0..d_out {
+            assert_eq!(q.data[i * d_out + o], q_hf.data[o * d_in + i]);
+        }
+    }
+    let b = &ckpt["layers.1.self_attn.q_proj.lora.lora_b"];
+    assert!(b.data.iter().any(|&v| v != 0.0), "the adapters trained");
+
+    // export/ is a PEFT adapter directory.
+    let export = run.join("export");
+    assert!(!export.join("model.safetensors").exists());
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 8.0);
+    assert_eq!(
+        config["base_model_name_or_path"],
+        std::fs::canonicalize(&base).unwrap().display().to_string()
+    );
+    assert_eq!(config["target_modules"].as_array().unwrap().len(), 14);
+    let adapter = kiln_arch::read_safetensors(export.join("adapter_model.safetensors")).unwrap();
+    let a = &adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    assert_eq!(a.shape, vec![4, 48]);
+    assert_eq!(adapter.len(), 28);
+
+    // `train eval` reads the adapter directory (base + PEFT adapter) and the LoRA checkpoint
+    // (whole model, built with the recipe's adapters) as the same model; the base alone differs.
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "Once upon a time there was a little dog. He liked to run in the park.",
+    )
+    .unwrap();
+    let eval = |model: &Path| -> f64 {
+        let out = ok(train(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+        ]));
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        serde_json::from_str::<Value>(&line).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let (adapted, checkpointed, plain) = (
+        eval(&export),
+        eval(&run.join("ckpt/step-000010")),
+        eval(&base),
+    );
+    assert!(
+        (adapted - checkpointed).abs() < 1e-5,
+        "{adapted} vs {checkpointed}"
+    );
+    assert!(
+        (adapted - plain).abs() > 1e-4,
+        "the adapter changes the model"
+    );
+
+    // Targets that match nothing are named, with the layers that exist.
+    let bad = tiny_recipe(
+        dir.path(),
+        "lora: {r: 4, alpha: 8, target_modules: [qkv_proj]}\n",
+    );
+    fails_with(
+        train(&[
+            "--recipe",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.path().join("run-bad").to_str().unwrap(),
+            "--set",
+            &init,
+        ]),
+        &["lora.target_modules", "qkv_proj", "q_proj", "down_proj"],
+    );
+}

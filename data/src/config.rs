@@ -330,6 +330,12 @@ pub struct DataConfig {
     /// Where prepared shards are cached (keyed by a hash of the data and tokenizer sections).
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// Keep the documents inside a training window apart (attention, RoPE positions, Mamba's
+    /// convolution and state restart at each document), from the `.idx` document index beside
+    /// each shard: Llama 3's and torchtitan's document masking. Default false: windows run across
+    /// documents, as in nanoGPT and llm.c. Training only; the prepared data is the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub document_masking: bool,
 }
 
 fn default_val_fraction() -> f64 {
@@ -351,6 +357,7 @@ impl DataConfig {
             val_fraction: default_val_fraction(),
             shard_tokens: default_shard_tokens(),
             cache_dir: default_cache_dir(),
+            document_masking: false,
         }
     }
 

@@ -5,7 +5,9 @@
 //! last `seq_len` (shifted by one) the targets. Consecutive windows share one token, so the
 //! stream holds `n_windows = (T − 1) / seq_len` windows and every token is predicted once per epoch.
 //! Windows cross document boundaries (documents are separated by `<|endoftext|>`), as in llm.c
-//! and nanoGPT.
+//! and nanoGPT. With document masking (`data.document_masking`), a batch also carries each input
+//! position's document (from the shards' `.idx` indexes), and the model keeps the documents of a
+//! window apart.
 //!
 //! Training order: each epoch visits the windows in a permutation drawn by Fisher–Yates from a
 //! `ChaCha8Rng` seeded with `seed` on stream `epoch`, so it depends only on `(seed, epoch)`. A
@@ -24,7 +26,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, Shard};
+use crate::shard::read_doc_index;
+use crate::{Batch, DataError, Shard};
 
 /// Where a [`TokenLoader`] is: saved in checkpoints for exact resume.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +40,14 @@ pub struct LoaderState {
 
 /// Shards viewed as one token stream (also used by [`crate::mix`]).
 pub(crate) struct TokenStream {
+    paths: Vec<PathBuf>,
     shards: Vec<Shard>,
     /// `starts[k]` = global index of shard `k`'s first token.
     starts: Vec<u64>,
     pub(crate) total: u64,
+    /// With [`TokenStream::load_documents`]: the global index of every document's first token
+    /// (its leading `<|endoftext|>`), ascending.
+    doc_starts: Option<Vec<u64>>,
 }
 
 impl TokenStream {
@@ -55,10 +62,64 @@ impl TokenStream {
             shards.push(s);
         }
         Ok(TokenStream {
+            paths: paths.to_vec(),
             shards,
             starts,
             total,
+            doc_starts: None,
         })
+    }
+
+    /// Reads the document index beside every shard (`<shard>.idx`, written by `prepare`), so
+    /// that windows can say where their documents start ([`TokenStream::read_window`]).
+    pub(crate) fn load_documents(&mut self) -> Result<(), DataError> {
+        let mut doc_starts = Vec::new();
+        for (path, &offset) in self.paths.iter().zip(&self.starts) {
+            let index = path.with_extension("idx");
+            if !index.exists() {
+                return Err(DataError::bad_input(
+                    &index,
+                    "missing: data.document_masking needs the document index `prepare` writes                      beside each shard (re-prepare the data, or set document_masking: false)",
+                ));
+            }
+            doc_starts.extend(read_doc_index(&index)?.into_iter().map(|s| s + offset));
+        }
+        if doc_starts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(DataError::bad_input(
+                self.paths[0].with_extension("idx"),
+                "document indexes are not in ascending order across the shards",
+            ));
+        }
+        self.doc_starts = Some(doc_starts);
+        Ok(())
+    }
+
+    /// The window of `row` tokens from `start` into `out`; with document indexes loaded, the
+    /// document of each of its `row − 1` input positions into `doc_ids` (a number that changes
+    /// where a document starts).
+    pub(crate) fn read_window(
+        &self,
+        start: u64,
+        row: usize,
+        out: &mut Vec<u32>,
+        doc_ids: Option<&mut Vec<u32>>,
+    ) {
+        self.read(start, row, out);
+        if let (Some(docs), Some(ids)) = (&self.doc_starts, doc_ids) {
+            // Documents started at or before each position.
+            let mut k = docs.partition_point(|&d| d <= start);
+            for pos in start..start + row as u64 - 1 {
+                while k < docs.len() && docs[k] <= pos {
+                    k += 1;
+                }
+                ids.push(k as u32);
+            }
+        }
+    }
+
+    /// True once [`TokenStream::load_documents`] has run.
+    pub(crate) fn has_documents(&self) -> bool {
+        self.doc_starts.is_some()
     }
 
     /// Appends global tokens `[start, start + len)` to `out` (may span shards).
@@ -254,16 +315,21 @@ impl TokenLoader {
 
 /// Fixed validation batches: windows `0, 1, 2, …` in order (non-overlapping inputs), grouped into
 /// at most `max_batches` full batches of `batch_size × (seq_len + 1)` tokens. The same every call.
+/// With `document_masking`, each batch carries its positions' documents (as training's do).
 ///
-/// Fails if the data holds less than one full batch.
+/// Fails if the data holds less than one full batch, or (masking) a document index is missing.
 pub fn eval_batches(
     shards: &[PathBuf],
     batch_size: usize,
     seq_len: usize,
     max_batches: usize,
-) -> Result<Vec<Vec<u32>>, DataError> {
+    document_masking: bool,
+) -> Result<Vec<Batch>, DataError> {
     check_shape(batch_size, seq_len, 0, 1)?;
-    let stream = TokenStream::open(shards)?;
+    let mut stream = TokenStream::open(shards)?;
+    if document_masking {
+        stream.load_documents()?;
+    }
     let n_windows = stream.n_windows(seq_len);
     let n_batches = (n_windows / batch_size as u64).min(max_batches as u64);
     if n_batches == 0 {
@@ -276,11 +342,16 @@ pub fn eval_batches(
     let row = seq_len + 1;
     let batches = (0..n_batches)
         .map(|b| {
-            let mut out = Vec::with_capacity(batch_size * row);
+            let mut tokens = Vec::with_capacity(batch_size * row);
+            let mut doc_ids = document_masking.then(|| Vec::with_capacity(batch_size * seq_len));
             for w in b * batch_size as u64..(b + 1) * batch_size as u64 {
-                stream.read(w * seq_len as u64, row, &mut out);
+                stream.read_window(w * seq_len as u64, row, &mut tokens, doc_ids.as_mut());
             }
-            out
+            Batch {
+                tokens,
+                loss_mask: None,
+                doc_ids,
+            }
         })
         .collect();
     Ok(batches)
@@ -460,15 +531,56 @@ pub(crate) mod tests {
         assert!(TokenLoader::new(&paths, 20, 10, 0, 0, 1).is_err()); // 9 windows < 20
         assert!(TokenLoader::new(&paths, 1, 10, 0, 2, 2).is_err()); // rank >= world
 
-        let ev = eval_batches(&paths, 2, 10, 100).unwrap();
+        let ev = eval_batches(&paths, 2, 10, 100, false).unwrap();
         assert_eq!(ev.len(), 4); // 9 windows -> 4 full batches of 2
-        assert_eq!(ev, eval_batches(&paths, 2, 10, 100).unwrap());
+        assert_eq!(ev, eval_batches(&paths, 2, 10, 100, false).unwrap());
         let windows: Vec<u64> = ev
             .iter()
-            .flat_map(|b| b.chunks(11).map(|r| window_of(r, 10)).collect::<Vec<_>>())
+            .flat_map(|b| {
+                b.tokens
+                    .chunks(11)
+                    .map(|r| window_of(r, 10))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         assert_eq!(windows, (0..8).collect::<Vec<u64>>());
-        assert_eq!(eval_batches(&paths, 2, 10, 3).unwrap().len(), 3);
-        assert!(eval_batches(&paths, 10, 10, 3).is_err());
+        assert!(ev.iter().all(|b| b.doc_ids.is_none()));
+        assert_eq!(eval_batches(&paths, 2, 10, 3, false).unwrap().len(), 3);
+        assert!(eval_batches(&paths, 10, 10, 3, false).is_err());
+    }
+
+    /// With document masking, each input position carries its document: the ids change exactly
+    /// where the shards' `.idx` indexes put a document start (offsets local to each shard,
+    /// documents spanning shards, an empty shard), and a missing index is an error naming it.
+    #[test]
+    fn document_ids_follow_the_shard_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = shards(dir.path(), 100); // token value = global position
+        let global_starts = [0u64, 12, 33, 40, 70, 71];
+        let err = eval_batches(&paths, 2, 10, 100, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train_000000.idx") && err.contains("document_masking"),
+            "{err}"
+        );
+        // Shards hold 0..33, nothing, 33..57, 57..100.
+        let local: [&[u64]; 4] = [&[0, 12], &[], &[0, 7], &[13, 14]];
+        for (p, starts) in paths.iter().zip(local) {
+            crate::shard::write_doc_index(&p.with_extension("idx"), starts).unwrap();
+        }
+        let ev = eval_batches(&paths, 2, 10, 100, true).unwrap();
+        for batch in &ev {
+            let ids = batch.doc_ids.as_ref().expect("document ids");
+            assert_eq!(ids.len(), 2 * 10);
+            for (r, window) in batch.tokens.chunks(11).enumerate() {
+                for (i, &pos) in window[..10].iter().enumerate() {
+                    let docs = global_starts.iter().filter(|&&s| s <= pos as u64).count();
+                    assert_eq!(ids[r * 10 + i], docs as u32, "position {pos}");
+                }
+            }
+        }
+        let with_starts = ev.iter().flat_map(|b| b.doc_ids.clone().unwrap());
+        assert!(with_starts.collect::<HashSet<_>>().len() >= 5);
     }
 }

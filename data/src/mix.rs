@@ -319,23 +319,48 @@ impl MixLoader {
         self.stages.partition_point(|s| s.from_step <= step) - 1
     }
 
+    /// Batches also say where the documents of their windows start ([`crate::Batch::doc_ids`],
+    /// from the `.idx` index beside each shard), for a model that keeps them apart
+    /// (`data.document_masking`). Fails, naming the file, when an index is missing or damaged.
+    pub fn with_document_masking(mut self) -> Result<Self, DataError> {
+        for s in &mut self.sources {
+            s.stream.load_documents()?;
+        }
+        Ok(self)
+    }
+
     /// The next batch of this rank: `batch_size × (seq_len + 1)` tokens, row-major, the same
     /// layout as [`TokenLoader::next_batch`](crate::TokenLoader::next_batch).
     pub fn next_batch(&mut self) -> Vec<u32> {
+        self.next_full_batch().tokens
+    }
+
+    /// [`MixLoader::next_batch`] with the documents of its input positions under
+    /// [`MixLoader::with_document_masking`].
+    pub fn next_full_batch(&mut self) -> crate::Batch {
         let stage = &self.stages[self.stage_index(self.step)];
         let row = self.seq_len + 1;
         let mine = self.rank * self.batch_size..(self.rank + 1) * self.batch_size;
-        let mut out = Vec::with_capacity(self.batch_size * row);
+        let mut tokens = Vec::with_capacity(self.batch_size * row);
+        let masking = self.sources.iter().any(|s| s.stream.has_documents());
+        let mut doc_ids = masking.then(|| Vec::with_capacity(self.batch_size * self.seq_len));
         for j in 0..self.world_size * self.batch_size {
             let i = stage.pick(row_uniform(self.seed, self.step, j as u64));
             let source = &mut self.sources[i];
             let w = source.take();
             if mine.contains(&j) {
-                source.stream.read(w * self.seq_len as u64, row, &mut out);
+                let start = w * self.seq_len as u64;
+                source
+                    .stream
+                    .read_window(start, row, &mut tokens, doc_ids.as_mut());
             }
         }
         self.step += 1;
-        out
+        crate::Batch {
+            tokens,
+            loss_mask: None,
+            doc_ids,
+        }
     }
 
     /// Current position, to be saved with a checkpoint.
@@ -448,7 +473,7 @@ impl BatchSource for MixLoader {
     type State = MixState;
 
     fn next_batch(&mut self) -> crate::Batch {
-        MixLoader::next_batch(self).into()
+        self.next_full_batch()
     }
 
     fn state(&self) -> MixState {

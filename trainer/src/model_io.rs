@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use kiln_arch::{
-    read_safetensors, write_safetensors, HfModel, Model, ModelConfig, SafetensorsDtype,
+    read_safetensors, write_safetensors, AdapterPlan, Builder, HfModel, LoraPlan, Model,
+    ModelConfig, SafetensorsDtype, Targets,
 };
 use kiln_data::TextTokenizer;
 use serde_json::json;
@@ -58,8 +59,22 @@ fn read_tokenizer(dir: &Path) -> Result<Option<TextTokenizer>> {
 /// Loads a model directory: a kiln export, a Hugging Face Llama checkpoint, or a kiln checkpoint
 /// (`<run>/ckpt/step-NNNNNN`). A run directory means its latest checkpoint.
 pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    load_model_dir_with(dir, device, &AdapterPlan::default())
+}
+
+/// [`load_model_dir`] into a model built with `plan`'s adapters: the directory's weights are the
+/// base (a fresh adapter starts as a no-op); a kiln checkpoint of an adapted run also restores
+/// its adapters.
+pub fn load_model_dir_with<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    plan: &AdapterPlan,
+) -> Result<LoadedModel<B>> {
     if !dir.is_dir() {
         bail!("model directory {} does not exist", dir.display());
+    }
+    if dir.join("adapter_config.json").is_file() {
+        return load_adapter_dir(dir, device, plan);
     }
     // A run directory: use its newest checkpoint.
     if dir.join("ckpt").is_dir() && !dir.join("config.json").is_file() {
@@ -77,9 +92,9 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
         })?;
         let newest =
             newest.with_context(|| format!("{} has no checkpoint under ckpt/", dir.display()))?;
-        return load_dir(&newest.dir.clone(), Some(newest), device);
+        return load_dir(&newest.dir.clone(), Some(newest), device, plan);
     }
-    load_dir(dir, None, device)
+    load_dir(dir, None, device, plan)
 }
 
 /// [`load_model_dir`] on a model or checkpoint directory; `verified` when the caller has already
@@ -88,9 +103,19 @@ fn load_dir<B: Backend>(
     dir: &Path,
     verified: Option<checkpoint::Verified>,
     device: &B::Device,
+    plan: &AdapterPlan,
 ) -> Result<LoadedModel<B>> {
     let config = read_hf_config(dir)?;
     let tokenizer = read_tokenizer(dir)?;
+    // A checkpoint of a LoRA run holds its adapters: build the model with them.
+    let recipe_plan;
+    let plan = match checkpoint_lora(dir)? {
+        Some(lora) if plan.lora.is_none() => {
+            recipe_plan = lora;
+            &recipe_plan
+        }
+        _ => plan,
+    };
     if let Some(tok) = &tokenizer {
         // A tokenizer whose ids do not fit the model's embedding is a mismatch worth stopping for.
         if tok.vocab_size() > config.vocab_size() {
@@ -102,7 +127,7 @@ fn load_dir<B: Backend>(
             );
         }
     }
-    let fresh: Model<B> = config.init(device);
+    let fresh: Model<B> = config.init_with(&Builder::with_plan(device, plan));
     let model = if dir.join("state.json").is_file() {
         let ckpt = match verified {
             Some(verified) => verified.load()?,
@@ -140,14 +165,133 @@ fn load_dir<B: Backend>(
     })
 }
 
+/// The adapter plan of a kiln checkpoint of a LoRA run (its `recipe.yaml` has a `lora:`
+/// section); `None` for anything else.
+fn checkpoint_lora(dir: &Path) -> Result<Option<AdapterPlan>> {
+    let recipe = dir.join("recipe.yaml");
+    if !dir.join("state.json").is_file() || !recipe.is_file() {
+        return Ok(None);
+    }
+    let recipe = crate::recipe::Recipe::load(&recipe, &[])
+        .with_context(|| format!("reading the recipe of checkpoint {}", dir.display()))?;
+    Ok(recipe.lora.map(|lora| lora.plan(recipe.train.seed)))
+}
+
+/// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`, written
+/// by PEFT or by kiln): its base (`base_model_name_or_path`, a local model directory) with the
+/// adapters applied. The adapters are built as the file describes them (rank, alpha, rsLoRA,
+/// target modules), or as `plan` when it has LoRA (a recipe continuing to train them: a
+/// different rank or set of layers is then an error naming the tensor). The tokenizer is the
+/// adapter directory's when it has one, else the base's.
+fn load_adapter_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    plan: &AdapterPlan,
+) -> Result<LoadedModel<B>> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let key = |k: &str| {
+        cfg.get(k)
+            .filter(|v| !v.is_null())
+            .with_context(|| format!("{}: `{k}` is missing", path.display()))
+    };
+    if key("peft_type")? != "LORA" {
+        bail!(
+            "{}: peft_type {} is not LORA",
+            path.display(),
+            key("peft_type")?
+        );
+    }
+    let base_name = key("base_model_name_or_path")?.as_str().with_context(|| {
+        format!(
+            "{}: base_model_name_or_path is not a string",
+            path.display()
+        )
+    })?;
+    let base_dir = [PathBuf::from(base_name), dir.join(base_name)]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .with_context(|| {
+            format!(
+                "{}: the base model `{base_name}` is not a local directory (kiln does not \
+                 download models; give the path of a downloaded copy)",
+                path.display()
+            )
+        })?;
+    let config = read_hf_config(&base_dir)?;
+    let mapping = config.hf_mapping();
+    let number = |k: &str| -> Result<f64> {
+        key(k)?
+            .as_f64()
+            .with_context(|| format!("{}: `{k}` is not a number", path.display()))
+    };
+    let targets = match key("target_modules")? {
+        serde_json::Value::String(s) if s == "all-linear" => Targets::AllLinear,
+        serde_json::Value::String(s) => Targets::Names(vec![s.clone()]),
+        serde_json::Value::Array(names) => Targets::Names(
+            names
+                .iter()
+                .filter_map(|n| n.as_str())
+                .map(|n| mapping.kiln_path(n).unwrap_or_else(|| n.to_string()))
+                .collect(),
+        ),
+        other => bail!(
+            "{}: target_modules {other} is not a list of names",
+            path.display()
+        ),
+    };
+    let file_plan = AdapterPlan {
+        lora: Some(LoraPlan {
+            rank: number("r")? as usize,
+            alpha: number("lora_alpha")?,
+            use_rslora: cfg
+                .get("use_rslora")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            targets,
+            seed: 0,
+            init: Default::default(),
+        }),
+        fake_quant: None,
+    };
+    let plan = if plan.lora.is_some() {
+        plan
+    } else {
+        &file_plan
+    };
+    let base = load_model_dir_with::<B>(&base_dir, device, plan)
+        .with_context(|| format!("the base model of adapter {}", dir.display()))?;
+    let weights = dir.join("adapter_model.safetensors");
+    let tensors = read_safetensors(&weights)?;
+    let model = base
+        .model
+        .load_peft_tensors(&tensors)
+        .with_context(|| format!("loading {} onto {}", weights.display(), base_dir.display()))?;
+    let tokenizer = match read_tokenizer(dir)? {
+        Some(t) => Some(t),
+        None => base.tokenizer,
+    };
+    Ok(LoadedModel {
+        config: base.config,
+        model,
+        tokenizer,
+        dir: dir.to_path_buf(),
+    })
+}
+
 /// The files an export directory holds ([`export_model`]); a directory with only these (and at
 /// least `config.json`) is an export, which `train export` may overwrite.
-const EXPORT_FILES: [&str; 5] = [
+const EXPORT_FILES: [&str; 7] = [
     "model.safetensors",
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
 ];
 
 /// Refuses an export target that would destroy something: a checkpoint (`state.json`), a run
@@ -242,6 +386,105 @@ pub fn export_model<B: Backend>(
     }
     write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
     Ok(())
+}
+
+/// Writes the LoRA adapters of `model` as a PEFT adapter directory: `adapter_model.safetensors`
+/// (PEFT's tensor names and `[r, in]` / `[out, r]` layout, f32) and `adapter_config.json`, which
+/// `peft.PeftModel.from_pretrained(base, out)` loads onto the base `base_dir` names; plus the
+/// tokenizer files. `target_modules` lists the full HF module name of every adapted layer, as
+/// PEFT records a resolved `all-linear`, so PEFT adapts exactly these layers.
+///
+/// Returns warnings for adapters PEFT + transformers will not apply as kiln does: PEFT 0.22
+/// refuses `out_proj` on Mamba and Mamba-2 models, and transformers 5's Mamba and Jamba mixers
+/// read `dt_proj.weight` directly, so an adapter there is silently ignored.
+pub fn export_adapter<B: Backend>(
+    model: &Model<B>,
+    lora: &crate::recipe::LoraSection,
+    base_dir: &Path,
+    tokenizer: &TextTokenizer,
+    out: &Path,
+) -> Result<Vec<String>> {
+    let tensors = model.to_peft_tensors();
+    if tensors.is_empty() {
+        bail!(
+            "not exporting an adapter to {}: the model has no LoRA adapter",
+            out.display()
+        );
+    }
+    if let Some(bad) = crate::params::first_nonfinite(&tensors) {
+        bail!(
+            "not exporting to {}: `{bad}` has non-finite values",
+            out.display()
+        );
+    }
+    let mapping = model.hf_mapping();
+    let mut targets: Vec<String> = model
+        .linear_layers()
+        .into_iter()
+        .filter(|(_, adapted)| *adapted)
+        .flat_map(|(path, _)| mapping.hf_names(&format!("{path}.weight")))
+        .map(|name| name.trim_end_matches(".weight").to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let ssm = matches!(model, Model::Mamba(_) | Model::Mamba2(_) | Model::Hybrid(_));
+    let mut warnings = Vec::new();
+    for (layer, why) in [
+        (
+            "out_proj",
+            "PEFT refuses adapters on `out_proj` of Mamba and Mamba-2 models when loading them",
+        ),
+        (
+            "dt_proj",
+            "transformers' Mamba and Jamba mixers read `dt_proj.weight` directly, so PEFT's \
+             adapter there is silently not applied",
+        ),
+    ] {
+        let hit = targets.iter().any(|t| t.ends_with(&format!(".{layer}")));
+        let refused = layer == "dt_proj" || !matches!(model, Model::Hybrid(_));
+        if ssm && hit && refused {
+            warnings.push(format!(
+                "{}: adapters on `{layer}`: {why}; kiln applies them (`train eval` / `generate` \
+                 on this directory)",
+                out.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_safetensors(
+        out.join("adapter_model.safetensors"),
+        &tensors,
+        SafetensorsDtype::F32,
+    )?;
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        // Absolute: the adapter must find its base from wherever it is loaded.
+        "base_model_name_or_path": std::fs::canonicalize(base_dir)
+            .unwrap_or_else(|_| base_dir.to_path_buf())
+            .display()
+            .to_string(),
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "use_rslora": lora.use_rslora,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": match lora.init {
+            crate::recipe::LoraInitKind::Kaiming => json!(true),
+            crate::recipe::LoraInitKind::Gaussian => json!("gaussian"),
+        },
+        "modules_to_save": null,
+        "inference_mode": true,
+        "use_dora": false,
+        "revision": null,
+    });
+    write_json(&out.join("adapter_config.json"), &config)?;
+    tokenizer
+        .save(out.join("tokenizer.json"))
+        .with_context(|| format!("writing {}", out.join("tokenizer.json").display()))?;
+    Ok(warnings)
 }
 
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

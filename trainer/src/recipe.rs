@@ -81,6 +81,112 @@ pub struct Recipe {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub export: ExportSection,
+    /// LoRA fine-tuning: adapters on the targeted layers, the base frozen. Absent: every
+    /// parameter trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSection>,
+}
+
+/// PEFT's `LoraConfig`, as a recipe section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank of every adapter.
+    pub r: usize,
+    /// Scale numerator: the adapter's output is multiplied by `alpha / r` (`alpha / sqrt(r)`
+    /// with `use_rslora`).
+    pub alpha: f64,
+    /// Dropout on the adapter's input (PEFT's `lora_dropout`); only 0 is implemented so far.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Which linear layers get an adapter: `all-linear` (every projection but the output head)
+    /// or a list of names matched as PEFT matches them (`q_proj` matches every
+    /// `….self_attn.q_proj`; `layers.0.mlp.up_proj` one layer).
+    pub target_modules: TargetModules,
+    /// rsLoRA (Kalajdzievski 2023): scale `alpha / sqrt(r)`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Init of `A` (`B` starts at 0 either way, so the adapted model starts as the base):
+    /// `kaiming` (PEFT's default, uniform ±1/sqrt(in)) or `gaussian` (normal, std 1/r).
+    #[serde(default)]
+    pub init: LoraInitKind,
+}
+
+/// `lora.target_modules`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// `all-linear`.
+    Keyword(String),
+    /// Module names.
+    Names(Vec<String>),
+}
+
+/// `lora.init`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraInitKind {
+    #[default]
+    Kaiming,
+    Gaussian,
+}
+
+impl LoraSection {
+    /// Checks every key; errors name it (`lora.r`).
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        if self.r == 0 {
+            return Err(invalid("lora.r", "must be at least 1"));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(invalid("lora.alpha", format!("{} must be > 0", self.alpha)));
+        }
+        if self.dropout != 0.0 {
+            return Err(invalid(
+                "lora.dropout",
+                format!(
+                    "{}: dropout on the adapters is not implemented yet; set 0.0",
+                    self.dropout
+                ),
+            ));
+        }
+        match &self.target_modules {
+            TargetModules::Keyword(k) if k != "all-linear" => Err(invalid(
+                "lora.target_modules",
+                format!("`{k}`: give `all-linear` or a list of module names"),
+            )),
+            TargetModules::Names(names)
+                if names.is_empty() || names.iter().any(String::is_empty) =>
+            {
+                Err(invalid(
+                    "lora.target_modules",
+                    "needs at least one module name (or `all-linear`)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The adapter plan the model is built with; `seed` draws the `A` factors.
+    pub fn plan(&self, seed: u64) -> kiln_arch::AdapterPlan {
+        let targets = match &self.target_modules {
+            TargetModules::Keyword(_) => kiln_arch::Targets::AllLinear,
+            TargetModules::Names(names) => kiln_arch::Targets::Names(names.clone()),
+        };
+        kiln_arch::AdapterPlan {
+            lora: Some(kiln_arch::LoraPlan {
+                rank: self.r,
+                alpha: self.alpha,
+                use_rslora: self.use_rslora,
+                targets,
+                seed,
+                init: match self.init {
+                    LoraInitKind::Kaiming => kiln_arch::LoraInit::Kaiming,
+                    LoraInitKind::Gaussian => kiln_arch::LoraInit::Gaussian,
+                },
+            }),
+            fake_quant: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -571,6 +677,16 @@ impl Recipe {
             }
         }
         self.validate_model()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+            if m.init_from.is_none() {
+                return Err(invalid(
+                    "lora",
+                    "adapts a trained model: set model.init_from to its directory (a kiln export \
+                     or a Hugging Face model)",
+                ));
+            }
+        }
         if t.log_every_steps == 0 {
             return Err(invalid("train.log_every_steps", "must be at least 1"));
         }

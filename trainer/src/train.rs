@@ -12,15 +12,15 @@ use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use kiln_arch::{Model, ModelConfig};
+use kiln_arch::{Model, ModelConfig, Segments};
 use kiln_data::mix::{MixLoader, MixSource, MixStage, MixState};
-use kiln_data::{eval_batches, Prefetcher, PreparedData, TextTokenizer};
+use kiln_data::{eval_batches, Batch, Prefetcher, PreparedData, TextTokenizer};
 
 use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
 use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
-use crate::model_io::{export_model, load_model_dir};
+use crate::model_io::{export_adapter, export_model, load_model_dir_with};
 use crate::objective::{batch_tensors, NextToken, SingleWorker};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::params::{first_nonfinite, load_named_tensors, named_tensors};
@@ -86,18 +86,23 @@ pub struct RunSummary {
     pub sample: Option<String>,
 }
 
-/// Mean validation loss over fixed batches (the same every evaluation).
+/// Mean validation loss over fixed batches (the same every evaluation), their documents kept apart
+/// when they carry document ids.
 pub fn validation_loss<B: Backend>(
     model: &Model<B>,
-    batches: &[Vec<u32>],
+    batches: &[Batch],
     batch_size: usize,
     seq_len: usize,
     device: &B::Device,
 ) -> f64 {
     let mut total = 0.0;
-    for tokens in batches {
-        let (inputs, targets) = batch_tensors::<B>(tokens, None, batch_size, seq_len, device);
-        let loss = cross_entropy(model.forward(inputs), targets);
+    for batch in batches {
+        let (inputs, targets) =
+            batch_tensors::<B>(&batch.tokens, None, batch_size, seq_len, device);
+        let segments =
+            (batch.doc_ids.as_deref()).map(|ids| Segments::from_ids(batch_size, seq_len, ids));
+        let ctx = model.ctx().with_segments(segments);
+        let loss = cross_entropy(model.forward_with(inputs, &ctx), targets);
         total += loss.into_scalar().elem::<f64>(); // host sync, once per validation batch
     }
     total / batches.len() as f64
@@ -253,7 +258,7 @@ struct RunContext<B: Backend> {
     total_steps: u64,
     tokens_per_step: u64,
     /// Fixed validation batches per source (sources that hold out nothing have none).
-    val: Vec<(String, Vec<Vec<u32>>)>,
+    val: Vec<(String, Vec<Batch>)>,
     device: B::Device,
 }
 
@@ -485,9 +490,13 @@ fn init_model<B: Backend>(
     device: &B::Device,
     dist: Dist,
 ) -> Result<(ModelConfig, Model<B>)> {
+    let plan = match &recipe.lora {
+        Some(lora) => lora.plan(recipe.train.seed),
+        None => kiln_arch::AdapterPlan::default(),
+    };
     let (config, model) = match &recipe.model.init_from {
         Some(dir) => {
-            let loaded = load_model_dir::<B>(dir, device)
+            let loaded = load_model_dir_with::<B>(dir, device, &plan)
                 .with_context(|| format!("model.init_from = {}", dir.display()))?;
             say(dist, &format!("model: initialised from {}", dir.display()));
             (loaded.config, loaded.model)
@@ -512,16 +521,54 @@ fn init_model<B: Backend>(
         );
     }
     let n_params = model.num_params();
-    if n_params != config.num_params() {
+    // Adapters are what the model holds beyond the base's analytic count.
+    let n_adapter = n_params.saturating_sub(config.num_params());
+    if n_params != config.num_params() && recipe.lora.is_none() {
         bail!(
             "internal: instantiated parameters {n_params} != analytic count {}",
             config.num_params()
         );
     }
-    say(
-        dist,
-        &format!("model: {} parameters", group_digits(n_params as u64)),
-    );
+    let model = match &recipe.lora {
+        None => {
+            say(
+                dist,
+                &format!("model: {} parameters", group_digits(n_params as u64)),
+            );
+            model
+        }
+        Some(lora) => {
+            let layers = model.linear_layers();
+            let adapted = layers.iter().filter(|(_, a)| *a).count();
+            if adapted == 0 {
+                let mut names: Vec<&str> = layers
+                    .iter()
+                    .map(|(p, _)| p.rsplit('.').next().unwrap_or(p))
+                    .collect();
+                names.sort();
+                names.dedup();
+                bail!(
+                    "lora.target_modules {:?} match no linear layer of this model; its linear \
+                     layers are {} (e.g. {}), or use all-linear",
+                    lora.target_modules,
+                    names.join(", "),
+                    layers.first().map_or("", |(p, _)| p.as_str())
+                );
+            }
+            say(
+                dist,
+                &format!(
+                    "model: {} parameters, {} trainable in LoRA adapters (r {}) on {adapted} of \
+                     {} linear layers; the base is frozen",
+                    group_digits(n_params as u64),
+                    group_digits(n_adapter as u64),
+                    lora.r,
+                    layers.len()
+                ),
+            );
+            model.with_frozen_base()
+        }
+    };
     Ok((config, model))
 }
 
@@ -546,7 +593,7 @@ fn mix_loader(recipe: &Recipe, prepared: &PreparedData, dist: Dist) -> Result<Mi
             train_shards: s.train_shards.clone(),
         })
         .collect();
-    Ok(MixLoader::new(
+    let loader = MixLoader::new(
         sources,
         stages,
         t.micro_batch_size,
@@ -554,14 +601,20 @@ fn mix_loader(recipe: &Recipe, prepared: &PreparedData, dist: Dist) -> Result<Mi
         t.seed,
         dist.rank,
         dist.world_size,
-    )?)
+    )?;
+    Ok(if recipe.data.document_masking {
+        say(
+            dist,
+            "data: document masking on (each window's documents kept apart)",
+        );
+        loader.with_document_masking()?
+    } else {
+        loader
+    })
 }
 
 /// Fixed validation batches per source (the same every evaluation).
-fn validation_data(
-    recipe: &Recipe,
-    prepared: &PreparedData,
-) -> Result<Vec<(String, Vec<Vec<u32>>)>> {
+fn validation_data(recipe: &Recipe, prepared: &PreparedData) -> Result<Vec<(String, Vec<Batch>)>> {
     let t = &recipe.train;
     let mut val = Vec::new();
     if recipe.eval.every_steps == 0 && recipe.eval.batches == 0 {
@@ -573,6 +626,7 @@ fn validation_data(
             t.micro_batch_size,
             t.seq_len,
             recipe.eval.batches,
+            recipe.data.document_masking,
         )
         .with_context(|| format!("validation data of source `{}`", s.name))?;
         val.push((s.name.clone(), batches));
@@ -835,7 +889,15 @@ impl<B: Backend> RunContext<B> {
             ExportDtype::F32 => kiln_arch::SafetensorsDtype::F32,
             ExportDtype::Bf16 => kiln_arch::SafetensorsDtype::Bf16,
         };
-        export_model(&valid, &self.config, &self.tokenizer, &export_dir, dtype)?;
+        match (&self.recipe.lora, &self.recipe.model.init_from) {
+            (Some(lora), Some(base)) => {
+                let warnings = export_adapter(&valid, lora, base, &self.tokenizer, &export_dir)?;
+                for w in warnings {
+                    metrics::log_line(&format!("warning: {w}"));
+                }
+            }
+            _ => export_model(&valid, &self.config, &self.tokenizer, &export_dir, dtype)?,
+        }
         metrics::log_line(&format!("export: {}", export_dir.display()));
         if !export.sample_prompt.is_empty() {
             let options = SampleOptions::greedy(export.sample_max_new_tokens);
