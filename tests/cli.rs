@@ -1872,6 +1872,44 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         "the adapter changes the model"
     );
 
+    // `train export` of the LoRA checkpoint: a PEFT directory by default, a plain model with
+    // --merge-lora (W + scale·BA), which evaluates as the adapted model.
+    let (peft_dir, merged_dir) = (dir.path().join("peft"), dir.path().join("merged"));
+    let export_args = |checkpoint: &Path, out: &Path, merge: bool| {
+        let mut a = vec![
+            "export".to_string(),
+            "--checkpoint".to_string(),
+            checkpoint.to_str().unwrap().to_string(),
+            "--out".to_string(),
+            out.to_str().unwrap().to_string(),
+        ];
+        if merge {
+            a.push("--merge-lora".to_string());
+        }
+        Command::new(TRAIN).args(a).output().unwrap()
+    };
+    let ckpt_dir = run.join("ckpt/step-000010");
+    ok(export_args(&ckpt_dir, &peft_dir, false));
+    assert_eq!(
+        std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(export.join("adapter_model.safetensors")).unwrap()
+    );
+    ok(export_args(&ckpt_dir, &merged_dir, true));
+    assert!(!merged_dir.join("adapter_config.json").exists());
+    let merged = eval(&merged_dir);
+    assert!(
+        (merged - adapted).abs() < 1e-5,
+        "merged {merged} vs adapted {adapted}"
+    );
+    fails_with(
+        export_args(
+            &reference.join("ckpt/step-000030"),
+            &dir.path().join("x"),
+            true,
+        ),
+        &["--merge-lora", "no LoRA adapter"],
+    );
+
     // Targets that match nothing are named, with the layers that exist.
     let bad = tiny_recipe(
         dir.path(),

@@ -562,6 +562,59 @@ pub fn load_peft_tensors<B: Backend, M: Module<B>>(
         tensors,
     }))
 }
+/// Merges LoRA adapters into base-model tensors, both in HF terms: for every PEFT pair
+/// `base_model.model.<layer>.lora_A.weight` (`A` `[r, in]`) / `.lora_B.weight` (`B` `[out, r]`),
+/// `<layer>.weight` (`W` `[out, in]`) becomes `W + scale · B A` (PEFT's `merge_and_unload`).
+/// Errors name the adapter whose layer is not among `base` (e.g. a head tied to the embedding:
+/// merging would untie it) or whose shapes do not fit.
+pub fn merge_peft_into_hf(
+    base: &mut [HfTensor],
+    adapters: &[HfTensor],
+    scale: f64,
+) -> Result<(), ArchError> {
+    let by_name: HashMap<&str, &HfTensor> = adapters.iter().map(|t| (t.name.as_str(), t)).collect();
+    for a in adapters {
+        let Some(layer) = a
+            .name
+            .strip_prefix(PEFT_PREFIX)
+            .and_then(|n| n.strip_suffix(".lora_A.weight"))
+        else {
+            continue;
+        };
+        let b_name = format!("{PEFT_PREFIX}{layer}.lora_B.weight");
+        let b = by_name
+            .get(b_name.as_str())
+            .ok_or_else(|| ArchError::MissingTensor {
+                name: b_name.clone(),
+            })?;
+        let weight = format!("{layer}.weight");
+        let w = base.iter_mut().find(|t| t.name == weight).ok_or_else(|| {
+            ArchError::UnexpectedTensors {
+                names: vec![a.name.clone()],
+            }
+        })?;
+        let (r, d_in) = (a.shape[0], a.shape[1]);
+        let d_out = b.shape[0];
+        if w.shape != [d_out, d_in] || b.shape != [d_out, r] {
+            return Err(ArchError::ShapeMismatch {
+                name: b_name,
+                expected: vec![w.shape[0], r],
+                got: b.shape.clone(),
+            });
+        }
+        // W[o, i] += scale · Σ_k B[o, k] A[k, i], accumulated in f64.
+        for o in 0..d_out {
+            for i in 0..d_in {
+                let delta: f64 = (0..r)
+                    .map(|k| b.data[o * r + k] as f64 * a.data[k * d_in + i] as f64)
+                    .sum();
+                w.data[o * d_in + i] = (w.data[o * d_in + i] as f64 + scale * delta) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A tensor serialised to little-endian bytes, for the safetensors writer.
 struct RawTensor {
     dtype: Dtype,

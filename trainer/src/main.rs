@@ -19,7 +19,7 @@ use kiln_trainer::bench::BenchOptions;
 use kiln_trainer::data_cmd::{run_data, DataMode};
 use kiln_trainer::generate::{generate, SampleOptions};
 use kiln_trainer::metrics::out_line;
-use kiln_trainer::model_io::{export_model, load_model_dir};
+use kiln_trainer::model_io::{self, export_model, load_model_dir};
 use kiln_trainer::recipe::{BackendKind, Recipe};
 use kiln_trainer::train::{self, TrainOptions};
 use kiln_trainer::{eval, with_backend};
@@ -108,6 +108,11 @@ enum Command {
         /// directory that is not an export (refused otherwise).
         #[arg(long)]
         force: bool,
+        /// A model with LoRA adapters (a LoRA run's checkpoint, an adapter directory): merge them
+        /// into the base weights and write a plain model directory. Without it, such a model is
+        /// written as a PEFT adapter directory.
+        #[arg(long)]
+        merge_lora: bool,
     },
     /// Generate text from a model directory (export, checkpoint, run dir or Hugging Face Llama).
     Generate {
@@ -246,13 +251,20 @@ fn real_main() -> Result<()> {
             out,
             dtype,
             force,
+            merge_lora,
         }) => {
             kiln_trainer::model_io::check_export_target(&out, force)?;
             let dtype = match dtype {
                 DtypeArg::F32 => SafetensorsDtype::F32,
                 DtypeArg::Bf16 => SafetensorsDtype::Bf16,
             };
-            run_export::<burn::backend::Flex>(&checkpoint, &out, dtype, Default::default())
+            run_export::<burn::backend::Flex>(
+                &checkpoint,
+                &out,
+                dtype,
+                merge_lora,
+                Default::default(),
+            )
         }
         Some(Command::Generate {
             model,
@@ -343,11 +355,27 @@ fn run_export<B: Backend>(
     checkpoint: &Path,
     out: &Path,
     dtype: SafetensorsDtype,
+    merge_lora: bool,
     device: B::Device,
 ) -> Result<()> {
     let loaded = load_model_dir::<B>(checkpoint, &device)?;
     let tokenizer = loaded.tokenizer()?;
-    export_model(&loaded.model, &loaded.config, tokenizer, out, dtype)?;
+    match (&loaded.adapter, merge_lora) {
+        (Some(adapter), true) => {
+            let tensors = model_io::merged_hf_tensors(&loaded.model, adapter)?;
+            model_io::export_hf_tensors(tensors, &loaded.config, tokenizer, out, dtype)?;
+        }
+        (Some(adapter), false) => {
+            for w in model_io::export_adapter(&loaded.model, adapter, tokenizer, out)? {
+                eprintln!("warning: {w}");
+            }
+        }
+        (None, true) => anyhow::bail!(
+            "--merge-lora: {} carries no LoRA adapter",
+            loaded.dir.display()
+        ),
+        (None, false) => export_model(&loaded.model, &loaded.config, tokenizer, out, dtype)?,
+    }
     println!("exported {} to {}", loaded.dir.display(), out.display());
     Ok(())
 }

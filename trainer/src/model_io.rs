@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use kiln_arch::{
-    read_safetensors, write_safetensors, AdapterPlan, Builder, HfModel, LoraPlan, Model,
-    ModelConfig, SafetensorsDtype, Targets,
+    read_safetensors, write_safetensors, AdapterPlan, Builder, HfModel, HfTensor, LoraInit,
+    LoraPlan, Model, ModelConfig, SafetensorsDtype, Targets,
 };
 use kiln_data::TextTokenizer;
 use serde_json::json;
@@ -21,6 +21,16 @@ pub struct LoadedModel<B: Backend> {
     pub model: Model<B>,
     pub tokenizer: Option<TextTokenizer>,
     pub dir: PathBuf,
+    /// The LoRA adapters the model carries (an adapter directory, a LoRA run's checkpoint).
+    pub adapter: Option<Adapter>,
+}
+
+/// What a model's LoRA adapters are and what they adapt.
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    pub plan: LoraPlan,
+    /// The base model directory (`base_model_name_or_path` of the PEFT export).
+    pub base_dir: PathBuf,
 }
 
 impl<B: Backend> LoadedModel<B> {
@@ -108,10 +118,14 @@ fn load_dir<B: Backend>(
     let config = read_hf_config(dir)?;
     let tokenizer = read_tokenizer(dir)?;
     // A checkpoint of a LoRA run holds its adapters: build the model with them.
+    let from_checkpoint = checkpoint_lora(dir)?;
     let recipe_plan;
-    let plan = match checkpoint_lora(dir)? {
-        Some(lora) if plan.lora.is_none() => {
-            recipe_plan = lora;
+    let plan = match &from_checkpoint {
+        Some(adapter) if plan.lora.is_none() => {
+            recipe_plan = AdapterPlan {
+                lora: Some(adapter.plan.clone()),
+                fake_quant: None,
+            };
             &recipe_plan
         }
         _ => plan,
@@ -157,24 +171,32 @@ fn load_dir<B: Backend>(
             .load_hf_tensors(&tensors)
             .with_context(|| format!("loading {}", weights.display()))?
     };
+    let adapter = match (&plan.lora, from_checkpoint) {
+        (Some(lora), Some(adapter)) => Some(Adapter {
+            plan: lora.clone(),
+            ..adapter
+        }),
+        _ => None,
+    };
     Ok(LoadedModel {
         config,
         model,
         tokenizer,
         dir: dir.to_path_buf(),
+        adapter,
     })
 }
 
-/// The adapter plan of a kiln checkpoint of a LoRA run (its `recipe.yaml` has a `lora:`
-/// section); `None` for anything else.
-fn checkpoint_lora(dir: &Path) -> Result<Option<AdapterPlan>> {
+/// The adapters of a kiln checkpoint of a LoRA run (its `recipe.yaml` has a `lora:` section, its
+/// base is `model.init_from`); `None` for anything else.
+fn checkpoint_lora(dir: &Path) -> Result<Option<Adapter>> {
     let recipe = dir.join("recipe.yaml");
     if !dir.join("state.json").is_file() || !recipe.is_file() {
         return Ok(None);
     }
     let recipe = crate::recipe::Recipe::load(&recipe, &[])
         .with_context(|| format!("reading the recipe of checkpoint {}", dir.display()))?;
-    Ok(recipe.lora.map(|lora| lora.plan(recipe.train.seed)))
+    Ok(recipe.adapter())
 }
 
 /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`, written
@@ -262,6 +284,7 @@ fn load_adapter_dir<B: Backend>(
     } else {
         &file_plan
     };
+    let lora = plan.lora.clone().expect("a LoRA plan");
     let base = load_model_dir_with::<B>(&base_dir, device, plan)
         .with_context(|| format!("the base model of adapter {}", dir.display()))?;
     let weights = dir.join("adapter_model.safetensors");
@@ -279,6 +302,10 @@ fn load_adapter_dir<B: Backend>(
         model,
         tokenizer,
         dir: dir.to_path_buf(),
+        adapter: Some(Adapter {
+            plan: lora,
+            base_dir,
+        }),
     })
 }
 
@@ -332,9 +359,33 @@ pub fn check_export_target(out: &Path, force: bool) -> Result<()> {
 
 /// Writes `model.safetensors`, `config.json`, `generation_config.json`, `tokenizer.json` and
 /// `tokenizer_config.json` so that `transformers`' `AutoModelForCausalLM` / `AutoTokenizer` load the
-/// directory as it is.
+/// directory as it is. The base model only: LoRA adapters are written by [`export_adapter`], or
+/// merged first ([`merged_hf_tensors`] and [`export_hf_tensors`]).
 pub fn export_model<B: Backend>(
     model: &Model<B>,
+    config: &ModelConfig,
+    tokenizer: &TextTokenizer,
+    out: &Path,
+    dtype: SafetensorsDtype,
+) -> Result<()> {
+    export_hf_tensors(model.to_hf_tensors(), config, tokenizer, out, dtype)
+}
+
+/// The HF tensors of `model` with its LoRA adapters merged into the base weights
+/// (`W + scale · B A`, PEFT's `merge_and_unload`): a plain model that transformers loads with
+/// the adapted model's logits.
+pub fn merged_hf_tensors<B: Backend>(model: &Model<B>, adapter: &Adapter) -> Result<Vec<HfTensor>> {
+    let mut tensors = model.to_hf_tensors();
+    let adapters = model.to_peft_tensors();
+    kiln_arch::hf::merge_peft_into_hf(&mut tensors, &adapters, adapter.plan.scale()).context(
+        "merging the LoRA adapters (an adapter on a head tied to the embedding cannot be merged)",
+    )?;
+    Ok(tensors)
+}
+
+/// [`export_model`] of given HF tensors.
+pub fn export_hf_tensors(
+    tensors: Vec<HfTensor>,
     config: &ModelConfig,
     tokenizer: &TextTokenizer,
     out: &Path,
@@ -345,7 +396,6 @@ pub fn export_model<B: Backend>(
         SafetensorsDtype::F32 => "float32",
         SafetensorsDtype::Bf16 => "bfloat16",
     };
-    let tensors = model.to_hf_tensors();
     if let Some(bad) = crate::params::first_nonfinite(&tensors) {
         bail!(
             "not exporting to {}: `{bad}` has non-finite values",
@@ -399,11 +449,11 @@ pub fn export_model<B: Backend>(
 /// read `dt_proj.weight` directly, so an adapter there is silently ignored.
 pub fn export_adapter<B: Backend>(
     model: &Model<B>,
-    lora: &crate::recipe::LoraSection,
-    base_dir: &Path,
+    adapter: &Adapter,
     tokenizer: &TextTokenizer,
     out: &Path,
 ) -> Result<Vec<String>> {
+    let (lora, base_dir) = (&adapter.plan, adapter.base_dir.as_path());
     let tensors = model.to_peft_tensors();
     if tensors.is_empty() {
         bail!(
@@ -464,16 +514,16 @@ pub fn export_adapter<B: Backend>(
             .unwrap_or_else(|_| base_dir.to_path_buf())
             .display()
             .to_string(),
-        "r": lora.r,
+        "r": lora.rank,
         "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
+        "lora_dropout": 0.0,
         "target_modules": targets,
         "use_rslora": lora.use_rslora,
         "bias": "none",
         "fan_in_fan_out": false,
         "init_lora_weights": match lora.init {
-            crate::recipe::LoraInitKind::Kaiming => json!(true),
-            crate::recipe::LoraInitKind::Gaussian => json!("gaussian"),
+            LoraInit::Kaiming => json!(true),
+            LoraInit::Gaussian => json!("gaussian"),
         },
         "modules_to_save": null,
         "inference_mode": true,

@@ -811,6 +811,17 @@ impl Recipe {
         Ok(())
     }
 
+    /// The adapters a LoRA run trains and the base they adapt (`model.init_from`, absolute when
+    /// it exists); `None` without a `lora:` section.
+    pub fn adapter(&self) -> Option<crate::model_io::Adapter> {
+        let (lora, base) = (self.lora.as_ref()?, self.model.init_from.as_ref()?);
+        let plan = lora.plan(self.train.seed).lora?;
+        Some(crate::model_io::Adapter {
+            plan,
+            base_dir: std::fs::canonicalize(base).unwrap_or_else(|_| base.clone()),
+        })
+    }
+
     /// `train.optimizer`, or the error that training needs one.
     pub fn optimizer(&self) -> Result<&OptimizerSection, RecipeError> {
         self.train.optimizer.as_ref().ok_or_else(|| {

@@ -889,14 +889,14 @@ impl<B: Backend> RunContext<B> {
             ExportDtype::F32 => kiln_arch::SafetensorsDtype::F32,
             ExportDtype::Bf16 => kiln_arch::SafetensorsDtype::Bf16,
         };
-        match (&self.recipe.lora, &self.recipe.model.init_from) {
-            (Some(lora), Some(base)) => {
-                let warnings = export_adapter(&valid, lora, base, &self.tokenizer, &export_dir)?;
+        match self.recipe.adapter() {
+            Some(adapter) => {
+                let warnings = export_adapter(&valid, &adapter, &self.tokenizer, &export_dir)?;
                 for w in warnings {
                     metrics::log_line(&format!("warning: {w}"));
                 }
             }
-            _ => export_model(&valid, &self.config, &self.tokenizer, &export_dir, dtype)?,
+            None => export_model(&valid, &self.config, &self.tokenizer, &export_dir, dtype)?,
         }
         metrics::log_line(&format!("export: {}", export_dir.display()));
         if !export.sample_prompt.is_empty() {

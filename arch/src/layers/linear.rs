@@ -293,6 +293,15 @@ impl<'a, B: Backend> Builder<'a, B> {
 }
 
 impl LoraPlan {
+    /// The adapters' output scale: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
     /// PEFT's init: `A ~ U(±1/sqrt(d_in))` (kaiming-uniform with a = sqrt(5)) or
     /// `normal(0, 1/r)` (gaussian), `B = 0`.
     fn init<B: Backend>(
@@ -326,11 +335,7 @@ impl LoraPlan {
                     .collect()
             }
         };
-        let scale = if self.use_rslora {
-            self.alpha / (self.rank as f64).sqrt()
-        } else {
-            self.alpha / self.rank as f64
-        };
+        let scale = self.scale();
         LowRank {
             lora_a: Param::from_tensor(Tensor::from_data(
                 TensorData::new(a, [d_in, self.rank]),
