@@ -1760,28 +1760,44 @@ fn document_masking_keeps_the_documents_of_a_window_apart() {
     fails_with(out, &[".idx", "document_masking"]);
 }
 
-/// A LoRA run (`lora:` section, `model.init_from` a kiln export): only the adapters train (the
-/// checkpointed base equals the export it started from), the loss falls, and `export/` is a PEFT
-/// adapter directory. `target_modules` that match nothing list the layers that exist.
+/// A LoRA run (`lora:` section, `model.init_from` a kiln export): only the adapters train,
+/// checkpoints hold the adapters and the base's digest, a SIGKILLed run resumes to the same
+/// losses bit for bit, resuming against a changed base is refused, `export/` is a PEFT adapter
+/// directory that `train eval` reads as the checkpoint, and `train export --merge-lora` writes a
+/// plain model with the same loss whose untouched tensors are the base's. `target_modules` that
+/// match nothing list the layers that exist.
 #[test]
 fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
     let (_, reference) = shared_run();
-    let base = reference.join("export");
     let dir = tempfile::tempdir().unwrap();
+    // A copy of the reference export as the base (this test changes it at the end).
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for f in std::fs::read_dir(reference.join("export")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, base.join(f.file_name().unwrap())).unwrap();
+    }
     let lora = "lora: {r: 4, alpha: 8, target_modules: all-linear}\n";
     let recipe = tiny_recipe(dir.path(), lora);
-    let run = dir.path().join("run");
     let init = format!("model.init_from={}", base.display());
-    let out = ok(train(&[
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        &init,
-        "--set",
-        "train.max_steps=10",
-    ]));
+    let args = |run: &Path| -> Vec<String> {
+        [
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            &init,
+            "--set",
+            "train.max_steps=10",
+            "--set",
+            "checkpoint.every_steps=5",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = dir.path().join("run");
+    let out = ok(Command::new(TRAIN).args(args(&run)).output().unwrap());
     let log =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1794,25 +1810,28 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         "LoRA loss did not fall: {l:?}"
     );
 
-    // The base is frozen: the checkpoint's base weights are the export's.
-    let ckpt = kiln_arch::read_safetensors(run.join("ckpt/step-000010/model.safetensors")).unwrap();
-    let exported = kiln_arch::read_safetensors(base.join("model.safetensors")).unwrap();
-    assert_eq!(
-        ckpt["embed_tokens.weight"].data,
-        exported["model.embed_tokens.weight"].data
+    // Checkpoints: the 28 adapter factors (trained: B moved from 0) and base.json.
+    let ckpt_dir = run.join("ckpt/step-000010");
+    let ckpt = kiln_arch::read_safetensors(ckpt_dir.join("model.safetensors")).unwrap();
+    assert_eq!(ckpt.len(), 28);
+    assert!(
+        ckpt.keys().all(|k| k.contains(".lora.")),
+        "{:?}",
+        ckpt.keys()
     );
-    let (q, q_hf) = (
-        &ckpt["layers.1.self_attn.q_proj.weight"],
-        &exported["model.layers.1.self_attn.q_proj.weight"],
-    );
-    let (d_in, d_out) = (q.shape[0], q.shape[1]);
-    for i in 0..d_in {
-        for o in 0..d_out {
-            assert_eq!(q.data[i * d_out + o], q_hf.data[o * d_in + i]);
-        }
-    }
     let b = &ckpt["layers.1.self_attn.q_proj.lora.lora_b"];
     assert!(b.data.iter().any(|&v| v != 0.0), "the adapters trained");
+    assert!(ckpt_dir.join("base.json").is_file());
+
+    // SIGKILL after step 7, resume from step 5: the same losses bit for bit.
+    let killed = dir.path().join("killed");
+    let killed_args = args(&killed);
+    let as_str: Vec<&str> = killed_args.iter().map(String::as_str).collect();
+    sigkill_after_step(&as_str, &killed, 7);
+    let mut resume = as_str.clone();
+    resume.push("--resume");
+    ok(train(&resume));
+    assert_eq!(losses(&killed), l, "resumed LoRA run");
 
     // export/ is a PEFT adapter directory.
     let export = run.join("export");
@@ -1834,7 +1853,7 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
     assert_eq!(adapter.len(), 28);
 
     // `train eval` reads the adapter directory (base + PEFT adapter) and the LoRA checkpoint
-    // (whole model, built with the recipe's adapters) as the same model; the base alone differs.
+    // (adapters + the base it names) as the same model; the base alone differs.
     let text = dir.path().join("text.txt");
     std::fs::write(
         &text,
@@ -1858,11 +1877,7 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
             .as_f64()
             .unwrap()
     };
-    let (adapted, checkpointed, plain) = (
-        eval(&export),
-        eval(&run.join("ckpt/step-000010")),
-        eval(&base),
-    );
+    let (adapted, checkpointed, plain) = (eval(&export), eval(&ckpt_dir), eval(&base));
     assert!(
         (adapted - checkpointed).abs() < 1e-5,
         "{adapted} vs {checkpointed}"
@@ -1873,7 +1888,8 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
     );
 
     // `train export` of the LoRA checkpoint: a PEFT directory by default, a plain model with
-    // --merge-lora (W + scale·BA), which evaluates as the adapted model.
+    // --merge-lora (W + scale·BA), which evaluates as the adapted model; the tensors no adapter
+    // touches are the base's.
     let (peft_dir, merged_dir) = (dir.path().join("peft"), dir.path().join("merged"));
     let export_args = |checkpoint: &Path, out: &Path, merge: bool| {
         let mut a = vec![
@@ -1888,7 +1904,6 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         }
         Command::new(TRAIN).args(a).output().unwrap()
     };
-    let ckpt_dir = run.join("ckpt/step-000010");
     ok(export_args(&ckpt_dir, &peft_dir, false));
     assert_eq!(
         std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap(),
@@ -1901,6 +1916,16 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         (merged - adapted).abs() < 1e-5,
         "merged {merged} vs adapted {adapted}"
     );
+    let merged_t = kiln_arch::read_safetensors(merged_dir.join("model.safetensors")).unwrap();
+    let base_t = kiln_arch::read_safetensors(base.join("model.safetensors")).unwrap();
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.1.input_layernorm.weight",
+    ] {
+        assert_eq!(merged_t[name], base_t[name], "{name}");
+    }
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    assert_ne!(merged_t[q], base_t[q], "the adapter is merged into {q}");
     fails_with(
         export_args(
             &reference.join("ckpt/step-000030"),
@@ -1908,6 +1933,24 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
             true,
         ),
         &["--merge-lora", "no LoRA adapter"],
+    );
+
+    // A changed base: resuming (and evaluating the checkpoint) is refused, naming it.
+    let mut weights = base_t.clone();
+    let norm = weights.get_mut("model.norm.weight").unwrap();
+    norm.data[0] += 0.5;
+    let changed: Vec<_> = weights.into_values().collect();
+    kiln_arch::write_safetensors(
+        base.join("model.safetensors"),
+        &changed,
+        kiln_arch::SafetensorsDtype::F32,
+    )
+    .unwrap();
+    let mut more = args(&run);
+    more.extend(["--resume", "--set", "train.max_steps=12"].map(String::from));
+    fails_with(
+        Command::new(TRAIN).args(&more).output().unwrap(),
+        &["different base", "base"],
     );
 
     // Targets that match nothing are named, with the layers that exist.

@@ -57,6 +57,9 @@ struct StateFile {
 }
 
 /// The files of a checkpoint other than `state.json`, each covered by a digest.
+/// A LoRA run's checkpoint names the frozen base it adapts here (see [`CheckpointFiles::base`]).
+pub const BASE_FILE: &str = "base.json";
+
 const CHECKED_FILES: [&str; 5] = [
     "model.safetensors",
     "optimizer.safetensors",
@@ -99,6 +102,9 @@ pub struct CheckpointFiles<'a> {
     pub hf_config: &'a serde_json::Value,
     pub recipe_yaml: &'a str,
     pub tokenizer_json: &'a Path,
+    /// A LoRA run's `base.json` (the frozen base it adapts: its directory and the digests of its
+    /// weight files); its model tensors are then the adapters only.
+    pub base: Option<&'a serde_json::Value>,
 }
 
 /// Writes a complete checkpoint atomically and prunes to the newest `keep_last` (0 keeps all).
@@ -136,6 +142,10 @@ pub fn save(
         fs::write(tmp.join("config.json"), cfg).map_err(|e| e.to_string())?;
         fs::write(tmp.join("recipe.yaml"), files.recipe_yaml).map_err(|e| e.to_string())?;
         fs::copy(files.tokenizer_json, tmp.join("tokenizer.json")).map_err(|e| e.to_string())?;
+        if let Some(base) = files.base {
+            let text = serde_json::to_string_pretty(base).map_err(|e| e.to_string())?;
+            fs::write(tmp.join(BASE_FILE), text).map_err(|e| e.to_string())?;
+        }
         // Make the contents durable, then record what they are: state.json is written last, so a
         // directory without it was never completed.
         let mut digests = BTreeMap::new();
@@ -353,7 +363,7 @@ pub fn verify(dir: &Path) -> Result<Verified, CheckpointError> {
 }
 
 /// Size and xxh3-64 of a file, read in 8 MiB blocks.
-fn digest_file(path: &Path) -> std::io::Result<FileDigest> {
+pub(crate) fn digest_file(path: &Path) -> std::io::Result<FileDigest> {
     let mut file = fs::File::open(path)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut block = vec![0u8; 8 << 20];
@@ -468,6 +478,7 @@ mod tests {
                 hf_config: &serde_json::json!({"model_type": "llama"}),
                 recipe_yaml: "name: t\n",
                 tokenizer_json: &tokenizer,
+                base: None,
             },
             keep_last,
         )

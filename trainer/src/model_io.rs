@@ -13,7 +13,7 @@ use kiln_data::TextTokenizer;
 use serde_json::json;
 
 use crate::checkpoint;
-use crate::params::load_named_tensors;
+use crate::params::{load_named_subset, load_named_tensors};
 
 /// A model with its config and (when the directory has one) its tokenizer.
 pub struct LoadedModel<B: Backend> {
@@ -31,6 +31,54 @@ pub struct Adapter {
     pub plan: LoraPlan,
     /// The base model directory (`base_model_name_or_path` of the PEFT export).
     pub base_dir: PathBuf,
+}
+
+/// A module path inside a LoRA adapter (what a LoRA run's checkpoint holds of the model).
+pub fn is_adapter_param(name: &str) -> bool {
+    name.contains(".lora.")
+}
+
+impl Adapter {
+    /// `base.json` of a checkpoint: the base directory and the digest of each of its weight
+    /// files, so that resuming against another base is an error rather than a silent mix.
+    pub fn base_record(&self) -> Result<serde_json::Value> {
+        let mut files = serde_json::Map::new();
+        for name in ["model.safetensors", "adapter_model.safetensors"] {
+            let path = self.base_dir.join(name);
+            if path.is_file() {
+                let digest = checkpoint::digest_file(&path)
+                    .with_context(|| format!("reading the base model {}", path.display()))?;
+                files.insert(name.to_string(), serde_json::to_value(digest)?);
+            }
+        }
+        Ok(json!({"base_dir": self.base_dir.display().to_string(), "files": files}))
+    }
+
+    /// Checks that the base is still the one checkpoint `dir` adapted (its `base.json`).
+    pub fn check_base(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(checkpoint::BASE_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} is missing: a LoRA checkpoint records the base it adapts",
+                path.display()
+            )
+        })?;
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let now = self.base_record()?;
+        if saved["files"] != now["files"] {
+            bail!(
+                "{}: the checkpoint's adapters were trained on the base {} with weights {}, but \
+                 {} now holds {}: resuming against a different base would mix two models",
+                dir.display(),
+                saved["base_dir"],
+                saved["files"],
+                self.base_dir.display(),
+                now["files"]
+            );
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> LoadedModel<B> {
@@ -141,6 +189,28 @@ fn load_dir<B: Backend>(
             );
         }
     }
+    // A LoRA run's checkpoint holds the adapters; the frozen base comes from its directory.
+    if let (Some(adapter), Some(lora)) = (&from_checkpoint, &plan.lora) {
+        adapter.check_base(dir)?;
+        let base = load_model_dir_with::<B>(&adapter.base_dir, device, plan)
+            .with_context(|| format!("the base model of checkpoint {}", dir.display()))?;
+        let ckpt = match verified {
+            Some(verified) => verified.load()?,
+            None => checkpoint::load(dir)?,
+        };
+        let origin = dir.join("model.safetensors").display().to_string();
+        let model = load_named_subset(base.model, &ckpt.model, &origin, &is_adapter_param)?;
+        return Ok(LoadedModel {
+            config,
+            model,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            adapter: Some(Adapter {
+                plan: lora.clone(),
+                base_dir: adapter.base_dir.clone(),
+            }),
+        });
+    }
     let fresh: Model<B> = config.init_with(&Builder::with_plan(device, plan));
     let model = if dir.join("state.json").is_file() {
         let ckpt = match verified {
@@ -171,19 +241,12 @@ fn load_dir<B: Backend>(
             .load_hf_tensors(&tensors)
             .with_context(|| format!("loading {}", weights.display()))?
     };
-    let adapter = match (&plan.lora, from_checkpoint) {
-        (Some(lora), Some(adapter)) => Some(Adapter {
-            plan: lora.clone(),
-            ..adapter
-        }),
-        _ => None,
-    };
     Ok(LoadedModel {
         config,
         model,
         tokenizer,
         dir: dir.to_path_buf(),
-        adapter,
+        adapter: None,
     })
 }
 

@@ -97,6 +97,8 @@ pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId
 }
 
 struct Load<'a> {
+    /// Only the parameters whose name passes are loaded (and required); `None`: all.
+    only: Option<&'a dyn Fn(&str) -> bool>,
     path: ModulePath,
     tensors: &'a HashMap<String, HfTensor>,
     origin: &'a str,
@@ -117,6 +119,9 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let name = self.path.name();
+        if self.only.is_some_and(|only| !only(&name)) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
         let expected = tensor.dims().to_vec();
         let Some(src) = self.tensors.get(&name) else {
             self.error = Some(ParamsError::Missing {
@@ -160,7 +165,28 @@ pub fn load_named_tensors<B: Backend, M: Module<B>>(
     tensors: &HashMap<String, HfTensor>,
     origin: &str,
 ) -> Result<M, ParamsError> {
+    load_named_where(module, tensors, origin, None)
+}
+
+/// [`load_named_tensors`] for the parameters whose name passes `only` (a LoRA checkpoint's
+/// adapters); the others keep their values. Exactly those names must be present.
+pub fn load_named_subset<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &HashMap<String, HfTensor>,
+    origin: &str,
+    only: &dyn Fn(&str) -> bool,
+) -> Result<M, ParamsError> {
+    load_named_where(module, tensors, origin, Some(only))
+}
+
+fn load_named_where<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &HashMap<String, HfTensor>,
+    origin: &str,
+    only: Option<&dyn Fn(&str) -> bool>,
+) -> Result<M, ParamsError> {
     let mut mapper = Load {
+        only,
         path: ModulePath::default(),
         tensors,
         origin,

@@ -20,10 +20,10 @@ use crate::checkpoint::{self, CheckpointFiles, TrainState};
 use crate::generate::{generate, SampleOptions};
 use crate::loss::cross_entropy;
 use crate::metrics::{self, EvalRecord, Logger, TrainRecord};
-use crate::model_io::{export_adapter, export_model, load_model_dir_with};
+use crate::model_io::{export_adapter, export_model, is_adapter_param, load_model_dir_with};
 use crate::objective::{batch_tensors, NextToken, SingleWorker};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::params::{first_nonfinite, load_named_tensors, named_tensors};
+use crate::params::{first_nonfinite, load_named_subset, load_named_tensors, named_tensors};
 use crate::recipe::{ExportDtype, OnNonFinite, Recipe, MAX_CONSECUTIVE_SKIPS};
 use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
@@ -658,11 +658,15 @@ impl<B: Backend> RunContext<B> {
         let ckpt = verified.load()?;
         let dir = &ckpt.dir;
         check_same_model(dir, &self.recipe)?;
-        let model = load_named_tensors(
-            model,
-            &ckpt.model,
-            &dir.join("model.safetensors").display().to_string(),
-        )?;
+        let origin = dir.join("model.safetensors").display().to_string();
+        let model = match self.recipe.adapter() {
+            // The base came from model.init_from: it must be the one the adapters were trained on.
+            Some(adapter) => {
+                adapter.check_base(dir)?;
+                load_named_subset(model, &ckpt.model, &origin, &is_adapter_param)?
+            }
+            None => load_named_tensors(model, &ckpt.model, &origin)?,
+        };
         optimizer
             .load_state(ckpt.state.optimizer_step, &ckpt.optimizer, &self.device)
             .map_err(|m| anyhow::anyhow!("{}: {m}", dir.display()))?;
@@ -845,7 +849,16 @@ impl<B: Backend> RunContext<B> {
         };
         // Never write a checkpoint that could not be trained on (the step guard keeps NaN out of
         // the weights; this also covers values that overflow on their own).
-        let (model_tensors, optimizer_tensors) = (named_tensors(model), optimizer.state_tensors());
+        let (mut model_tensors, optimizer_tensors) =
+            (named_tensors(model), optimizer.state_tensors());
+        // A LoRA run saves its adapters and which base they adapt, not the frozen base.
+        let base = match self.recipe.adapter() {
+            Some(adapter) => {
+                model_tensors.retain(|t| is_adapter_param(&t.name));
+                Some(adapter.base_record()?)
+            }
+            None => None,
+        };
         if let Some(bad) = first_nonfinite(&model_tensors).or(first_nonfinite(&optimizer_tensors)) {
             bail!(
                 "not writing the checkpoint of step {step}: `{bad}` has non-finite values ({})",
@@ -861,6 +874,7 @@ impl<B: Backend> RunContext<B> {
                 hf_config: &self.config.to_hf_config(self.eot, self.eot, "float32"),
                 recipe_yaml: &self.recipe_yaml,
                 tokenizer_json: &self.tokenizer_path,
+                base: base.as_ref(),
             },
             self.recipe.checkpoint.keep_last,
         )?;
