@@ -89,6 +89,19 @@ fn fails_with(out: Output, needles: &[&str]) {
     }
 }
 
+/// `train eval --model MODEL --text TEXT`'s JSON line.
+fn eval_json(model: &Path, text: &Path) -> Value {
+    let out = ok(train(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
 fn metrics(run: &Path) -> Vec<Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -1492,16 +1505,7 @@ fn arch_end_to_end(model_block: &str, hf_class: &str, model_type: &str, tensor: 
         "Once upon a time, a little cat named Tom found a red ball.",
     )
     .unwrap();
-    let eval = |model: &Path| -> Value {
-        let out = ok(train(&[
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--text",
-            text.to_str().unwrap(),
-        ]));
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
-    };
+    let eval = |model: &Path| eval_json(model, &text);
     assert_eq!(eval(&export), eval(&run.join("ckpt/step-000030")));
     let gen = |seed: &str| {
         let out = ok(train(&[
@@ -1860,23 +1864,7 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         "Once upon a time there was a little dog. He liked to run in the park.",
     )
     .unwrap();
-    let eval = |model: &Path| -> f64 {
-        let out = ok(train(&[
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--text",
-            text.to_str().unwrap(),
-        ]));
-        let line = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .to_string();
-        serde_json::from_str::<Value>(&line).unwrap()["loss"]
-            .as_f64()
-            .unwrap()
-    };
+    let eval = |model: &Path| eval_json(model, &text)["loss"].as_f64().unwrap();
     let (adapted, checkpointed, plain) = (eval(&export), eval(&ckpt_dir), eval(&base));
     assert!(
         (adapted - checkpointed).abs() < 1e-5,

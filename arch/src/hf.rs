@@ -536,10 +536,20 @@ pub fn load_hf_tensors<B: Backend, M: Module<B>>(
     mapping: &HfMapping,
     tensors: &HashMap<String, HfTensor>,
 ) -> Result<M, ArchError> {
-    check_hf_tensors(&model, mapping, Part::Base, tensors)?;
+    load_part(model, mapping, Part::Base, tensors)
+}
+
+/// Checks, then replaces, every parameter of `part`.
+fn load_part<B: Backend, M: Module<B>>(
+    model: M,
+    mapping: &HfMapping,
+    part: Part,
+    tensors: &HashMap<String, HfTensor>,
+) -> Result<M, ArchError> {
+    check_hf_tensors(&model, mapping, part, tensors)?;
     Ok(model.map(&mut Import {
         mapping,
-        part: Part::Base,
+        part,
         path: ModulePath::default(),
         tensors,
     }))
@@ -554,13 +564,7 @@ pub fn load_peft_tensors<B: Backend, M: Module<B>>(
     mapping: &HfMapping,
     tensors: &HashMap<String, HfTensor>,
 ) -> Result<M, ArchError> {
-    check_hf_tensors(&model, mapping, Part::Adapters, tensors)?;
-    Ok(model.map(&mut Import {
-        mapping,
-        part: Part::Adapters,
-        path: ModulePath::default(),
-        tensors,
-    }))
+    load_part(model, mapping, Part::Adapters, tensors)
 }
 /// Merges LoRA adapters into base-model tensors, both in HF terms: for every PEFT pair
 /// `base_model.model.<layer>.lora_A.weight` (`A` `[r, in]`) / `.lora_B.weight` (`B` `[out, r]`),

@@ -129,10 +129,24 @@ impl Logger {
         std::fs::create_dir_all(&tb_dir)
             .with_context(|| format!("cannot create {}", tb_dir.display()))?;
         quiet_tensorboard_panics();
-        let tb = std::panic::catch_unwind(|| {
-            tensorboard_rs::summary_writer::SummaryWriter::new(&tb_dir)
-        })
-        .ok();
+        // tensorboard-rs creates its event file on its writer thread; when that fails, whether
+        // `SummaryWriter::new` returns or panics depends on which thread runs first, and a panic
+        // there drops a writer whose `Drop` panics again: an abort. So a directory that takes no
+        // file is found out here, without calling it.
+        let probe = tb_dir.join(".kiln-write-probe");
+        let tb = match std::fs::write(&probe, b"") {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                std::panic::catch_unwind(|| {
+                    tensorboard_rs::summary_writer::SummaryWriter::new(&tb_dir)
+                })
+                .ok()
+            }
+            Err(e) => {
+                *TB_FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                None
+            }
+        };
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total_steps);
             bar.set_style(

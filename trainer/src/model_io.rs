@@ -56,15 +56,10 @@ impl Adapter {
 
     /// Checks that the base is still the one checkpoint `dir` adapted (its `base.json`).
     pub fn check_base(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(checkpoint::BASE_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "{} is missing: a LoRA checkpoint records the base it adapts",
-                path.display()
-            )
-        })?;
-        let saved: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let saved = read_json(
+            &dir.join(checkpoint::BASE_FILE),
+            "a LoRA checkpoint records the base it adapts",
+        )?;
         let now = self.base_record()?;
         if saved["files"] != now["files"] {
             bail!(
@@ -90,16 +85,17 @@ impl<B: Backend> LoadedModel<B> {
     }
 }
 
+/// A JSON file's value; the error names the file (and says `why` it is needed when it cannot be
+/// read).
+fn read_json(path: &Path, why: &str) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} ({why})", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
 fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} (a model directory needs config.json)",
-            path.display()
-        )
-    })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let value = read_json(&path, "a model directory needs config.json")?;
     ModelConfig::from_hf_config(&value)
         .with_context(|| format!("unsupported model config {}", path.display()))
 }
@@ -274,10 +270,7 @@ fn load_adapter_dir<B: Backend>(
     plan: &AdapterPlan,
 ) -> Result<LoadedModel<B>> {
     let path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let cfg: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let cfg = read_json(&path, "a PEFT adapter directory needs adapter_config.json")?;
     let key = |k: &str| {
         cfg.get(k)
             .filter(|v| !v.is_null())

@@ -122,6 +122,16 @@ pub enum TargetModules {
     Names(Vec<String>),
 }
 
+impl std::fmt::Display for TargetModules {
+    /// As written in the recipe: `all-linear` or `[q_proj, v_proj]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Keyword(k) => write!(f, "{k}"),
+            Self::Names(names) => write!(f, "[{}]", names.join(", ")),
+        }
+    }
+}
+
 /// `lora.init`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -548,7 +548,7 @@ fn init_model<B: Backend>(
                 names.sort();
                 names.dedup();
                 bail!(
-                    "lora.target_modules {:?} match no linear layer of this model; its linear \
+                    "lora.target_modules {} match no linear layer of this model; its linear \
                      layers are {} (e.g. {}), or use all-linear",
                     lora.target_modules,
                     names.join(", "),
