@@ -1923,6 +1923,38 @@ fn lora_trains_only_the_adapters_and_exports_a_peft_adapter() {
         &["--merge-lora", "no LoRA adapter"],
     );
 
+    // Continuing the adapter: `model.init_from` = the PEFT directory. Training starts from the
+    // trained adapter (the first batch's loss is below the fresh adapter's), and the new export
+    // names the same base, not the adapter it continued.
+    let cont = dir.path().join("continued");
+    let cont_init = format!("model.init_from={}", export.display());
+    ok(train(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        cont.to_str().unwrap(),
+        "--set",
+        &cont_init,
+        "--set",
+        "train.max_steps=3",
+    ]));
+    assert!(
+        losses(&cont)[0].1 < l[0].1,
+        "{:?} vs {:?}",
+        losses(&cont),
+        l
+    );
+    let cont_config: Value = serde_json::from_str(
+        &std::fs::read_to_string(cont.join("export/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cont_config["base_model_name_or_path"],
+        config["base_model_name_or_path"]
+    );
+    let continued = eval(&cont.join("export"));
+    assert!(continued.is_finite() && (continued - plain).abs() > 1e-4);
+
     // A changed base: resuming (and evaluating the checkpoint) is refused, naming it.
     let mut weights = base_t.clone();
     let norm = weights.get_mut("model.norm.weight").unwrap();

@@ -289,16 +289,13 @@ fn load_adapter_dir<B: Backend>(
             path.display()
         )
     })?;
-    let base_dir = [PathBuf::from(base_name), dir.join(base_name)]
-        .into_iter()
-        .find(|p| p.is_dir())
-        .with_context(|| {
-            format!(
-                "{}: the base model `{base_name}` is not a local directory (kiln does not \
+    let base_dir = local_base(dir, base_name).with_context(|| {
+        format!(
+            "{}: the base model `{base_name}` is not a local directory (kiln does not \
                  download models; give the path of a downloaded copy)",
-                path.display()
-            )
-        })?;
+            path.display()
+        )
+    })?;
     let config = read_hf_config(&base_dir)?;
     let mapping = config.hf_mapping();
     let number = |k: &str| -> Result<f64> {
@@ -363,6 +360,22 @@ fn load_adapter_dir<B: Backend>(
             base_dir,
         }),
     })
+}
+
+/// Where `base_model_name_or_path` (`name`) of the adapter directory `dir` is on this machine: the
+/// path as given, or relative to `dir`; `None` when neither is a directory.
+fn local_base(dir: &Path, name: &str) -> Option<PathBuf> {
+    [PathBuf::from(name), dir.join(name)]
+        .into_iter()
+        .find(|p| p.is_dir())
+}
+
+/// The base model directory of `dir` when it is a PEFT adapter directory (a LoRA run continuing
+/// an adapter adapts that adapter's base); `None` for any other directory, or when the base is
+/// not found (loading the adapter then names the problem).
+pub fn adapter_base(dir: &Path) -> Option<PathBuf> {
+    let cfg = read_json(&dir.join("adapter_config.json"), "").ok()?;
+    local_base(dir, cfg.get("base_model_name_or_path")?.as_str()?)
 }
 
 /// The files an export directory holds ([`export_model`]); a directory with only these (and at

@@ -821,10 +821,13 @@ impl Recipe {
         Ok(())
     }
 
-    /// The adapters a LoRA run trains and the base they adapt (`model.init_from`, absolute when
-    /// it exists); `None` without a `lora:` section.
+    /// The adapters a LoRA run trains and the base they adapt: `model.init_from`, or its base
+    /// when it is a PEFT adapter directory (continuing that adapter), absolute when it exists;
+    /// `None` without a `lora:` section.
     pub fn adapter(&self) -> Option<crate::model_io::Adapter> {
-        let (lora, base) = (self.lora.as_ref()?, self.model.init_from.as_ref()?);
+        let (lora, init) = (self.lora.as_ref()?, self.model.init_from.as_ref()?);
+        let base = crate::model_io::adapter_base(init).unwrap_or_else(|| init.clone());
+        let base = &base;
         let plan = lora.plan(self.train.seed).lora?;
         Some(crate::model_io::Adapter {
             plan,
