@@ -128,7 +128,10 @@ pub fn run<B: Backend>(
     <AB<B> as Backend>::seed(&device, recipe.train.seed);
     let (config, model) = init_model::<AB<B>>(&recipe, &tokenizer, &device, dist)?;
     let total_steps = recipe.total_steps(dist.world_size);
+    // A LoRA run's base, recorded once: the weights it was loaded from at the start.
+    let base_record = recipe.adapter().map(|a| a.base_record()).transpose()?;
     let run = RunContext {
+        base_record,
         eot: tokenizer.eot_id()?,
         tokenizer_path: run_dir.join("tokenizer.json"),
         recipe_yaml: recipe.to_yaml(),
@@ -259,6 +262,9 @@ struct RunContext<B: Backend> {
     tokens_per_step: u64,
     /// Fixed validation batches per source (sources that hold out nothing have none).
     val: Vec<(String, Vec<Batch>)>,
+    /// A LoRA run's `base.json` (base directory, digests of its weight files), written with every
+    /// checkpoint; `None` for full training.
+    base_record: Option<serde_json::Value>,
     device: B::Device,
 }
 
@@ -852,13 +858,9 @@ impl<B: Backend> RunContext<B> {
         let (mut model_tensors, optimizer_tensors) =
             (named_tensors(model), optimizer.state_tensors());
         // A LoRA run saves its adapters and which base they adapt, not the frozen base.
-        let base = match self.recipe.adapter() {
-            Some(adapter) => {
-                model_tensors.retain(|t| is_adapter_param(&t.name));
-                Some(adapter.base_record()?)
-            }
-            None => None,
-        };
+        if self.base_record.is_some() {
+            model_tensors.retain(|t| is_adapter_param(&t.name));
+        }
         if let Some(bad) = first_nonfinite(&model_tensors).or(first_nonfinite(&optimizer_tensors)) {
             bail!(
                 "not writing the checkpoint of step {step}: `{bad}` has non-finite values ({})",
@@ -874,7 +876,7 @@ impl<B: Backend> RunContext<B> {
                 hf_config: &self.config.to_hf_config(self.eot, self.eot, "float32"),
                 recipe_yaml: &self.recipe_yaml,
                 tokenizer_json: &self.tokenizer_path,
-                base: base.as_ref(),
+                base: self.base_record.as_ref(),
             },
             self.recipe.checkpoint.keep_last,
         )?;
